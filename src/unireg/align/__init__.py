@@ -1,0 +1,1 @@
+"""Affine pre-alignment and test-time instance optimisation."""

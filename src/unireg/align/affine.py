@@ -1,0 +1,99 @@
+"""Affine pre-alignment: centre-of-mass initialisation, then an affine optimised on frozen features.
+
+The transform ``T`` maps fixed world points (RAS mm) to moving world points, as ITK does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..losses import feature_mse
+from ..spatial.grid import identity_coords, sample
+from ..spatial.world import affine_nd
+
+__all__ = ["center_of_mass_world", "center_of_mass_init", "optimize_affine"]
+
+
+def center_of_mass_world(image: torch.Tensor, affine4: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centroid (world mm) of ``image`` ``(*S)`` (non-negative intensities)."""
+    nd = image.dim()
+    w = image.clamp_min(0).double()
+    coords = identity_coords(image.shape, dtype=torch.float64)
+    total = w.sum().clamp_min(1e-12)
+    c_vox = (coords * w).flatten(1).sum(1) / total
+    a = affine_nd(affine4, nd)
+    return a[:nd, :nd] @ c_vox.numpy() + a[:nd, nd]
+
+
+def center_of_mass_init(fixed: torch.Tensor, fixed_affine4, moving: torch.Tensor, moving_affine4) -> np.ndarray:
+    """Translation (as an (n+1)-square matrix) taking the fixed centroid onto the moving centroid."""
+    nd = fixed.dim()
+    t = np.eye(nd + 1)
+    t[:nd, nd] = center_of_mass_world(moving, moving_affine4) - center_of_mass_world(fixed, fixed_affine4)
+    return t
+
+
+def _pool(x: torch.Tensor, f: int) -> torch.Tensor:
+    if f == 1:
+        return x
+    return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, f, f, ceil_mode=True)
+
+
+def optimize_affine(
+    fixed_feat: torch.Tensor,
+    fixed_grid4: np.ndarray,
+    moving_feat: torch.Tensor,
+    moving_grid4: np.ndarray,
+    init: np.ndarray,
+    levels: tuple[tuple[int, int], ...] = ((4, 80), (2, 40)),
+    lr: float = 0.01,
+) -> np.ndarray:
+    """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
+
+    ``fixed_feat`` / ``moving_feat``: ``(1, C, *S)`` features on their own working grids whose 4x4
+    voxel-to-world affines are ``fixed_grid4`` / ``moving_grid4``.  ``levels`` lists (pooling factor,
+    iterations), coarse to fine.  The affine is parameterised about the fixed field-of-view centre,
+    translation scaled by the field-of-view size so one learning rate fits every image size.
+    """
+    nd = fixed_feat.dim() - 2
+    dev = fixed_feat.device
+    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
+    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
+    t0 = torch.as_tensor(init, dtype=torch.float64, device=dev)
+    shape = fixed_feat.shape[2:]
+    centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64, device=dev)
+    centre = wf[:nd, :nd] @ centre_vox + wf[:nd, nd]
+    half_extent = float(max((n - 1) * float(torch.linalg.norm(wf[:nd, i])) for i, n in enumerate(shape))) / 2
+    lin = torch.zeros(nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
+    trans = torch.zeros(nd, dtype=torch.float64, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([lin, trans], lr=lr)
+
+    def matrix() -> torch.Tensor:
+        m = torch.eye(nd + 1, dtype=torch.float64, device=dev)
+        a = torch.eye(nd, dtype=torch.float64, device=dev) + lin
+        m = m.clone()
+        m[:nd, :nd] = a
+        m[:nd, nd] = centre - a @ centre + trans * half_extent
+        return t0 @ m
+
+    for factor, iters in levels:
+        ff = _pool(fixed_feat, factor)
+        fm = _pool(moving_feat, factor)
+        sub = torch.as_tensor(np.diag([factor] * nd + [1]).astype(np.float64), device=dev)
+        # pooled voxel p corresponds to original voxel factor*p + (factor-1)/2
+        sub[:nd, nd] = (factor - 1) / 2.0
+        sub_m_inv = torch.linalg.inv(sub)
+        ident = identity_coords(ff.shape[2:], dev, torch.float64)
+        for _ in range(iters):
+            opt.zero_grad()
+            vox2vox = sub_m_inv @ wm_inv @ matrix() @ wf @ sub
+            coords = torch.einsum("ij,j...->i...", vox2vox[:nd, :nd], ident) + vox2vox[:nd, nd].view(nd, *([1] * nd))
+            warped = sample(fm, coords.unsqueeze(0).float())
+            ones = torch.ones_like(fm[:, :1])
+            mask = sample(ones, coords.unsqueeze(0).float()).detach()
+            loss = feature_mse(ff, warped, mask=(mask > 0.99).float())
+            loss.backward()
+            opt.step()
+    return matrix().detach().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Command-line interface (typer).  Heavy imports happen inside the commands for a fast start."""

@@ -1,0 +1,1 @@
+"""Image, warp, point and transform I/O."""

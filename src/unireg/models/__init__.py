@@ -1,0 +1,1 @@
+"""Deformation networks and the registrar (frozen features + UNet)."""

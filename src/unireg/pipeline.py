@@ -1,0 +1,305 @@
+"""The registration pipeline: working grid -> affine -> features -> UNet -> (refine) -> fixed grid.
+
+Mapping conventions.  ``T`` (``affine_matrix``) maps fixed world points to moving world points (RAS
+mm).  The deformable part lives on the *working grid* ``W`` (world-axis-aligned, isotropic, covering
+the fixed image) as ``disp_vox``.  A fixed world point ``x`` is carried to the moving world point
+
+    y = T W (p + disp_vox(p)),  p = W^-1 x,
+
+and every output is one resampling of the *original* moving image at ``y`` (no double interpolation).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .align.affine import center_of_mass_init, optimize_affine
+from .align.refine import refine_velocity
+from .errors import UniRegError
+from .io.image import Image
+from .models.registrar import Registrar
+from .preprocess import normalize_intensity, to_working_grid
+from .spatial.grid import sample
+from .spatial.jacobian import folding_stats, jacobian_determinant
+from .spatial.world import affine_nd, embed_nd, pull, working_grid
+
+__all__ = ["RegistrationResult", "register_images", "FixedToMoving"]
+
+
+class _Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _apply_mat(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """(n+1)-square matrix applied to points ``(n, *S)``."""
+    nd = m.shape[0] - 1
+    return torch.einsum("ij,j...->i...", m[:nd, :nd], pts) + m[:nd, nd].view(nd, *([1] * (pts.dim() - 1)))
+
+
+@dataclass
+class FixedToMoving:
+    """The composed map fixed world -> moving world (and its inverse), evaluable chunk by chunk."""
+
+    ndim: int
+    work_affine: np.ndarray  # (n+1) square, working voxel -> world
+    affine_matrix: np.ndarray  # (n+1) square, fixed world -> moving world
+    disp_vox: torch.Tensor  # (1, n, *S_w) forward displacement, working voxels
+    inv_disp_vox: torch.Tensor  # (1, n, *S_w) inverse displacement, working voxels
+
+    def _through(self, world: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+        w = torch.as_tensor(self.work_affine, dtype=torch.float64)
+        p = _apply_mat(torch.linalg.inv(w), world)
+        d = sample(disp.double(), p.unsqueeze(0), padding_mode="border")[0]
+        return _apply_mat(w, p + d)
+
+    def forward(self, world: torch.Tensor) -> torch.Tensor:
+        """Fixed world points ``(n, *S)`` float64 -> moving world points."""
+        return _apply_mat(torch.as_tensor(self.affine_matrix, dtype=torch.float64), self._through(world, self.disp_vox))
+
+    def inverse(self, world: torch.Tensor) -> torch.Tensor:
+        """Moving world points ``(n, *S)`` float64 -> fixed world points."""
+        tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=torch.float64)
+        return self._through(_apply_mat(tinv, world), self.inv_disp_vox)
+
+
+def _grid_world(shape, affine4, rows: slice) -> torch.Tensor:
+    nd = len(shape)
+    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float64)
+    sub = (rows.stop - rows.start,) + tuple(shape[1:])
+    axes = [torch.arange(rows.start, rows.stop, dtype=torch.float64)] + [
+        torch.arange(n, dtype=torch.float64) for n in shape[1:]
+    ]
+    ident = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
+    assert ident.shape[1:] == sub
+    return _apply_mat(a, ident)
+
+
+def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int = 2_000_000) -> np.ndarray:
+    """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32."""
+    nd = len(shape)
+    out = np.empty((nd,) + tuple(shape), dtype=np.float32)
+    step = max(1, chunk_voxels // max(int(np.prod(shape[1:])), 1))
+    for start in range(0, shape[0], step):
+        rows = slice(start, min(start + step, shape[0]))
+        x = _grid_world(shape, affine4, rows)
+        out[:, rows] = (mapping(x) - x).numpy().astype(np.float32)
+    return out
+
+
+def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map, max_labelwise: int = 64) -> np.ndarray:
+    """Resample an integer label map: label-wise linear interpolation + argmax (few labels) or nearest."""
+    values = np.unique(labels)
+    t = torch.from_numpy(labels.astype(np.int64 if labels.dtype.kind in "iu" else np.int64))[None]
+    if len(values) > max_labelwise:
+        out = pull(t.float(), src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
+        return out[0].round().numpy().astype(labels.dtype)
+    best = torch.full(tuple(out_shape), -1.0)
+    result = torch.zeros(tuple(out_shape), dtype=torch.int64)
+    for v in values:
+        prob = pull((t == int(v)).float(), src_affine4, out_shape, out_affine4, world_map=world_map)[0]
+        better = prob > best
+        best = torch.where(better, prob, best)
+        result = torch.where(better, torch.tensor(int(v)), result)
+    return result.numpy().astype(labels.dtype)
+
+
+@dataclass
+class RegistrationResult:
+    """Everything one registration produced, as objects (nothing written until :meth:`save`)."""
+
+    fixed: Image
+    moving: Image
+    warped: Image
+    warp_mm: np.ndarray  # (n, *S_fixed) RAS mm on the fixed grid
+    inverse_warp_mm: np.ndarray  # (n, *S_moving) RAS mm on the moving grid
+    jacobian: np.ndarray  # (*S_fixed)
+    affine_matrix: np.ndarray  # 4x4 fixed world -> moving world
+    mapping: FixedToMoving
+    report: dict
+    before: np.ndarray  # moving on the fixed grid by world coordinates only (for QC)
+    warped_labels: Image | None = None
+    extras: dict = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True) -> dict[str, Path]:
+        """Write every output into ``out_dir`` atomically; returns name -> path."""
+        from .outputs import save_result
+
+        return save_result(self, out_dir, qc=qc, html=html)
+
+
+def _versions() -> dict:
+    import nibabel
+    import SimpleITK
+
+    from . import __version__
+
+    return {
+        "unireg": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "nibabel": nibabel.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+        "python": platform.python_version(),
+    }
+
+
+def register_images(
+    fixed: Image,
+    moving: Image,
+    model: Registrar,
+    *,
+    affine: bool = True,
+    refine: int = 0,
+    smoothness: float = 1.0,
+    device: str = "cpu",
+    moving_labels: Image | None = None,
+    fixed_labels: Image | None = None,
+    seed: int = 0,
+    model_name: str = "",
+) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` (both :class:`Image`) with a :class:`Registrar`."""
+    timer = _Timer()
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    nd = fixed.ndim
+    if moving.ndim != nd:
+        raise UniRegError(f"moving image is {moving.ndim}-D but the fixed image is {nd}-D", moving.path)
+    if model.ndim != nd:
+        raise UniRegError(f"model is {model.ndim}-D but the images are {nd}-D", model_name or None)
+    if moving_labels is not None and moving_labels.spatial_shape != moving.spatial_shape:
+        raise UniRegError(
+            f"label map shape {moving_labels.spatial_shape} differs from the moving image {moving.spatial_shape}",
+            moving_labels.path,
+        )
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+
+    with timer("preprocess"):
+        fixed_n = normalize_intensity(fixed.data[0])
+        moving_n = normalize_intensity(moving.data[0])
+        w_shape, w_aff4 = working_grid(fixed.spatial_shape, fixed.affine, **model.working)
+        fixed_w = to_working_grid(fixed_n, fixed.affine, fixed.spacing, w_shape, w_aff4)
+
+    with timer("affine"):
+        t_nd = np.eye(nd + 1)
+        if affine:
+            m_shape, m_aff4 = working_grid(moving.spatial_shape, moving.affine, **model.working)
+            moving_w0 = to_working_grid(moving_n, moving.affine, moving.spacing, m_shape, m_aff4)
+            t_nd = center_of_mass_init(fixed_w[0], w_aff4, moving_w0[0], m_aff4)
+            with torch.no_grad():
+                mind = model.features if model.extractor_name == "mind" else None
+                if mind is None:
+                    from .features import create_extractor
+
+                    mind = create_extractor("mind", nd)
+                ff = mind(fixed_w[None].to(dev))
+                fm = mind(moving_w0[None].to(dev))
+            with torch.enable_grad():
+                t_nd = optimize_affine(ff, w_aff4, fm, m_aff4, t_nd)
+        t_mat = torch.as_tensor(t_nd, dtype=torch.float64)
+
+        def affine_map(world, rows=None):
+            return _apply_mat(t_mat, world)
+
+        moving_w = to_working_grid(moving_n, moving.affine, moving.spacing, w_shape, w_aff4, world_map=affine_map)
+
+    with timer("features"), torch.no_grad():
+        ff = model.extract(fixed_w[None].to(dev))
+        fm = model.extract(moving_w[None].to(dev))
+
+    with timer("network"), torch.no_grad():
+        velocity = model(ff, fm, smoothness)
+
+    if refine > 0:
+        with timer("refine"), torch.enable_grad():
+            velocity = refine_velocity(velocity, ff, fm, refine, smoothness=smoothness, int_steps=model.int_steps)
+
+    with timer("integrate"), torch.no_grad():
+        disp_w = model.displacement(velocity, w_shape).cpu()
+        inv_disp_w = model.displacement(-velocity, w_shape).cpu()
+        jac_w = jacobian_determinant(disp_w)[0]
+        fold = folding_stats(jac_w)
+
+    mapping = FixedToMoving(nd, affine_nd(w_aff4, nd), t_nd, disp_w, inv_disp_w)
+
+    with timer("resample"), torch.no_grad():
+        warp_mm = displacement_on_grid(mapping.forward, fixed.spatial_shape, fixed.affine)
+        f_shape = fixed.spatial_shape
+
+        def through_field(world, rows):
+            return world + torch.from_numpy(warp_mm[(slice(None), rows)]).double()
+
+        moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))
+        warped = pull(moving_t, moving.affine, f_shape, fixed.affine, world_map=through_field)
+        before = pull(moving_t[:1], moving.affine, f_shape, fixed.affine)[0].numpy()
+        # Jacobian of the deformable part, carried from the working grid to the fixed grid
+        jac_f = pull(jac_w[None], w_aff4, f_shape, fixed.affine, padding_mode="border")[0].numpy()
+        inverse_warp_mm = displacement_on_grid(mapping.inverse, moving.spatial_shape, moving.affine)
+        warped_labels = None
+        if moving_labels is not None:
+            lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, through_field)
+            warped_labels = Image(lab[None], fixed.affine.copy(), None)
+
+    report = {
+        "fixed": str(Path(fixed.path).resolve()) if fixed.path else None,
+        "moving": str(Path(moving.path).resolve()) if moving.path else None,
+        "labels": str(Path(moving_labels.path).resolve()) if moving_labels is not None and moving_labels.path else None,
+        "fixed_labels": str(Path(fixed_labels.path).resolve()) if fixed_labels is not None and fixed_labels.path else None,
+        "ndim": nd,
+        "extractor": model.extractor_name,
+        "model": model_name or ("trained" if model.trained else "untrained"),
+        "model_trained": bool(model.trained),
+        "affine": bool(affine),
+        "affine_matrix": embed_nd(t_nd, nd).tolist(),
+        "refine_iterations": int(refine),
+        "smoothness": float(smoothness),
+        "working_grid": {"shape": list(w_shape), "spacing_mm": float(np.linalg.norm(w_aff4[:3, 0]))},
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        **fold,
+        "versions": _versions(),
+    }
+    if not model.trained:
+        report["warning"] = (
+            "untrained (randomly initialised) UNet: the deformation comes from --refine instance optimisation"
+        )
+    if fixed_labels is not None and warped_labels is not None:
+        from .evaluation.metrics import dice
+
+        before_lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, None)
+        report["dice"] = {str(k): v for k, v in dice(fixed_labels.data[0], warped_labels.data[0]).items()}
+        report["dice_before"] = {str(k): v for k, v in dice(fixed_labels.data[0], before_lab).items()}
+    timer.times["total"] = time.perf_counter() - t_start
+    report["runtime_s"] = {k: round(v, 4) for k, v in timer.times.items()}
+
+    warped_img = Image(warped.numpy(), fixed.affine.copy(), None)
+    return RegistrationResult(
+        fixed=fixed,
+        moving=moving,
+        warped=warped_img,
+        warp_mm=warp_mm,
+        inverse_warp_mm=inverse_warp_mm,
+        jacobian=jac_f,
+        affine_matrix=embed_nd(t_nd, nd),
+        mapping=mapping,
+        report=report,
+        before=before,
+        warped_labels=warped_labels,
+    )

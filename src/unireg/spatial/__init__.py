@@ -1,0 +1,1 @@
+"""Grids, warps, integration, Jacobians and affines. All coordinate conventions live in grid.py."""

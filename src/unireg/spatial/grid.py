@@ -1,0 +1,99 @@
+"""The one place where UniReg's field conventions meet ``torch.nn.functional.grid_sample``.
+
+Conventions (see CONVENTIONS.md):
+
+* an image batch is ``(B, C, *spatial)``; a displacement ``disp_vox`` is ``(B, ndim, *spatial)``
+  with components in **array-axis order** and values in **voxels of the grid it lives on**;
+* ``grid_sample`` wants normalized coordinates with the last axis in (x, y[, z]) order, i.e. the
+  reverse of array order, and we always use ``align_corners=True`` so that voxel ``0`` maps to -1
+  and voxel ``N-1`` to +1 exactly.  The flip and that choice happen here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity_coords",
+    "coords_vox_to_norm",
+    "sample",
+    "warp",
+    "resize_field",
+    "affine_coords",
+    "spatial_dims",
+]
+
+
+def spatial_dims(x: torch.Tensor) -> int:
+    """Number of spatial dimensions of a ``(B, C, *spatial)`` tensor (2 or 3)."""
+    nd = x.dim() - 2
+    if nd not in (2, 3):
+        raise ValueError(f"expected a (B, C, H, W) or (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
+    return nd
+
+
+def identity_coords(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates of every grid point, ``(ndim, *shape)`` in array-axis order."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def coords_vox_to_norm(coords_vox: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
+    """``(B, ndim, *out)`` voxel coordinates into an ``in_shape`` grid -> ``(B, *out, ndim)`` grid_sample grid.
+
+    The last axis of the result is in (x, y[, z]) order, i.e. array order reversed.
+    """
+    nd = coords_vox.shape[1]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in in_shape], device=coords_vox.device, dtype=coords_vox.dtype)
+    coords_norm = coords_vox * scale.view(1, nd, *([1] * nd)) - 1.0
+    return coords_norm.movedim(1, -1).flip(-1)
+
+
+def sample(
+    image: torch.Tensor,
+    coords_vox: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Sample ``image`` ``(B, C, *in)`` at voxel coordinates ``coords_vox`` ``(B, ndim, *out)``.
+
+    ``mode`` is ``"bilinear"`` (linear/trilinear) or ``"nearest"``.  Returns ``(B, C, *out)``.
+    """
+    grid = coords_vox_to_norm(coords_vox.to(image.dtype), image.shape[2:])
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def warp(image: torch.Tensor, disp_vox: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+    """``image(x + disp_vox(x))``: pull ``image`` through a displacement on the same grid."""
+    coords = identity_coords(disp_vox.shape[2:], disp_vox.device, disp_vox.dtype).unsqueeze(0) + disp_vox
+    return sample(image, coords, mode=mode, padding_mode=padding_mode)
+
+
+def resize_field(disp_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
+    """Resample a voxel-unit field to ``out_shape`` and rescale its values by ``(N_out-1)/(N_in-1)`` per axis."""
+    in_shape = disp_vox.shape[2:]
+    out_shape = tuple(int(n) for n in out_shape)
+    if tuple(in_shape) == out_shape:
+        return disp_vox
+    mode = "bilinear" if len(out_shape) == 2 else "trilinear"
+    out = F.interpolate(disp_vox, size=out_shape, mode=mode, align_corners=True)
+    scale = torch.tensor(
+        [(no - 1) / max(ni - 1, 1) for ni, no in zip(in_shape, out_shape)], device=out.device, dtype=out.dtype
+    )
+    return out * scale.view(1, -1, *([1] * len(out_shape)))
+
+
+def affine_coords(vox_to_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
+    """Voxel coordinates ``(1, ndim, *out_shape)`` of ``M @ [p, 1]`` for each output voxel ``p``.
+
+    ``vox_to_vox`` is an ``(ndim+1, ndim+1)`` homogeneous matrix from output voxels to input voxels.
+    """
+    nd = len(out_shape)
+    ident = identity_coords(out_shape, vox_to_vox.device, vox_to_vox.dtype)
+    lin = vox_to_vox[:nd, :nd]
+    off = vox_to_vox[:nd, nd]
+    coords = torch.einsum("ij,j...->i...", lin, ident) + off.view(nd, *([1] * nd))
+    return coords.unsqueeze(0)

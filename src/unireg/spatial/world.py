@@ -1,0 +1,115 @@
+"""World-coordinate resampling: 4x4 RAS voxel-to-world affines, working grids, chunked pulls.
+
+A point mapping between two images is always expressed in world millimetres (RAS) and turned
+into voxel-to-voxel matrices here, so the pipeline never mixes voxel spaces by accident.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .grid import identity_coords, sample
+
+__all__ = [
+    "affine_nd",
+    "embed_nd",
+    "working_grid",
+    "pull",
+    "apply_homogeneous",
+]
+
+
+def affine_nd(affine4: np.ndarray, ndim: int) -> np.ndarray:
+    """The ``(ndim+1, ndim+1)`` voxel-to-world matrix of an image whose 4x4 affine is ``affine4``.
+
+    For 2-D images the in-plane axes are voxel axes 0 and 1 and world axes x and y.
+    """
+    a = np.asarray(affine4, dtype=np.float64)
+    if ndim == 3:
+        return a.copy()
+    idx = [0, 1, 3]
+    return a[np.ix_(idx, idx)].copy()
+
+
+def embed_nd(matrix_nd: np.ndarray, ndim: int) -> np.ndarray:
+    """Inverse of :func:`affine_nd`: an (ndim+1)-square matrix back to 4x4 (identity on z for 2-D)."""
+    if ndim == 3:
+        return np.asarray(matrix_nd, dtype=np.float64).copy()
+    out = np.eye(4)
+    idx = [0, 1, 3]
+    out[np.ix_(idx, idx)] = matrix_nd
+    return out
+
+
+def apply_homogeneous(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply an (n+1)x(n+1) matrix to points ``(N, n)``."""
+    n = matrix.shape[0] - 1
+    return points @ matrix[:n, :n].T + matrix[:n, n]
+
+
+def working_grid(
+    shape: Sequence[int], affine4: np.ndarray, spacing: float, max_size: int | None = None
+) -> tuple[tuple[int, ...], np.ndarray]:
+    """A world-axis-aligned grid with isotropic ``spacing`` (mm) covering an image's field of view.
+
+    Returns ``(shape, affine4)``.  The grid's axes follow world (RAS) axes, so oblique or flipped
+    inputs all reach the network in one canonical orientation.  ``max_size`` caps the largest
+    dimension by coarsening the spacing.
+    """
+    nd = len(shape)
+    a = affine_nd(affine4, nd)
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(nd, -1).T
+    world = apply_homogeneous(a, corners.astype(np.float64))
+    lo, hi = world.min(0), world.max(0)
+    extent = hi - lo
+    if max_size is not None:
+        spacing = max(spacing, float(extent.max()) / max(max_size - 1, 1))
+    out_shape = tuple(int(np.floor(e / spacing + 1e-6)) + 1 for e in extent)
+    # centre the grid on the field of view
+    used = (np.array(out_shape) - 1) * spacing
+    origin = lo + (extent - used) / 2.0
+    m = np.eye(nd + 1)
+    m[:nd, :nd] = np.eye(nd) * spacing
+    m[:nd, nd] = origin
+    return out_shape, embed_nd(m, nd)
+
+
+def pull(
+    image: torch.Tensor,
+    src_affine4: np.ndarray,
+    out_shape: Sequence[int],
+    out_affine4: np.ndarray,
+    world_map: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    chunk_voxels: int = 2_000_000,
+) -> torch.Tensor:
+    """Resample ``image`` ``(C, *in)`` (on ``src_affine4``) onto the grid ``(out_shape, out_affine4)``.
+
+    ``world_map(points_world, rows)`` optionally maps output world points ``(ndim, *chunk)`` (RAS mm)
+    to source world points; ``rows`` is the slice of the first output axis in the chunk.  Work is done
+    in slabs along the first output axis so memory stays bounded for large volumes.
+    """
+    nd = len(out_shape)
+    dtype = torch.float64 if world_map is not None else torch.float32
+    src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=dtype)
+    out = torch.as_tensor(affine_nd(out_affine4, nd), dtype=dtype)
+    plane = int(np.prod(out_shape[1:]))
+    step = max(1, chunk_voxels // max(plane, 1))
+    result = torch.empty((image.shape[0],) + tuple(out_shape), dtype=image.dtype)
+    img = image.unsqueeze(0)
+    img_f = img if img.is_floating_point() else img.float()
+    for start in range(0, out_shape[0], step):
+        rows = slice(start, min(start + step, out_shape[0]))
+        ident = identity_coords((rows.stop - rows.start,) + tuple(out_shape[1:]), dtype=dtype)
+        ident[0] += rows.start
+        world = torch.einsum("ij,j...->i...", out[:nd, :nd], ident) + out[:nd, nd].view(nd, *([1] * nd))
+        if world_map is not None:
+            world = world_map(world, rows)
+        vox = torch.einsum("ij,j...->i...", src[:nd, :nd], world) + src[:nd, nd].view(nd, *([1] * nd))
+        vals = sample(img_f, vox.unsqueeze(0).to(img_f.dtype), mode=mode, padding_mode=padding_mode)[0]
+        result[(slice(None), rows)] = vals.to(result.dtype)
+    return result

@@ -1,0 +1,1 @@
+"""Training: data synthesis, pre-training and training of UniReg models."""
