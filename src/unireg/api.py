@@ -167,7 +167,7 @@ def apply(
         field = pull(disp_t, w_aff, ref_img.spatial_shape, ref_img.affine, padding_mode="border")
 
     def world_map(world, rows):
-        return world + field[(slice(None), rows)].double()
+        return world + field[(slice(None), rows)]
 
     if labels:
         out = warp_labels(img.data[0], img.affine, ref_img.spatial_shape, ref_img.affine, world_map)[None]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .data.mni import load_mni
-from .data.synth import deform_pair_field, make_moving, random_velocity
+from .data.synth import coarse_shape, deform_pair_field, make_moving, random_velocity
 from .io.image import write_image
 from .io.warp import write_displacement_field
 from .spatial.grid import warp
@@ -25,9 +25,11 @@ def make_demo_pair(out_dir: Path, contrast: str = "t2", max_disp_mm: float = 8.0
     t1 = torch.from_numpy(mni["t1"].data[0])
     aff = mni["t1"].affine
     sp = float(np.linalg.norm(aff[:3, 0]))
-    v = random_velocity(t1.shape, max_disp_mm / sp, seed=seed)
+    cshape = coarse_shape(t1.shape, 4)
+    factor = (t1.shape[0] - 1) / (cshape[0] - 1)
+    v = random_velocity(cshape, max_disp_mm / sp / factor, seed=seed)
     moving = make_moving(t1, v, contrast=contrast, seed=seed)
-    disp_true, pull_field = deform_pair_field(v)
+    disp_true, pull_field = deform_pair_field(v, t1.shape)
     lab = torch.from_numpy(mni["labels"].data[0].astype(np.float32))
     moving_lab = warp(lab[None, None], pull_field, mode="nearest")[0, 0].numpy().astype(np.uint8)
     paths = {

@@ -63,27 +63,27 @@ class FixedToMoving:
     inv_disp_vox: torch.Tensor  # (1, n, *S_w) inverse displacement, working voxels
 
     def _through(self, world: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-        w = torch.as_tensor(self.work_affine, dtype=torch.float64)
+        w = torch.as_tensor(self.work_affine, dtype=world.dtype)
         p = _apply_mat(torch.linalg.inv(w), world)
-        d = sample(disp.double(), p.unsqueeze(0), padding_mode="border")[0]
+        d = sample(disp.to(world.dtype), p.unsqueeze(0), padding_mode="border")[0]
         return _apply_mat(w, p + d)
 
     def forward(self, world: torch.Tensor) -> torch.Tensor:
-        """Fixed world points ``(n, *S)`` float64 -> moving world points."""
-        return _apply_mat(torch.as_tensor(self.affine_matrix, dtype=torch.float64), self._through(world, self.disp_vox))
+        """Fixed world points ``(n, *S)`` -> moving world points."""
+        return _apply_mat(torch.as_tensor(self.affine_matrix, dtype=world.dtype), self._through(world, self.disp_vox))
 
     def inverse(self, world: torch.Tensor) -> torch.Tensor:
-        """Moving world points ``(n, *S)`` float64 -> fixed world points."""
-        tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=torch.float64)
+        """Moving world points ``(n, *S)`` -> fixed world points."""
+        tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=world.dtype)
         return self._through(_apply_mat(tinv, world), self.inv_disp_vox)
 
 
 def _grid_world(shape, affine4, rows: slice) -> torch.Tensor:
     nd = len(shape)
-    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float64)
+    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32)
     sub = (rows.stop - rows.start,) + tuple(shape[1:])
-    axes = [torch.arange(rows.start, rows.stop, dtype=torch.float64)] + [
-        torch.arange(n, dtype=torch.float64) for n in shape[1:]
+    axes = [torch.arange(rows.start, rows.stop, dtype=torch.float32)] + [
+        torch.arange(n, dtype=torch.float32) for n in shape[1:]
     ]
     ident = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
     assert ident.shape[1:] == sub
@@ -212,7 +212,7 @@ def register_images(
                 fm = mind(moving_w0[None].to(dev))
             with torch.enable_grad():
                 t_nd = optimize_affine(ff, w_aff4, fm, m_aff4, t_nd)
-        t_mat = torch.as_tensor(t_nd, dtype=torch.float64)
+        t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
 
         def affine_map(world, rows=None):
             return _apply_mat(t_mat, world)
@@ -243,7 +243,7 @@ def register_images(
         f_shape = fixed.spatial_shape
 
         def through_field(world, rows):
-            return world + torch.from_numpy(warp_mm[(slice(None), rows)]).double()
+            return world + torch.from_numpy(warp_mm[(slice(None), rows)])
 
         moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))
         warped = pull(moving_t, moving.affine, f_shape, fixed.affine, world_map=through_field)

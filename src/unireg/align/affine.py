@@ -47,7 +47,7 @@ def optimize_affine(
     moving_feat: torch.Tensor,
     moving_grid4: np.ndarray,
     init: np.ndarray,
-    levels: tuple[tuple[int, int], ...] = ((4, 80), (2, 40)),
+    levels: tuple[tuple[int, int], ...] = ((4, 100), (2, 20)),
     lr: float = 0.01,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.

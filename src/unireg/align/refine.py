@@ -13,7 +13,7 @@ __all__ = ["refine_velocity", "REG_SCALE"]
 
 # Regulariser weight per unit of user smoothness; chosen so that smoothness=1 keeps folding near zero
 # on the MNI demo pair (see README, "smoothness").
-REG_SCALE = 0.05
+REG_SCALE = 0.5
 
 
 def _to_grid(feat: torch.Tensor, shape) -> torch.Tensor:

@@ -54,6 +54,9 @@ def _load(spacing: float | None):
     imgs = {k: nib.load(v) for k, v in p.items()}
     affine = imgs["t1"].affine.astype(np.float64)
     arrs = {k: np.asarray(v.dataobj, dtype=np.float32) for k, v in imgs.items()}
+    for k in ("gm", "wm"):  # nilearn's "converted" maps are stored as 0..255
+        if arrs[k].max() > 1.5:
+            arrs[k] = arrs[k] / 255.0
     if spacing is not None and spacing != 1.0:
         import torch
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..spatial.grid import warp
+from ..spatial.grid import resize_field, warp
 from ..spatial.integrate import integrate_velocity
 
 __all__ = [
@@ -49,10 +49,19 @@ def random_velocity(shape, max_disp_vox: float, seed: int, control: int = 6, dev
     return (v * (max_disp_vox / peak)).to(device) if device else v * (max_disp_vox / peak)
 
 
-def deform_pair_field(velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def deform_pair_field(velocity: torch.Tensor, out_shape=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(disp_true, disp_pull)``: the true fixed->moving displacement ``exp(v)`` and the field
-    ``exp(-v)`` that makes the moving image from the fixed one."""
-    return integrate_velocity(velocity), integrate_velocity(-velocity)
+    ``exp(-v)`` that makes the moving image from the fixed one, integrated on the velocity's grid and
+    carried to ``out_shape`` (voxels of that grid) when given."""
+    fwd, inv = integrate_velocity(velocity), integrate_velocity(-velocity)
+    if out_shape is not None:
+        fwd, inv = resize_field(fwd, out_shape), resize_field(inv, out_shape)
+    return fwd, inv
+
+
+def coarse_shape(shape, factor: int = 4) -> tuple[int, ...]:
+    """The grid a smooth synthetic velocity is drawn on: ``ceil((n - 1) / factor) + 1`` per axis."""
+    return tuple(int(np.ceil((n - 1) / factor)) + 1 for n in shape)
 
 
 def remap_contrast(image: torch.Tensor, kind: str) -> torch.Tensor:
@@ -84,8 +93,10 @@ def add_noise(image: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 def make_moving(
     t1: torch.Tensor, velocity: torch.Tensor, contrast: str = "t2", bias: float = 0.2, noise: float = 0.02, seed: int = 0
 ) -> torch.Tensor:
-    """A deformed, contrast-remapped, biased, noisy copy of ``t1`` ``(*S)``: ``(*S)``."""
-    _, pull_field = deform_pair_field(velocity)
+    """A deformed, contrast-remapped, biased, noisy copy of ``t1`` ``(*S)``: ``(*S)``.
+
+    ``velocity`` may live on a coarser grid (see :func:`coarse_shape`)."""
+    _, pull_field = deform_pair_field(velocity, t1.shape)
     moved = warp(t1[None, None], pull_field)[0, 0]
     img = remap_contrast(moved, contrast) * bias_field(t1.shape, bias, seed)
     return add_noise(img, noise, seed).clamp_min(0)

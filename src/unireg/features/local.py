@@ -112,6 +112,9 @@ class LocalEncoder(FeatureExtractor):
         os.close(fd)
         try:
             torch.save(ckpt, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shipped weight file must be readable
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

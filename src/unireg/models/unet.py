@@ -74,7 +74,7 @@ class UNet(nn.Module):
         self.stem = _Block(ndim, 2 * in_channels, enc[0], 1, cond_dim)
         self.down = nn.ModuleList()
         c = enc[0]
-        for ch in enc[1:] + [enc[-1]]:
+        for ch in list(enc[1:]) + [enc[-1]]:
             self.down.append(_Block(ndim, c, ch, 2, cond_dim))
             c = ch
         self.up = nn.ModuleList()

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from unireg.spatial.grid import affine_coords, coords_vox_to_norm, identity_coords, resize_field, sample, warp
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (5, 6, 7)])
+def test_zero_field_is_identity(shape):
+    img = torch.rand((1, 2) + shape)
+    out = warp(img, torch.zeros((1, len(shape)) + shape))
+    assert torch.allclose(out, img, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(8, 10), (6, 7, 9)])
+def test_integer_shift_gives_shifted_image(shape):
+    nd = len(shape)
+    img = torch.rand((1, 1) + shape, dtype=torch.float64)
+    for axis in range(nd):
+        disp = torch.zeros((1, nd) + shape, dtype=torch.float64)
+        disp[:, axis] = 2.0  # out(x) = img(x + 2 e_axis)
+        out = warp(img, disp)
+        n = shape[axis]
+        got = out.narrow(2 + axis, 0, n - 2)
+        want = img.narrow(2 + axis, 2, n - 2)
+        assert torch.equal(got, want) or torch.allclose(got, want, atol=1e-12)
+        # beyond the border: zeros
+        assert out.narrow(2 + axis, n - 2, 2).abs().max() < 1e-12
+
+
+def test_norm_coords_flip_order():
+    coords = identity_coords((3, 5)).unsqueeze(0)
+    g = coords_vox_to_norm(coords, (3, 5))
+    # last axis is (x, y) = (axis1, axis0); corners map to -1 / +1
+    assert torch.allclose(g[0, 0, 0], torch.tensor([-1.0, -1.0]))
+    assert torch.allclose(g[0, 2, 4], torch.tensor([1.0, 1.0]))
+    assert torch.allclose(g[0, 0, 4], torch.tensor([1.0, -1.0]))
+
+
+def test_resize_field_rescales_values():
+    # a constant shift of 2 voxels on a 5-grid is 4.5 voxels... no: (N_out-1)/(N_in-1) = 8/4 -> 4 voxels on a 9-grid
+    disp = torch.full((1, 1, 5), 2.0)
+    disp2 = torch.zeros((1, 2, 5, 5))
+    disp2[:, 0] = 2.0
+    out = resize_field(disp2, (9, 5))
+    assert torch.allclose(out[:, 0], torch.full((1, 9, 5), 4.0))
+    assert torch.allclose(out[:, 1], torch.zeros(1, 9, 5))
+    del disp
+
+
+def test_resized_linear_field_describes_same_world_map():
+    # field u(p) = 0.1 * p on a coarse grid; on the fine grid it must describe the same mapping
+    coarse = identity_coords((5, 5), dtype=torch.float64).unsqueeze(0) * 0.1
+    fine = resize_field(coarse, (9, 9))
+    expected = identity_coords((9, 9), dtype=torch.float64).unsqueeze(0) * 0.1
+    assert torch.allclose(fine, expected, atol=1e-12)
+
+
+def test_affine_coords_translation():
+    m = torch.eye(4, dtype=torch.float64)
+    m[:3, 3] = torch.tensor([1.0, -2.0, 0.5])
+    c = affine_coords(m, (2, 3, 4))
+    ident = identity_coords((2, 3, 4), dtype=torch.float64).unsqueeze(0)
+    d = c - ident
+    assert torch.allclose(d[0, 0], torch.ones(2, 3, 4, dtype=torch.float64))
+    assert torch.allclose(d[0, 1], torch.full((2, 3, 4), -2.0, dtype=torch.float64))
+    assert torch.allclose(d[0, 2], torch.full((2, 3, 4), 0.5, dtype=torch.float64))
+
+
+def test_sample_gradcheck_float64():
+    img = torch.rand(1, 1, 4, 5, dtype=torch.float64)
+    coords = (identity_coords((3, 3), dtype=torch.float64).unsqueeze(0) + 0.37).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: sample(img, c), (coords,))
+
+
+def test_warp_gradcheck_3d():
+    img = torch.rand(1, 1, 4, 4, 4, dtype=torch.float64)
+    disp = (0.3 * torch.rand(1, 3, 4, 4, 4, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda d: warp(img, d), (disp,))
