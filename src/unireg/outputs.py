@@ -50,6 +50,19 @@ def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True)
     if not html:
         paths.pop("html")
     _guard_inputs(paths, [result.fixed.path, result.moving.path, result.report.get("labels"), result.report.get("fixed_labels")])
+    # a failure half-way (disk full, QC rendering) must not leave a partial set of outputs behind
+    existed = {k for k, p in paths.items() if p.exists()}
+    try:
+        _write_all(result, out, paths, qc, html)
+    except BaseException:
+        for k, p in paths.items():
+            if k not in existed:
+                p.unlink(missing_ok=True)
+        raise
+    return paths
+
+
+def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) -> None:
     fixed = result.fixed
     moving = result.moving
     write_image(paths["warped"], result.warped.data, fixed.affine, dtype=np.float32)
@@ -67,7 +80,7 @@ def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True)
         render_qc_png(
             paths["qc"],
             fixed.data[0],
-            result.before,
+            result.before_image(),
             result.warped.data[0],
             result.warp_mm,
             result.jacobian,
@@ -79,4 +92,3 @@ def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True)
         from .reports.html import build_report
 
         build_report(out)
-    return paths

@@ -28,6 +28,7 @@ from .models.registrar import Registrar
 from .preprocess import normalize_intensity, to_working_grid
 from .spatial.grid import sample
 from .spatial.jacobian import folding_stats, jacobian_determinant
+from .resample import resample_fixed_grid
 from .spatial.world import affine_nd, embed_nd, pull, working_grid
 
 __all__ = ["RegistrationResult", "register_images", "FixedToMoving"]
@@ -76,6 +77,26 @@ class FixedToMoving:
         """Moving world points ``(n, *S)`` -> fixed world points."""
         tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=world.dtype)
         return self._through(_apply_mat(tinv, world), self.inv_disp_vox)
+
+
+# Smallest working-grid side, per dimensionality, that features, affine pooling and the Jacobian's
+# torch.gradient accept (3-D MIND pools with a 5-voxel kernel; 2-D needs 2 for finite differences;
+# measured with the mind extractor).  Thinner fields of view used to end in a torch RuntimeError
+# with a traceback; now they are a one-line UniRegError naming the file.
+MIN_WORKING_SIDE = {2: 2, 3: 5}
+
+
+def _check_working_size(w_shape, w_aff4, path, which: str) -> None:
+    need = MIN_WORKING_SIDE[len(w_shape)]
+    if min(w_shape) >= need:
+        return
+    sp = float(np.linalg.norm(np.asarray(w_aff4)[:3, 0]))
+    dims = "x".join(str(n) for n in w_shape)
+    raise UniRegError(
+        f"{which} image's field of view is too small to register: {dims} voxels on the {sp:g} mm working grid, "
+        f"at least {need} per axis ({(need - 1) * sp:g} mm) needed",
+        path,
+    )
 
 
 def _grid_world(shape, affine4, rows: slice) -> torch.Tensor:
@@ -132,9 +153,16 @@ class RegistrationResult:
     affine_matrix: np.ndarray  # 4x4 fixed world -> moving world
     mapping: FixedToMoving
     report: dict
-    before: np.ndarray  # moving on the fixed grid by world coordinates only (for QC)
+    before: np.ndarray | None  # moving on the fixed grid by world coordinates only (QC); lazy
     warped_labels: Image | None = None
     extras: dict = field(default_factory=dict)
+
+    def before_image(self) -> np.ndarray:
+        """The moving image resampled onto the fixed grid by world coordinates only (no registration)."""
+        if self.before is None:
+            m = torch.from_numpy(np.ascontiguousarray(self.moving.data[:1], dtype=np.float32))
+            self.before = pull(m, self.moving.affine, self.fixed.spatial_shape, self.fixed.affine)[0].numpy()
+        return self.before
 
     def save(self, out_dir: str | Path, qc: bool = True, html: bool = True) -> dict[str, Path]:
         """Write every output into ``out_dir`` atomically; returns name -> path."""
@@ -194,12 +222,14 @@ def register_images(
         fixed_n = normalize_intensity(fixed.data[0])
         moving_n = normalize_intensity(moving.data[0])
         w_shape, w_aff4 = working_grid(fixed.spatial_shape, fixed.affine, **model.working)
+        _check_working_size(w_shape, w_aff4, fixed.path, "fixed")
         fixed_w = to_working_grid(fixed_n, fixed.affine, fixed.spacing, w_shape, w_aff4)
 
     with timer("affine"):
         t_nd = np.eye(nd + 1)
         if affine:
             m_shape, m_aff4 = working_grid(moving.spatial_shape, moving.affine, **model.working)
+            _check_working_size(m_shape, m_aff4, moving.path, "moving")
             moving_w0 = to_working_grid(moving_n, moving.affine, moving.spacing, m_shape, m_aff4)
             t_nd = center_of_mass_init(fixed_w[0], w_aff4, moving_w0[0], m_aff4)
             with torch.no_grad():
@@ -236,25 +266,24 @@ def register_images(
         jac_w = jacobian_determinant(disp_w)[0]
         fold = folding_stats(jac_w)
 
+    with timer("qc"), torch.no_grad():  # failure score without ground truth (docs/qc.md)
+        from .evaluation.qc_score import score_registration
+
+        qc = score_registration(fixed_w, moving_w, disp_w, jac_w, *((ff, fm) if model.extractor_name == "mind" else ()))
+
     mapping = FixedToMoving(nd, affine_nd(w_aff4, nd), t_nd, disp_w, inv_disp_w)
 
     with timer("resample"), torch.no_grad():
-        warp_mm = displacement_on_grid(mapping.forward, fixed.spatial_shape, fixed.affine)
         f_shape = fixed.spatial_shape
-
-        def through_field(world, rows):
-            return world + torch.from_numpy(warp_mm[(slice(None), rows)])
-
-        moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))
-        warped = pull(moving_t, moving.affine, f_shape, fixed.affine, world_map=through_field)
-        before = pull(moving_t[:1], moving.affine, f_shape, fixed.affine)[0].numpy()
-        # Jacobian of the deformable part, carried from the working grid to the fixed grid
-        jac_f = pull(jac_w[None], w_aff4, f_shape, fixed.affine, padding_mode="border")[0].numpy()
+        out = resample_fixed_grid(
+            f_shape, fixed.affine, w_aff4, t_nd, disp_w, jac_w, moving.data, moving.affine,
+            labels=None if moving_labels is None else moving_labels.data[0],
+        )
+        warp_mm, jac_f = out["warp_mm"], out["jacobian"]
+        warped = torch.from_numpy(out["warped"])
         inverse_warp_mm = displacement_on_grid(mapping.inverse, moving.spatial_shape, moving.affine)
-        warped_labels = None
-        if moving_labels is not None:
-            lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, through_field)
-            warped_labels = Image(lab[None], fixed.affine.copy(), None)
+        warped_labels = None if out["labels"] is None else Image(out["labels"][None], fixed.affine.copy(), None)
+        before = None  # computed on demand for QC (RegistrationResult.before_image)
 
     report = {
         "fixed": str(Path(fixed.path).resolve()) if fixed.path else None,
@@ -274,6 +303,7 @@ def register_images(
         "threads": torch.get_num_threads(),
         "seed": seed,
         **fold,
+        **qc,
         "versions": _versions(),
     }
     if not model.trained:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import feature_mse
+from .optim import Adam
 from ..spatial.grid import identity_coords, sample
 from ..spatial.world import affine_nd
 
@@ -47,8 +48,8 @@ def optimize_affine(
     moving_feat: torch.Tensor,
     moving_grid4: np.ndarray,
     init: np.ndarray,
-    levels: tuple[tuple[int, int], ...] = ((4, 100), (2, 20)),
-    lr: float = 0.01,
+    levels: tuple[tuple[int, int], ...] = ((4, 60), (2, 12)),
+    lr: float = 0.02,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
@@ -68,7 +69,7 @@ def optimize_affine(
     half_extent = float(max((n - 1) * float(torch.linalg.norm(wf[:nd, i])) for i, n in enumerate(shape))) / 2
     lin = torch.zeros(nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
     trans = torch.zeros(nd, dtype=torch.float64, device=dev, requires_grad=True)
-    opt = torch.optim.Adam([lin, trans], lr=lr)
+    opt = Adam([lin, trans], lr=lr)
 
     def matrix() -> torch.Tensor:
         m = torch.eye(nd + 1, dtype=torch.float64, device=dev)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import feature_mse, gradient_l2
+from .optim import Adam
 from ..spatial.grid import resize_field, warp
 from ..spatial.integrate import integrate_velocity
 
@@ -44,7 +45,7 @@ def refine_velocity(
     ff = _to_grid(fixed_feat, shape).detach()
     fm = _to_grid(moving_feat, shape).detach()
     v = velocity.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=lr)
+    opt = Adam([v], lr=lr)
     lam = REG_SCALE * float(smoothness)
     for _ in range(int(iterations)):
         opt.zero_grad()

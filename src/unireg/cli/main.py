@@ -109,12 +109,27 @@ def register(
     from .. import api
     from ..io.atomic import check_output_dir
 
+    from ..errors import UniRegError
+    from ..outputs import OUTPUT_NAMES, _guard_inputs
+
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     check_output_dir(out)
-    result = api.register(
-        fixed, moving, model=model, extractor=extractor, labels=labels, fixed_labels=fixed_labels,
-        affine=not no_affine, refine=refine, smoothness=smoothness, device=device, seed=seed,
-    )
-    result.save(out, qc=not no_qc, html=not no_qc)
+    try:
+        # refuse an --out that would overwrite an input before the (long) registration, not after it
+        _guard_inputs({k: out / v for k, v in OUTPUT_NAMES.items()}, [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
+        result = api.register(
+            fixed, moving, model=model, extractor=extractor, labels=labels, fixed_labels=fixed_labels,
+            affine=not no_affine, refine=refine, smoothness=smoothness, device=device, seed=seed,
+        )
+        result.save(out, qc=not no_qc, html=not no_qc)
+    except (UniRegError, OSError, MemoryError):
+        # a failed run leaves nothing behind: not even the --out folders it created (rmdir: only if empty)
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
     _print_summary(result.report, out)
 
 

@@ -146,15 +146,26 @@ def load_registrar(path: str | Path, extractor_kwargs: dict | None = None, map_l
         raise UniRegError(f"not a readable UniReg checkpoint ({type(exc).__name__})", path) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "unireg-registrar-1":
         raise UniRegError("not a UniReg registrar checkpoint (missing format tag)", path)
-    cfg = dict(ckpt["config"])
-    kw = dict(cfg.pop("extractor_kwargs", {}))
-    kw.update(extractor_kwargs or {})
-    model = Registrar(extractor_kwargs=kw, **cfg)
+    # A tagged but damaged checkpoint (missing/unknown config keys, UNet weights that do not fit the
+    # config) raised KeyError/TypeError/RuntimeError with a traceback; report it as one user error.
+    try:
+        cfg = dict(ckpt["config"])
+        kw = dict(cfg.pop("extractor_kwargs", {}))
+        kw.update(extractor_kwargs or {})
+        model = Registrar(extractor_kwargs=kw, **cfg)
+    except UniRegError as exc:
+        raise UniRegError(f"checkpoint config: {exc.message}", path) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UniRegError(f"damaged UniReg checkpoint (bad config: {type(exc).__name__}: {exc})", path) from None
     fp = _fingerprint(model.features)
     if ckpt.get("extractor_fingerprint") not in (None, fp):
         raise UniRegError(
             f"checkpoint was trained on a different '{cfg['extractor']}' extractor (fingerprint mismatch)", path
         )
-    model.unet.load_state_dict(ckpt["state_dict"])
+    try:
+        model.unet.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        first = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())[:200] or type(exc).__name__
+        raise UniRegError(f"damaged UniReg checkpoint (UNet weights do not fit its config: {first})", path) from None
     model.eval()
     return model

@@ -1,0 +1,250 @@
+"""Calibrate and measure UniReg's ground-truth-free failure flag (``unireg.evaluation.qc_score``).
+
+Pairs: 2-D axial slices of the MNI T1 (1 mm), the moving image a deformed (3-10 mm), contrast-changed
+(t1/t2/pd/flair/ct), bias- and noise-corrupted copy (``unireg.data.synth.make_moving``).
+
+* good: the real registration of the pair by ``unireg.api.register`` (the default 2-D model; the score
+  is read from ``report.json``'s figures, i.e. computed inside the pipeline).
+* broken, each from the same pair, on the working grid, with the good registration's displacement:
+  ``translation`` (5-15 mm added, random direction), ``flip`` (moving flipped front-back; the MNI
+  template is left-right symmetric, so a left-right flip is no failure), ``random_deformation`` (a
+  smooth random field of 10-20 mm added), ``swapped`` (moving replaced by another slice, 25-45 mm away,
+  with its own deformation and contrast), ``folding_noise`` (noise of 2-3 voxels added to the field).
+* broken, registered for real: ``registered_flipped`` (the pipeline run on the front-back flipped
+  moving, even pairs) or ``registered_unrelated`` (the pipeline run with a coronal slice as moving,
+  odd pairs): the optimiser does its best on an impossible pair.
+
+Calibration pairs use seeds 0..N-1, held-out pairs seeds 1000..1000+M-1 (disjoint slices, deformations,
+contrasts).  A logistic model over the score's components is fitted on the calibration pairs (classes
+weighted equally), the threshold is the one maximising TPR - FPR on the calibration scores, and both
+are then frozen and measured on the held-out pairs.
+
+    python benchmarks/calibrate_qc.py                      # fit + measure (about 10 min on 2 busy cores)
+    python benchmarks/calibrate_qc.py --cal 24 --test 16 --cache /tmp/qc_components.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unireg import api
+from unireg.data.mni import load_mni
+from unireg.data.synth import coarse_shape, deform_pair_field, make_moving, random_velocity
+from unireg.evaluation import qc_score as Q
+from unireg.features.mind import mind_ssc
+from unireg.models.registrar import DEFAULT_WORKING
+from unireg.preprocess import normalize_intensity, to_working_grid
+from unireg.spatial.grid import warp
+from unireg.spatial.jacobian import jacobian_determinant
+from unireg.spatial.world import working_grid
+
+CONTRASTS = ["t1", "t2", "pd", "flair", "ct"]
+FEATURES = ["shift_ratio", "mismatch_fraction", "log1p_folded_percent", "mind_distance"]
+AFF = np.eye(4)
+
+
+def _feat_vector(c: dict) -> list[float]:
+    return [c["shift_ratio"], c["mismatch_fraction"], math.log1p(c["folded_percent"]), c["mind_distance"]]
+
+
+def _smooth_field(shape, max_mm: float, seed: int) -> torch.Tensor:
+    cs = coarse_shape(shape, 8)
+    factor = (shape[0] - 1) / (cs[0] - 1)
+    v = random_velocity(cs, max_mm / factor, seed=seed)
+    return deform_pair_field(v, shape)[0]
+
+
+def _working_images(fixed: np.ndarray, moving: np.ndarray, affine_matrix: np.ndarray):
+    """The pipeline's working-grid images for 2-D arrays with identity affines (see pipeline.py)."""
+    w_shape, w_aff4 = working_grid(fixed.shape, AFF, **DEFAULT_WORKING[2])
+    fixed_w = to_working_grid(normalize_intensity(fixed), AFF, np.ones(2), w_shape, w_aff4)
+    t = torch.as_tensor(affine_matrix, dtype=torch.float32)  # 3x3: fixed world -> moving world
+
+    def amap(world, rows=None):
+        return torch.einsum("ij,j...->i...", t[:2, :2], world) + t[:2, 2].view(2, 1, 1)
+
+    moving_w = to_working_grid(normalize_intensity(moving), AFF, np.ones(2), w_shape, w_aff4, world_map=amap)
+    return fixed_w, moving_w
+
+
+def _components(fixed_w, moving_w, disp) -> dict:
+    jac = jacobian_determinant(disp)[0]
+    ff, fm = mind_ssc(fixed_w[None]), mind_ssc(moving_w[None])
+    return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, Q.foreground_mask(fixed_w[0]))
+
+
+def make_pair(t1: np.ndarray, seed: int):
+    rng = np.random.default_rng(seed)
+    z = int(rng.integers(45, 140))
+    fixed = t1[:, :, z].copy()
+    contrast = CONTRASTS[int(rng.integers(len(CONTRASTS)))]
+    max_mm = float(rng.uniform(3, 10))
+    sl = torch.from_numpy(fixed)
+    v = random_velocity(coarse_shape(sl.shape, 4), max_mm / 4, seed=seed)
+    moving = make_moving(sl, v, contrast=contrast, seed=seed).numpy()
+    # a "different subject": another slice far away, its own deformation and contrast
+    z2 = int(np.clip(z + rng.choice([-1, 1]) * rng.integers(25, 46), 20, 170))
+    v2 = random_velocity(coarse_shape(sl.shape, 4), float(rng.uniform(3, 10)) / 4, seed=seed + 50_000)
+    other = make_moving(torch.from_numpy(t1[:, :, z2].copy()), v2, contrast=CONTRASTS[int(rng.integers(5))],
+                        seed=seed + 50_000).numpy()
+    yc = int(rng.integers(90, 140))
+    coronal = t1[:, yc, :].copy()
+    return dict(z=z, z_other=z2, contrast=contrast, max_mm=max_mm, fixed=fixed, moving=moving, other=other,
+                coronal=coronal, rng=rng)
+
+
+def run_pair(t1: np.ndarray, seed: int) -> list[dict]:
+    p = make_pair(t1, seed)
+    rng = p["rng"]
+    rows = []
+
+    def add(kind, comp, **extra):
+        rows.append(dict(seed=seed, kind=kind, broken=kind != "good", **comp, **extra))
+
+    res = api.register((p["fixed"], AFF), (p["moving"], AFF), seed=0)
+    rep = res.report
+    fixed_w, moving_w = _working_images(p["fixed"], p["moving"], res.mapping.affine_matrix)
+    disp = res.mapping.disp_vox.float()
+    comp = _components(fixed_w, moving_w, disp)
+    # the pipeline's own figures (computed in register_images) must be what we recompute here
+    assert abs(comp["shift_ratio"] - rep["qc_components"]["shift_ratio"]) < 1e-3, (comp, rep["qc_components"])
+    add("good", rep["qc_components"], contrast=p["contrast"], max_mm=p["max_mm"])
+    shape = tuple(disp.shape[2:])
+
+    ang = rng.uniform(0, 2 * np.pi)
+    mag = rng.uniform(5, 15)  # mm == voxels on the 1 mm working grid
+    t = torch.tensor([mag * np.cos(ang), mag * np.sin(ang)], dtype=torch.float32).view(1, 2, 1, 1)
+    add("translation", _components(fixed_w, moving_w, disp + t), mm=mag)
+    add("flip", _components(fixed_w, moving_w.flip(-1), disp))
+    big = float(rng.uniform(10, 20))
+    add("random_deformation", _components(fixed_w, moving_w, disp + _smooth_field(shape, big, seed + 70_000)), mm=big)
+    _, other_w = _working_images(p["fixed"], p["other"], res.mapping.affine_matrix)
+    add("swapped", _components(fixed_w, other_w, disp))
+    g = torch.Generator().manual_seed(seed + 90_000)
+    noise = torch.randn((1, 2) + shape, generator=g)
+    from scipy import ndimage
+
+    noise = torch.from_numpy(ndimage.gaussian_filter(noise.numpy(), (0, 0, 1.0, 1.0))).float()
+    amp = float(rng.uniform(2, 3))
+    add("folding_noise", _components(fixed_w, moving_w, disp + noise * (amp / noise.std())), amp_vox=amp)
+
+    if seed % 2 == 0:
+        r2 = api.register((p["fixed"], AFF), (p["moving"][:, ::-1].copy(), AFF), seed=0)
+        add("registered_flipped", r2.report["qc_components"])
+    else:
+        r2 = api.register((p["fixed"], AFF), (p["coronal"], AFF), seed=0)
+        add("registered_unrelated", r2.report["qc_components"])
+    return rows
+
+
+def collect(seeds, t1, label) -> list[dict]:
+    rows = []
+    t0 = time.perf_counter()
+    for i, s in enumerate(seeds):
+        rows += run_pair(t1, s)
+        print(f"  [{label}] pair {i + 1}/{len(seeds)} (seed {s}) {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 100) -> np.ndarray:
+    """Class-balanced L2-regularised logistic regression by Newton steps; returns [b, w...]."""
+    sw = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1))
+    xa = np.hstack([np.ones((len(x), 1)), x])
+    w = np.zeros(xa.shape[1])
+    reg = l2 * np.eye(len(w))
+    reg[0, 0] = 0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(xa @ w, -50, 50)))
+        g = xa.T @ (sw * (p - y)) + reg @ w
+        h = (xa * (sw * p * (1 - p))[:, None]).T @ xa + reg
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def choose_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    """Threshold maximising TPR - FPR; among equal ones, the middle of the widest gap."""
+    s = np.sort(np.unique(scores))
+    cands = np.concatenate([[0.0], (s[:-1] + s[1:]) / 2, [1.0]])
+    best, best_j, best_gap = 0.5, -1.0, -1.0
+    for c in cands:
+        j = (scores[y == 1] >= c).mean() - (scores[y == 0] >= c).mean()
+        gap = np.min(np.abs(scores - c))
+        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and gap > best_gap):
+            best, best_j, best_gap = float(c), j, gap
+    return best
+
+
+def rates(rows, weights, thr):
+    out = {"fpr": None, "tpr": None, "by_kind": {}}
+    kinds = sorted({r["kind"] for r in rows})
+    for k in kinds:
+        sc = [Q.combine(r, weights) for r in rows if r["kind"] == k]
+        out["by_kind"][k] = (sum(s >= thr for s in sc), len(sc), float(np.min(sc)), float(np.max(sc)))
+    good = [Q.combine(r, weights) >= thr for r in rows if not r["broken"]]
+    bad = [Q.combine(r, weights) >= thr for r in rows if r["broken"]]
+    out["fpr"] = (sum(good), len(good))
+    out["tpr"] = (sum(bad), len(bad))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cal", type=int, default=24, help="calibration pairs (seeds 0..N-1)")
+    ap.add_argument("--test", type=int, default=16, help="held-out pairs (seeds 1000..)")
+    ap.add_argument("--cache", type=Path, default=None, help="JSON of components: reused if present, else written")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    cal_seeds, test_seeds = list(range(a.cal)), list(range(1000, 1000 + a.test))
+    if a.cache is not None and a.cache.is_file():
+        data = json.loads(a.cache.read_text())
+    else:
+        t1 = load_mni(None)["t1"].data[0]
+        data = {"cal": collect(cal_seeds, t1, "cal"), "test": collect(test_seeds, t1, "test")}
+        if a.cache is not None:
+            a.cache.write_text(json.dumps(data))
+    cal, test = data["cal"], data["test"]
+    assert not {r["seed"] for r in cal} & {r["seed"] for r in test}
+
+    x = np.array([_feat_vector(r) for r in cal])
+    y = np.array([1.0 if r["broken"] else 0.0 for r in cal])
+    w = fit_logistic(x, y)
+    weights = {"intercept": float(w[0]), **{k: float(v) for k, v in zip(FEATURES, w[1:])}}
+    weights = {k: round(v, 3) for k, v in weights.items()}
+    cal_scores = np.array([Q.combine(r, weights) for r in cal])
+    thr = round(choose_threshold(cal_scores, y), 2)
+
+    print("\ncomponents by kind (calibration set, median [min, max]):")
+    for k in sorted({r["kind"] for r in cal}):
+        rs = [r for r in cal if r["kind"] == k]
+        txt = "  ".join(
+            f"{f}={np.median([r[f] for r in rs]):.3f} [{min(r[f] for r in rs):.3f}, {max(r[f] for r in rs):.3f}]"
+            for f in ("shift_ratio", "mismatch_fraction", "folded_percent", "mind_distance")
+        )
+        print(f"  {k:21s} n={len(rs):3d}  {txt}")
+    print("\nQC_WEIGHTS =", json.dumps(weights))
+    print(f"QC_THRESHOLD = {thr}")
+    for name, rows in (("calibration", cal), ("held-out", test)):
+        r = rates(rows, weights, thr)
+        (fp, ng), (tp, nb) = r["fpr"], r["tpr"]
+        print(f"\n{name} ({len({q['seed'] for q in rows})} pairs): TPR {tp}/{nb} = {tp / nb:.3f}   "
+              f"FPR {fp}/{ng} = {fp / ng:.3f}")
+        for k, (n_flag, n, lo, hi) in r["by_kind"].items():
+            print(f"  {k:21s} flagged {n_flag:3d}/{n:3d}   score range [{lo:.3f}, {hi:.3f}]")
+    if weights != {k: round(v, 3) for k, v in Q.QC_WEIGHTS.items()} or thr != Q.QC_THRESHOLD:
+        print("\nnote: these differ from the constants in unireg/evaluation/qc_score.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""A failure score for one registration, without ground truth.
+
+What UniReg has after a registration is the fixed image's frozen MIND-SSC features, the moving
+features pulled through the found displacement, and the displacement's Jacobian.  Three figures
+come from them, all computed inside a foreground mask of the fixed image:
+
+``mind_distance``
+    mean over the mask of the per-voxel feature distance ``d0(x) = mean_c |F(x) - M(x)|``
+    (MIND values lie in (0, 1], so ``d0`` does too).
+``shift_ratio``
+    ``mean d0 / mean d_s``, where ``d_s`` is the same distance with the warped moving features
+    shifted by ``SHIFT_VOX`` voxels along each axis, both ways.  After a good registration the
+    found position is a clear minimum of the feature distance (ratio well below 1); after a gross
+    failure (wrong translation, flipped axis, unrelated image) any nearby position matches about as
+    badly as the found one (ratio near 1).  Being a ratio, it does not depend on how different the
+    two contrasts are, nor on 2-D (4 MIND channels) versus 3-D (12 channels).
+``mismatch_fraction``
+    the fraction of mask voxels where, after box smoothing over ``(2 * SMOOTH_RADIUS + 1)`` voxels,
+    some shifted position matches better than the found one: the "badly matched" voxels.
+``folded_percent``
+    percentage of mask voxels with ``det J <= 0``.
+
+The score is a logistic combination of ``shift_ratio``, ``mismatch_fraction``, ``log1p(folded_percent)``
+and ``mind_distance`` with the weights in :data:`QC_WEIGHTS`, so it lies in [0, 1] and higher means
+more likely failed; ``qc_flag`` is ``qc_score >= QC_THRESHOLD``.  Weights and threshold were fitted
+on synthetic 2-D pairs with known good and deliberately broken registrations by
+``benchmarks/calibrate_qc.py`` (see docs/qc.md for the method and the measured rates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "qc_score",
+    "qc_components",
+    "combine",
+    "foreground_mask",
+    "score_registration",
+    "QC_THRESHOLD",
+    "QC_WEIGHTS",
+    "SHIFT_VOX",
+    "SMOOTH_RADIUS",
+]
+
+SHIFT_VOX = 2  # voxels of the working grid; the MIND neighbour distance is 2 voxels too
+SMOOTH_RADIUS = 2  # box radius (voxels) of the local comparison behind mismatch_fraction
+
+# Logistic weights over the components (intercept first), fitted by benchmarks/calibrate_qc.py.
+QC_WEIGHTS: dict[str, float] = {
+    "intercept": 0.0,
+    "shift_ratio": 0.0,
+    "mismatch_fraction": 0.0,
+    "log1p_folded_percent": 0.0,
+    "mind_distance": 0.0,
+}
+# Flag threshold on qc_score, chosen by benchmarks/calibrate_qc.py (see docs/qc.md).
+QC_THRESHOLD = 0.5
+
+
+def _shift(x: torch.Tensor, axis: int, s: int) -> torch.Tensor:
+    """``y[i] = x[clamp(i + s)]`` along spatial ``axis`` of ``(B, C, *S)`` (replicated edges)."""
+    dim = 2 + axis
+    n = x.shape[dim]
+    s = max(-(n - 1), min(n - 1, s))
+    if s == 0:
+        return x
+    if s > 0:
+        edge = x.narrow(dim, n - 1, 1).expand(*[s if d == dim else -1 for d in range(x.dim())])
+        return torch.cat([x.narrow(dim, s, n - s), edge], dim=dim)
+    edge = x.narrow(dim, 0, 1).expand(*[-s if d == dim else -1 for d in range(x.dim())])
+    return torch.cat([edge, x.narrow(dim, 0, n + s)], dim=dim)
+
+
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean filter of width ``2r+1`` on ``(B, 1, *S)`` (zero padding, renormalized)."""
+    if r <= 0:
+        return x
+    nd = x.dim() - 2
+    pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+    k = 2 * r + 1
+    num = pool(x, k, stride=1, padding=r, count_include_pad=True)
+    den = pool(torch.ones_like(x), k, stride=1, padding=r, count_include_pad=True)
+    return num / den
+
+
+def foreground_mask(image: torch.Tensor | np.ndarray, level: float = 0.05) -> torch.Tensor:
+    """Foreground of an intensity-normalized image ``(*S)`` in [0, 1]: voxels above ``level``.
+
+    Falls back to every voxel when that leaves less than 1 % of the image.
+    """
+    img = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).float()
+    m = img > level
+    if m.float().mean() < 0.01:
+        m = torch.ones_like(m)
+    return m
+
+
+def _structure_mask(fixed_feat: torch.Tensor) -> torch.Tensor:
+    """Voxels where the fixed MIND features are not flat (flat regions give all channels = 1)."""
+    m = (1.0 - fixed_feat[0].amin(0)) > 0.01
+    if m.float().mean() < 0.01:
+        m = torch.ones_like(m)
+    return m
+
+
+@torch.no_grad()
+def qc_components(
+    fixed_feat: torch.Tensor,
+    warped_moving_feat: torch.Tensor,
+    jac: torch.Tensor | np.ndarray,
+    mask: torch.Tensor | np.ndarray | None = None,
+) -> dict[str, float]:
+    """The raw figures behind :func:`qc_score` (see the module docstring).
+
+    Parameters
+    ----------
+    fixed_feat, warped_moving_feat : ``(1, C, *S)`` MIND-SSC features on the same grid.
+    jac : ``(*S)`` det J of the displacement on that grid.
+    mask : ``(*S)`` boolean foreground, or None for the voxels where the fixed features are not flat.
+    """
+    ff = fixed_feat.detach().float().cpu()
+    fw = warped_moving_feat.detach().float().cpu()
+    if ff.shape != fw.shape or ff.dim() not in (4, 5) or ff.shape[0] != 1:
+        raise ValueError(f"expected two (1, C, *S) feature maps of one shape, got {tuple(ff.shape)}, {tuple(fw.shape)}")
+    nd = ff.dim() - 2
+    spatial = tuple(ff.shape[2:])
+    m = _structure_mask(ff) if mask is None else torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).bool().cpu()
+    if tuple(m.shape) != spatial:
+        raise ValueError(f"mask shape {tuple(m.shape)} differs from the feature grid {spatial}")
+    j = torch.as_tensor(np.asarray(jac) if not torch.is_tensor(jac) else jac).float().cpu().reshape(spatial)
+
+    d0 = (ff - fw).abs().mean(1, keepdim=True)
+    ds = [(ff - _shift(fw, a, s * SHIFT_VOX)).abs().mean(1, keepdim=True) for a in range(nd) for s in (1, -1)]
+    n = m.sum().clamp_min(1)
+    mean0 = float((d0[0, 0] * m).sum() / n)
+    mean_s = float(sum(float((d[0, 0] * m).sum() / n) for d in ds) / len(ds))
+    b0 = _box(d0, SMOOTH_RADIUS)
+    bmin = torch.stack([_box(d, SMOOTH_RADIUS) for d in ds]).amin(0)
+    mismatch = float(((b0 >= bmin)[0, 0] & m).sum() / n)
+    folded = float(((j <= 0) & m).sum() / n) * 100.0
+    return {
+        "mind_distance": mean0,
+        "shift_ratio": mean0 / max(mean_s, 1e-12),
+        "mismatch_fraction": mismatch,
+        "folded_percent": folded,
+    }
+
+
+def combine(components: dict[str, float], weights: dict[str, float] | None = None) -> float:
+    """Logistic combination of :func:`qc_components`' figures -> failure score in [0, 1]."""
+    w = QC_WEIGHTS if weights is None else weights
+    z = w["intercept"]
+    z += w["shift_ratio"] * components["shift_ratio"]
+    z += w["mismatch_fraction"] * components["mismatch_fraction"]
+    z += w["log1p_folded_percent"] * math.log1p(components["folded_percent"])
+    z += w["mind_distance"] * components["mind_distance"]
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+def qc_score(
+    fixed_feat: torch.Tensor,
+    warped_moving_feat: torch.Tensor,
+    jac: torch.Tensor | np.ndarray,
+    mask: torch.Tensor | np.ndarray | None = None,
+) -> dict:
+    """Failure score of one registration from features and Jacobian alone (no ground truth).
+
+    Parameters
+    ----------
+    fixed_feat : ``(1, C, *S)`` MIND-SSC features of the fixed image (the calibration used MIND).
+    warped_moving_feat : ``(1, C, *S)`` moving features pulled through the registration's warp.
+    jac : ``(*S)`` det J of the warp on the same grid.
+    mask : optional ``(*S)`` boolean foreground of the fixed image (default: where the fixed
+        features are not flat).
+
+    Returns
+    -------
+    dict
+        ``qc_score`` (float in [0, 1], higher = more likely failed), ``qc_flag``
+        (``qc_score >= QC_THRESHOLD``), ``qc_threshold``, and ``qc_components`` (the raw figures).
+    """
+    comp = qc_components(fixed_feat, warped_moving_feat, jac, mask)
+    s = combine(comp)
+    return {
+        "qc_score": round(s, 4),
+        "qc_flag": bool(s >= QC_THRESHOLD),
+        "qc_threshold": QC_THRESHOLD,
+        "qc_components": {k: round(v, 5) for k, v in comp.items()},
+    }
+
+
+@torch.no_grad()
+def score_registration(
+    fixed_w: torch.Tensor,
+    moving_w: torch.Tensor,
+    disp_w: torch.Tensor,
+    jac_w: torch.Tensor | np.ndarray,
+    fixed_feat: torch.Tensor | None = None,
+    moving_feat: torch.Tensor | None = None,
+) -> dict:
+    """:func:`qc_score` on the working grid, the way :func:`unireg.pipeline.register_images` calls it.
+
+    Parameters
+    ----------
+    fixed_w, moving_w : ``(1, *S)`` intensity-normalized images on the working grid (moving already
+        through the affine part).
+    disp_w : ``(1, ndim, *S)`` working-grid displacement in voxels.
+    jac_w : ``(*S)`` its det J.
+    fixed_feat, moving_feat : ``(1, C, *S)`` MIND features of the two images when the registrar
+        already computed them; otherwise default MIND-SSC is computed here.
+    """
+    from ..features.mind import mind_ssc
+    from ..spatial.grid import warp
+
+    if fixed_feat is None or moving_feat is None:
+        fixed_feat = mind_ssc(fixed_w[None].float().cpu())
+        moving_feat = mind_ssc(moving_w[None].float().cpu())
+    fixed_feat, moving_feat = fixed_feat.float().cpu(), moving_feat.float().cpu()
+    warped = warp(moving_feat, disp_w.float().cpu(), padding_mode="border")
+    return qc_score(fixed_feat, warped, jac_w, foreground_mask(fixed_w[0]))

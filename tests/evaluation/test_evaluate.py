@@ -1,0 +1,127 @@
+"""`unireg evaluate` on tiny hand-made result folders (known answers) and one real 2-D registration."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from unireg.evaluation.evaluate import evaluate_path, evaluate_result, format_table, jacobian_from_warp, write_metrics
+from unireg.io.image import write_image
+from unireg.io.warp import write_displacement_field
+
+AFF = np.diag([2.0, 2.0, 2.0, 1.0])
+AFF[:3, 3] = [-10.0, 5.0, 3.0]
+
+
+def _labels(shape=(12, 10, 8)):
+    lab = np.zeros(shape, np.uint8)
+    lab[3:8, 2:7, 2:6] = 1
+    lab[2:5, 6:9, 1:7] = 2
+    return lab
+
+
+def _result(folder, disp_mm, report=None, warped_labels=None, inverse=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    write_displacement_field(folder / "warp.nii.gz", disp_mm, AFF)
+    if inverse is not None:
+        write_displacement_field(folder / "inverse_warp.nii.gz", inverse, AFF)
+    if warped_labels is not None:
+        write_image(folder / "warped_labels.nii.gz", warped_labels[None], AFF)
+    (folder / "report.json").write_text(json.dumps(report or {"runtime_s": {"total": 1.5}, "peak_rss_mb": 321.0}))
+    return folder
+
+
+def test_perfect_result_scores_perfectly(tmp_path):
+    lab = _labels()
+    write_image(tmp_path / "fixed_labels.nii.gz", lab[None], AFF)
+    shift = np.zeros((3,) + lab.shape, np.float32)
+    shift[0] = 4.0  # 4 mm along x everywhere
+    write_displacement_field(tmp_path / "true.nii.gz", shift, AFF)
+    res = _result(tmp_path / "r", shift, warped_labels=lab, inverse=-shift)
+    fixed_pts = tmp_path / "f.csv"
+    moving_pts = tmp_path / "m.csv"
+    fixed_pts.write_text("x,y,z\n0,10,7\n2,12,9\n")
+    moving_pts.write_text("x,y,z\n4,10,7\n6,12,9\n")  # fixed + u
+    row = evaluate_result(res, fixed_labels=tmp_path / "fixed_labels.nii.gz", true_warp=tmp_path / "true.nii.gz",
+                          fixed_points=fixed_pts, moving_points=moving_pts)
+    assert row["dice_1"] == pytest.approx(1.0) and row["dice_2"] == pytest.approx(1.0)
+    assert row["dice_mean"] == pytest.approx(1.0)
+    assert row["hd95_mean"] == pytest.approx(0.0)
+    assert row["epe_mean"] == pytest.approx(0.0, abs=1e-5) and row["epe_max"] == pytest.approx(0.0, abs=1e-5)
+    assert row["tre_before_mean"] == pytest.approx(4.0)
+    assert row["tre_mean"] == pytest.approx(0.0, abs=1e-4)
+    assert row["folded_percent"] == 0.0 and row["sdlogj"] == pytest.approx(0.0, abs=1e-6)
+    assert row["seconds"] == 1.5 and row["peak_mb"] == 321.0
+
+
+def test_epe_of_a_wrong_field_and_moving_labels_warped_through_the_field(tmp_path):
+    lab = _labels()
+    write_image(tmp_path / "fixed_labels.nii.gz", lab[None], AFF)
+    # moving labels are the fixed ones shifted by +1 voxel (2 mm) along the first axis; the exact warp
+    # fixed->moving is +2 mm in x.  The estimated field is zero: EPE 2 mm, Dice < 1.
+    write_image(tmp_path / "moving_labels.nii.gz", np.roll(lab, 1, axis=0)[None], AFF)
+    true = np.zeros((3,) + lab.shape, np.float32)
+    true[0] = 2.0
+    write_displacement_field(tmp_path / "true.nii.gz", true, AFF)
+    zero = _result(tmp_path / "zero", np.zeros_like(true))
+    exact = _result(tmp_path / "exact", true)
+    r0 = evaluate_result(zero, fixed_labels=tmp_path / "fixed_labels.nii.gz", moving_labels=tmp_path / "moving_labels.nii.gz",
+                         true_warp=tmp_path / "true.nii.gz")
+    r1 = evaluate_result(exact, fixed_labels=tmp_path / "fixed_labels.nii.gz", moving_labels=tmp_path / "moving_labels.nii.gz",
+                         true_warp=tmp_path / "true.nii.gz")
+    assert r0["epe_mean"] == pytest.approx(2.0, abs=1e-5)
+    assert r1["epe_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert r0["dice_1"] < 0.9
+    assert r1["dice_1"] == pytest.approx(1.0)
+
+
+def test_jacobian_from_warp_detects_folding():
+    d = np.zeros((2, 9, 9), np.float32)
+    d[0] = -3.0 * np.arange(9)[:, None]  # -3 mm per 1.5 mm voxel: du/dx = -2, det(J) = 1 - 2 = -1
+    aff = np.diag([1.5, 1.5, 1.0, 1.0])
+    assert np.allclose(jacobian_from_warp(d, aff), -1.0)
+
+
+def test_folder_of_results_gives_rows_and_mean(tmp_path):
+    lab = _labels()
+    for i, s in enumerate([0.0, 2.0]):
+        f = np.zeros((3,) + lab.shape, np.float32)
+        f[1] = s
+        _result(tmp_path / "runs" / f"case{i}", f, report={"runtime_s": {"total": 1.0 + i}})
+    rows = evaluate_path(tmp_path / "runs")
+    assert [r["name"] for r in rows] == ["case0", "case1", "mean"]
+    assert rows[-1]["seconds"] == pytest.approx(1.5)
+    table = format_table(rows)
+    assert "case1" in table and "seconds" in table
+    paths = write_metrics(rows, tmp_path / "m")
+    assert json.loads(paths["json"].read_text())["rows"][2]["name"] == "mean"
+    assert paths["csv"].read_text().splitlines()[0].startswith("name,")
+
+
+def test_cli_evaluate_after_register(tmp_path):
+    """End to end on a tiny 2-D pair: `unireg register` then `unireg evaluate`."""
+    from unireg.cli.main import app
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    img = ((yy - 20) ** 2 + (xx - 19) ** 2 < 120).astype(np.float32) + 0.05 * rng.random((40, 40), dtype=np.float32)
+    lab = (img > 0.5).astype(np.uint8)
+    aff = np.eye(4)
+    write_image(tmp_path / "f.nii.gz", img[None], aff, dtype=np.float32)
+    write_image(tmp_path / "m.nii.gz", np.roll(img, 2, axis=0)[None], aff, dtype=np.float32)
+    write_image(tmp_path / "fl.nii.gz", lab[None], aff)
+    write_image(tmp_path / "ml.nii.gz", np.roll(lab, 2, axis=0)[None], aff)
+    runner = CliRunner()
+    r = runner.invoke(app, ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "-o", str(tmp_path / "out"),
+                            "--labels", str(tmp_path / "ml.nii.gz"), "--fixed-labels", str(tmp_path / "fl.nii.gz"),
+                            "--refine", "5", "--no-qc", "--no-affine"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "dice_mean" in r.output and "folded_percent" in r.output
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
+    assert 0.5 < rows[0]["dice_mean"] <= 1.0 and rows[0]["seconds"] > 0
+    # a bad option is one line and exit 2
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "out"), "--fixed-points", str(tmp_path / "nope.csv")])
+    assert r.exit_code == 2
