@@ -182,6 +182,8 @@ def bad(inputs, tmp_path_factory):
     (d / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08garbage" * 20)
     (d / "truncated.nii.gz").write_bytes((inputs / "fixed.nii.gz").read_bytes()[:300])
     (d / "image.txt").write_text("not an image")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (d / "broken.mha").write_text("ObjectType = Image\nNDims = 3\nElementDataFile = LOCAL\n")
     nib.save(nib.Nifti1Image(np.stack([arr, arr], -1), aff), d / "4d.nii.gz")
     write_image(d / "2d.nii.gz", arr[:, :, 5], aff)
     nan = arr.copy()
@@ -206,6 +208,8 @@ BAD_CASES = {
     "corrupt": (["{B}/corrupt.nii.gz", "{M}"], ["corrupt.nii.gz", "cannot read"]),
     "truncated": (["{F}", "{B}/truncated.nii.gz"], ["truncated.nii.gz", "cannot read"]),
     "format": (["{B}/image.txt", "{M}"], ["image.txt", "extension"]),
+    "broken_png": (["{B}/broken.png", "{M}"], ["broken.png", "cannot read"]),
+    "broken_mha": (["{F}", "{B}/broken.mha"], ["broken.mha", "cannot read"]),
     "4d": (["{F}", "{B}/4d.nii.gz"], ["4d.nii.gz", "4-D"]),
     "2d_vs_3d": (["{F}", "{B}/2d.nii.gz"], ["2d.nii.gz", "2-D", "3-D"]),
     "nan": (["{B}/nan.nii.gz", "{M}"], ["nan.nii.gz", "NaN"]),

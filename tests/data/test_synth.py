@@ -33,8 +33,8 @@ def test_pair_fields_are_inverse():
     fwd, inv = deform_pair_field(v)
     resid = compose(fwd, inv)[:, :, 2:-2, 2:-2, 2:-2]  # x + fwd + inv(x + fwd) - x, away from the border
     assert resid.abs().max() < 0.1 and resid.abs().mean() < 0.01
-    fwd2, inv2 = deform_pair_field(v, (19, 23, 17))
-    assert fwd2.shape == (1, 3, 19, 23, 17) and inv2.shape == fwd2.shape
+    fwd2, inv2 = deform_pair_field(v, (47, 47, 47))  # twice as fine: (47 - 1) / (24 - 1) = 2
+    assert fwd2.shape == (1, 3, 47, 47, 47) and inv2.shape == fwd2.shape
     assert abs(fwd2.abs().max() / fwd.abs().max() - 2.0) < 0.1  # values rescale with the grid
 
 

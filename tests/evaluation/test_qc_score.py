@@ -1,0 +1,124 @@
+"""The ground-truth-free failure flag: flags broken registrations, passes good ones (small 2-D pairs)."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from unireg.data.synth import coarse_shape, deform_pair_field, random_velocity
+from unireg.evaluation import qc_score as Q
+from unireg.features.mind import mind_ssc
+from unireg.spatial.grid import warp
+from unireg.spatial.jacobian import jacobian_determinant
+
+N = 64
+
+
+def _phantom(seed: int, values=(0.3, 0.55, 0.8, 1.0)):
+    """A disk of smooth random 'tissue' regions; the same regions in another contrast via ``values``."""
+    g = np.random.default_rng(seed)
+    f = ndimage.gaussian_filter(g.standard_normal((N, N)), 2.5)
+    lab = np.digitize(f, np.quantile(f, [0.25, 0.5, 0.75]))
+    yy, xx = np.mgrid[:N, :N]
+    body = (yy - N / 2) ** 2 + (xx - N / 2) ** 2 < (0.42 * N) ** 2
+    return ndimage.gaussian_filter(np.where(body, np.asarray(values)[lab], 0.0), 0.7).astype(np.float32)
+
+
+def _pair(seed: int):
+    """``(fixed_w, moving_w, true_disp)``: moving = another contrast, deformed by a known 4-voxel field."""
+    fixed = torch.from_numpy(_phantom(seed))[None]
+    other = torch.from_numpy(_phantom(seed, (0.9, 0.2, 0.6, 0.4)))
+    v = random_velocity(coarse_shape((N, N), 4), 1.0, seed=seed)
+    fwd, pull = deform_pair_field(v, (N, N))
+    moving = warp(other[None, None], pull)[0]
+    return fixed, moving, fwd
+
+
+def _score(fixed_w, moving_w, disp):
+    return Q.score_registration(fixed_w, moving_w, disp, jacobian_determinant(disp)[0])
+
+
+def _folding_noise(seed):
+    g = np.random.default_rng(seed).standard_normal((1, 2, N, N))
+    n = torch.from_numpy(ndimage.gaussian_filter(g, (0, 0, 1.0, 1.0))).float()
+    return n * (2.5 / n.std())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_good_registration_not_flagged(seed):
+    fixed_w, moving_w, disp = _pair(seed)
+    out = _score(fixed_w, moving_w, disp)
+    assert out["qc_flag"] is False, out
+    assert 0.0 <= out["qc_score"] < Q.QC_THRESHOLD
+    assert out["qc_threshold"] == Q.QC_THRESHOLD
+    assert out["qc_components"]["shift_ratio"] < 0.85
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["translation", "flip", "random_deformation", "swapped", "folding_noise"])
+def test_broken_registration_flagged(seed, kind):
+    fixed_w, moving_w, disp = _pair(seed)
+    if kind == "translation":
+        disp = disp + torch.tensor([6.0, -5.0]).view(1, 2, 1, 1)  # 7.8 voxels
+    elif kind == "flip":
+        moving_w = moving_w.flip(-1)
+    elif kind == "random_deformation":
+        v = random_velocity(coarse_shape((N, N), 8), 12.0 / 9, seed=seed + 100)
+        disp = disp + deform_pair_field(v, (N, N))[0]
+    elif kind == "swapped":
+        moving_w = _pair(seed + 50)[1]
+    else:
+        disp = disp + _folding_noise(seed)
+    out = _score(fixed_w, moving_w, disp)
+    assert out["qc_flag"] is True, (kind, out)
+    assert Q.QC_THRESHOLD <= out["qc_score"] <= 1.0
+
+
+def test_score_deterministic_and_rises_with_misalignment():
+    fixed_w, moving_w, disp = _pair(3)
+    ff = mind_ssc(fixed_w[None])
+    fm = mind_ssc(moving_w[None])
+    scores = []
+    for t in (0.0, 2.0, 4.0, 8.0):
+        d = disp + torch.tensor([t, 0.0]).view(1, 2, 1, 1)
+        jac = jacobian_determinant(d)[0]
+        a = Q.qc_score(ff, warp(fm, d, padding_mode="border"), jac)  # default mask: non-flat fixed features
+        b = Q.qc_score(ff, warp(fm, d, padding_mode="border"), jac.numpy())
+        assert a == b
+        scores.append(a["qc_score"])
+    # the found position scores best; 4 and 8 voxels off are failures (the score saturates near 1)
+    assert scores[0] < Q.QC_THRESHOLD <= min(scores[2:]) and scores[0] < min(scores[1:]), scores
+
+
+def test_components_and_errors():
+    fixed_w, moving_w, disp = _pair(0)
+    ff = mind_ssc(fixed_w[None])
+    same = Q.qc_components(ff, ff, torch.ones(N, N))
+    assert same["mind_distance"] == 0.0 and same["shift_ratio"] == 0.0 and same["folded_percent"] == 0.0
+    jac = torch.ones(N, N)
+    jac[:4, :4] = -1.0
+    c = Q.qc_components(ff, ff, jac, torch.ones(N, N, dtype=torch.bool))
+    assert c["folded_percent"] == pytest.approx(100 * 16 / N**2)
+    assert Q.combine(c) > Q.combine(same)
+    with pytest.raises(ValueError):
+        Q.qc_components(ff, ff, jac, torch.ones(N - 1, N, dtype=torch.bool))
+    with pytest.raises(ValueError):
+        Q.qc_components(ff, ff[:, :2], jac)
+    # a background-only image still gives a mask (everything) and finite figures
+    m = Q.foreground_mask(torch.zeros(N, N))
+    assert bool(m.all())
+
+
+def test_pipeline_reports_qc(tmp_path):
+    from unireg import api
+
+    fixed_w, moving_w, _ = _pair(4)
+    aff = np.eye(4)
+    res = api.register((fixed_w[0].numpy(), aff), (moving_w[0].numpy(), aff), refine=30, affine=False)
+    rep = res.report
+    assert {"qc_score", "qc_flag", "qc_threshold", "qc_components"} <= set(rep)
+    assert isinstance(rep["qc_flag"], bool) and 0.0 <= rep["qc_score"] <= 1.0
+    assert rep["qc_flag"] is False, rep["qc_components"]
+    assert "qc" in rep["runtime_s"]
+    bad = api.register((fixed_w[0].numpy(), aff), (moving_w[0].flip(-1).numpy(), aff), refine=30, affine=False)
+    assert bad.report["qc_score"] > rep["qc_score"]

@@ -1,0 +1,126 @@
+"""Public API: input validation, model loading, apply / apply_points against hand-made warps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unireg import api
+from unireg.errors import UniRegError
+from unireg.io.image import Image
+
+from .synthetic_pairs import grid_affine, phantom, rotation, tiny_registrar, world_points
+
+torch.set_num_threads(1)
+
+
+def _img2d():
+    a = grid_affine((30, 34), (1.0, 1.0), np.eye(2), (0.0, 0.0))
+    f, lab = phantom((30, 34), a, (0.0, 0.0))
+    return f, lab, a
+
+
+@pytest.mark.parametrize(
+    "arr, aff, msg",
+    [
+        (np.zeros((4, 4, 4, 4)), np.eye(4), "2-D or 3-D"),
+        (np.ones((8, 8)), np.eye(4), "constant"),
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), np.eye(4), "NaN"),
+        (np.random.rand(5, 5), np.eye(3), "4x4"),
+    ],
+)
+def test_as_image_validates_arrays(arr, aff, msg):
+    with pytest.raises(UniRegError, match=msg):
+        api.as_image((arr, aff))
+
+
+def test_as_image_passthrough_and_paths(tmp_path):
+    f, _, a = _img2d()
+    img = api.as_image((f, a))
+    assert isinstance(img, Image) and img.data.shape == (1, *f.shape) and img.data.dtype == np.float32
+    assert api.as_image(img) is img
+    with pytest.raises(UniRegError, match="not found"):
+        api.as_image(tmp_path / "missing.nii.gz")
+    with pytest.raises(UniRegError):
+        api.as_image(42)
+
+
+def test_register_rejects_bad_arguments():
+    f, lab, a = _img2d()
+    reg = tiny_registrar(2, 1.0)
+    with pytest.raises(UniRegError, match="smoothness"):
+        api.register((f, a), (f, a), model=reg, smoothness=11.0)
+    with pytest.raises(UniRegError, match="fixed label map shape"):
+        api.register((f, a), (f, a), model=reg, fixed_labels=(lab[:-1], a))
+    with pytest.raises(UniRegError, match="label map shape"):
+        api.register((f, a), (f, a), model=reg, labels=(lab[:, :-1], a))
+    with pytest.raises(UniRegError, match="model is 3-D"):
+        api.register((f, a), (f, a), model=tiny_registrar(3, 1.0))
+    f3 = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    with pytest.raises(UniRegError, match="2-D|3-D"):
+        api.register((f, a), (f3, np.eye(4)), model=reg)
+
+
+def test_load_model_variants(tmp_path):
+    reg = tiny_registrar(2, 1.0)
+    assert api.load_model(reg) is reg
+    reg.save(tmp_path / "m.pt")
+    back = api.load_model(tmp_path / "m.pt")
+    assert back.ndim == 2 and back.working["spacing"] == 1.0
+    default = api.load_model(None, ndim=2)
+    assert default.ndim == 2 and default.meta.get("name")
+    if not default.trained:
+        assert default.meta["name"].startswith("untrained")
+
+
+def test_register_with_untrained_default_refines(monkeypatch):
+    """refine=None on an untrained model means DEFAULT_UNTRAINED_REFINE iterations (reported)."""
+    monkeypatch.setattr(api, "DEFAULT_UNTRAINED_REFINE", 2)
+    f, _, a = _img2d()
+    res = api.register((f, a), (np.roll(f, 1, 0), a), model=tiny_registrar(2, 1.0), refine=None)
+    assert res.report["refine_iterations"] == 2 and "warning" in res.report
+
+
+def test_apply_points_constant_translation():
+    a = grid_affine((10, 12, 8), (1.0, 1.5, 2.0), rotation(2, 25), (1.0, 2.0, 3.0))
+    t = np.array([1.0, -2.0, 0.5])
+    field = np.broadcast_to(t[:, None, None, None], (3, 10, 12, 8)).astype(np.float32)
+    pts = world_points((10, 12, 8), a)[::13]
+    assert np.allclose(api.apply_points((field, a), pts), pts + t, atol=1e-5)
+    with pytest.raises(UniRegError, match="points must be"):
+        api.apply_points((field, a), pts[:, :2])
+
+
+def test_apply_translation_warp_shifts_image():
+    """A constant warp of exactly one voxel (world) pulls the image by one voxel."""
+    f, lab, a = _img2d()
+    f = f + 1.0  # non-zero up to the border, so zero padding shows
+    t = a[:2, 0].copy()  # one voxel along array axis 0, in world mm
+    field = np.broadcast_to(t[:, None, None], (2, *f.shape)).astype(np.float32)
+    out = api.apply((field, a), (f, a), (f, a))
+    assert out.data.shape == (1, *f.shape)
+    assert np.allclose(out.data[0, :-1], f[1:], atol=1e-5)
+    assert np.abs(out.data[0, -1]).max() < 1e-3  # pulled from outside: zero (float32 world round-off aside)
+    lab_out = api.apply((field, a), (lab, a), (f, a), labels=True)
+    assert lab_out.data.dtype == lab.dtype
+    assert np.array_equal(lab_out.data[0, :-1], lab[1:])
+
+
+def test_apply_resamples_a_coarser_warp_grid():
+    """The warp may live on another grid than the reference: it is interpolated (constant stays constant)."""
+    f, _, a = _img2d()
+    coarse = a.copy()
+    coarse[:3, :3] *= 2.0
+    t = np.array([0.7, -0.4])
+    field = np.broadcast_to(t[:, None, None], (2, 16, 18)).astype(np.float32)
+    out = api.apply((field, coarse), (f, a), (f, a))
+    direct = api.apply((np.broadcast_to(t[:, None, None], (2, *f.shape)).astype(np.float32), a), (f, a), (f, a))
+    assert np.allclose(out.data, direct.data, atol=1e-5)
+
+
+def test_apply_dimension_mismatch():
+    f, _, a = _img2d()
+    field = np.zeros((3, 4, 4, 4), np.float32)
+    with pytest.raises(UniRegError, match="dimensionality"):
+        api.apply((field, np.eye(4)), (f, a), (f, a))

@@ -1,0 +1,102 @@
+"""Writing a RegistrationResult: every file, atomic, never over an input, nothing partial on failure."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from unireg import api
+from unireg.errors import UniRegError
+from unireg.io.image import write_image
+from unireg.outputs import OUTPUT_NAMES
+
+from .synthetic_pairs import grid_affine, phantom, rotation, tiny_registrar
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("outputs_in")
+    fs, fa = (40, 36), grid_affine((40, 36), (1.0, 1.2), rotation(2, 10)[:2, :2], (3.0, -4.0))
+    ms, ma = (38, 40), grid_affine((38, 40), (1.1, 1.0), np.eye(2), (4.0, -4.0))
+    f, fl = phantom(fs, fa, (3.0, -4.0))
+    m, ml = phantom(ms, ma, (3.0, -4.0), shift=(1.0, 0.5))
+    write_image(d / "f.nii.gz", f, fa)
+    write_image(d / "m.nii.gz", m, ma)
+    write_image(d / "ml.nii.gz", ml.astype(np.uint8), ma)
+    write_image(d / "fl.nii.gz", fl.astype(np.uint8), fa)
+    return api.register(d / "f.nii.gz", d / "m.nii.gz", labels=d / "ml.nii.gz", fixed_labels=d / "fl.nii.gz",
+                        model=tiny_registrar(2, 1.0), refine=2)
+
+
+def test_save_writes_everything(result, tmp_path):
+    paths = result.save(tmp_path / "a" / "b")
+    assert set(paths) == set(OUTPUT_NAMES)
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0
+    assert not [p for p in (tmp_path / "a" / "b").iterdir() if p.name.startswith(".tmp")]
+    rep = json.loads(paths["report"].read_text())
+    assert rep["outputs"] == {k: v.name for k, v in paths.items()}
+    assert np.asarray(rep["affine_matrix"]).shape == (4, 4)
+    assert nib.load(paths["warped_labels"]).get_data_dtype() == np.uint8
+    assert nib.load(paths["warped"]).get_data_dtype() == np.float32
+    w = nib.load(paths["warp"])
+    assert w.shape == (*result.fixed.spatial_shape, 1, 1, 2) and int(w.header["intent_code"]) == 1007
+    # on disk LPS, in memory RAS
+    disk = np.asarray(w.dataobj)[:, :, 0, 0, :]
+    assert np.allclose(disk[..., 0], -result.warp_mm[0], atol=1e-6)
+    assert np.allclose(disk[..., 1], -result.warp_mm[1], atol=1e-6)
+
+
+def test_save_without_qc_and_html(result, tmp_path):
+    paths = result.save(tmp_path, qc=False, html=False)
+    assert "qc" not in paths and "html" not in paths
+    assert not (tmp_path / "qc.png").exists() and not (tmp_path / "report.html").exists()
+
+
+def test_save_refuses_to_overwrite_an_input(result, tmp_path):
+    import dataclasses
+
+    fake_fixed = dataclasses.replace(result.fixed, path=str(tmp_path / "warped.nii.gz"))
+    (tmp_path / "warped.nii.gz").write_bytes(b"precious")
+    bad = dataclasses.replace(result, fixed=fake_fixed)
+    with pytest.raises(UniRegError, match="overwrite"):
+        bad.save(tmp_path)
+    assert (tmp_path / "warped.nii.gz").read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["warped.nii.gz"]
+
+
+def test_save_into_a_file_is_user_error(result, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UniRegError, match="not a directory"):
+        result.save(tmp_path / "f")
+
+
+def test_failure_half_way_leaves_no_partial_outputs(result, tmp_path, monkeypatch):
+    import unireg.reports.qc as qc
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(qc, "render_qc_png", boom)
+    with pytest.raises(OSError):
+        result.save(tmp_path / "o")
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_failure_keeps_earlier_results_of_other_runs(result, tmp_path, monkeypatch):
+    """Files that were there before the failing save (a previous run) are not deleted."""
+    import unireg.reports.qc as qc
+
+    result.save(tmp_path, qc=False, html=False)
+    before = {p.name for p in tmp_path.iterdir()}
+    monkeypatch.setattr(qc, "render_qc_png", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        result.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == before
