@@ -10,7 +10,7 @@ from .base import FeatureExtractor, freeze, instance_normalize, percentile_resca
 from .registry import available_extractors, create_extractor, register_extractor
 
 # Importing the modules registers their extractors.
-from . import imagenet, local, mind  # noqa: E402,F401
+from . import imagenet, local, mind, raw  # noqa: E402,F401
 from .imagenet import ImageNetResNet18Stem
 from .local import LocalEncoder
 from .mind import MIND, mind_ssc
