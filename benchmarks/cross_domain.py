@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seeds-3d", type=int, default=None, help="seeds per 3-D case (default: --seeds)")
     p.add_argument("--quick", action="store_true", help="1 seed per case")
-    p.add_argument("--smoke", action="store_true", help="tiny 2-D run in-process (t1, t2; refine 5), for the tests")
+    p.add_argument("--smoke", action="store_true", help="tiny 2-D run in-process (T1 -> T2-like, 1 pair, refine 5), for the tests")
     p.add_argument("--spacing-3d", type=float, default=2.0, help="3-D fixed grid spacing in mm (1 = full resolution)")
     p.add_argument("--refine", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     if a.smoke:
-        a.dims, a.cases, a.seeds, a.refine = [2], ["t1", "t2"], 1, 5
+        a.dims, a.cases, a.seeds, a.refine = [2], ["t2"], 1, 5
     elif a.quick:
         a.seeds = 1
     seeds_by_dim = {2: a.seeds, 3: a.seeds if (a.quick or a.seeds_3d is None) else a.seeds_3d}

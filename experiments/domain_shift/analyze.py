@@ -182,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--adapt-lr", type=float, default=2e-3)
     ap.add_argument("--adapt-contrasts", nargs="*", default=["t2", "ct"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse-adapt", action="store_true",
+                    help="take (b) from an existing --out-json made with the same CNN checkpoint (same steps)")
     ap.add_argument("--out-json", type=Path, default=HERE / "results.json")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "domain_shift.png")
     a = ap.parse_args(argv)
@@ -230,7 +232,12 @@ def main(argv=None) -> int:
 
     # (b) adapt one block at a time
     adapt_res = {}
-    for c in a.adapt_contrasts:
+    if a.reuse_adapt and a.out_json.is_file():
+        old = json.loads(a.out_json.read_text())
+        if old.get("models", {}).get("cnn", {}).get("steps") == info["cnn"]["steps"]:
+            adapt_res = old.get("adaptation", {})
+            print("reusing (b) from", a.out_json, flush=True)
+    for c in ([] if adapt_res else a.adapt_contrasts):
         for part, train_c in (("stem", c), ("late", c), ("stem", "t1")):
             name = f"{part} on T1->{train_c.upper()}"
             t1 = time.perf_counter()
