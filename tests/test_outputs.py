@@ -100,3 +100,19 @@ def test_failure_keeps_earlier_results_of_other_runs(result, tmp_path, monkeypat
     with pytest.raises(RuntimeError):
         result.save(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == before
+
+
+def test_save_works_for_in_memory_arrays(tmp_path):
+    """Images given as (array, affine) have no path: the report must still be built."""
+    import numpy as np
+
+    import unireg
+    from tests.synthetic_pairs import grid_affine, phantom, tiny_registrar
+
+    aff = grid_affine((24, 24), (1.0, 1.0), np.eye(2), (0.0, 0.0))
+    fixed, _ = phantom((24, 24), aff, (0.0, 0.0))
+    moving, _ = phantom((24, 24), aff, (0.0, 0.0), shift=(1.5, -1.0))
+    res = unireg.register((fixed, aff), (moving, aff), model=tiny_registrar(2, 1.0), refine=2)
+    paths = res.save(tmp_path / "out")
+    assert paths["html"].is_file() and paths["qc"].is_file()
+    assert "data:image/png;base64" in paths["html"].read_text()

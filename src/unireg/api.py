@@ -126,7 +126,7 @@ def register(
         moving_labels=lab,
         fixed_labels=flab,
         seed=seed,
-        model_name=reg.meta.get("name", str(model)),
+        model_name=reg.meta.get("name") or ("in-memory registrar" if isinstance(model, Registrar) else str(model)),
     )
 
 

@@ -85,10 +85,14 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
             result.warp_mm,
             result.jacobian,
             spacing=fixed.spacing,
+            affine=fixed.affine,  # warp_mm holds world (RAS) components
             title=f"UniReg: {Path(moving.path).name if moving.path else 'moving'} -> "
             f"{Path(fixed.path).name if fixed.path else 'fixed'}",
         )
     if html:
         from .reports.html import build_report
 
-        build_report(out)
+        build_report(out, preloaded={
+            "fixed": fixed, "moving": moving, "warped": result.warped,
+            "warp": (result.warp_mm, fixed.affine), "jacobian": result.jacobian,
+        })

@@ -311,7 +311,7 @@ def _figure(kind: str, plane: str, uri: str, caption: str, size: tuple[int, int]
     )
 
 
-def build_report(out_dir: str | os.PathLike, *, max_px: int = 256) -> Path:
+def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: dict | None = None) -> Path:
     """Write ``out_dir/report.html``, a self-contained visual report of one registration.
 
     Reads ``report.json`` (``fixed`` and ``moving`` paths, figures), ``warped.nii.gz``,
@@ -325,6 +325,11 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256) -> Path:
         A ``unireg register`` output directory.
     max_px : int
         Longer side, in pixels, of each embedded picture.
+    preloaded : dict, optional
+        In-memory objects that replace reading files (``unireg register`` passes what it just
+        wrote, saving the re-read of the .nii.gz files, and images given as arrays have no path):
+        ``fixed``/``moving``/``warped`` (:class:`Image`), ``warp`` (``(disp_mm_ras, affine)``),
+        ``jacobian`` (array on the fixed grid).
 
     Returns
     -------
@@ -348,16 +353,20 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256) -> Path:
         report = json.loads(rj.read_text())
     except (OSError, ValueError) as e:
         raise UniRegError(f"cannot read report.json ({e})", rj) from None
-    if not isinstance(report, dict) or not report.get("fixed"):
+    pre = dict(preloaded or {})
+    if not isinstance(report, dict) or not (report.get("fixed") or pre.get("fixed") is not None):
         raise UniRegError("report.json has no 'fixed' image path", rj)
 
     warnings: list[str] = []
-    fixed = read_image(_resolve(report["fixed"], out))
+    fixed = pre["fixed"] if pre.get("fixed") is not None else read_image(_resolve(report["fixed"], out))
     shape, nd, faff = fixed.spatial_shape, fixed.ndim, fixed.affine
     spacing = [float(s) for s in fixed.spacing]
     fixed_vol = _first_channel_mean(fixed)
 
     def optional(name: str, reader):
+        key = {"warped.nii.gz": "warped", "warp.nii.gz": "warp"}.get(name)
+        if key and pre.get(key) is not None:
+            return pre[key]
         p = out / name
         if not p.is_file():
             warnings.append(f"{name} not found")
@@ -379,7 +388,9 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256) -> Path:
         disp_world = field[0]
     jac_img = out / "jacobian.nii.gz"
     jac_vol = None
-    if jac_img.is_file():
+    if pre.get("jacobian") is not None:
+        jac_vol = np.asarray(pre["jacobian"])
+    elif jac_img.is_file():
         jac_vol = _first_channel_mean(read_image(jac_img))
     elif field is not None:
         import torch
@@ -391,9 +402,11 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256) -> Path:
         warnings.append("jacobian.nii.gz not found; det J recomputed from warp.nii.gz")
     else:
         warnings.append("jacobian.nii.gz not found")
-    moving = None
+    moving = pre.get("moving")
     mpath = _resolve(report.get("moving"), out)
-    if mpath is not None and mpath.is_file():
+    if moving is not None:
+        pass
+    elif mpath is not None and mpath.is_file():
         moving = read_image(mpath)
     else:
         warnings.append(f"moving image not found ({report.get('moving')}); no before/after flicker")
