@@ -182,12 +182,17 @@ def main(argv=None) -> int:
     ap.add_argument("--adapt-lr", type=float, default=2e-3)
     ap.add_argument("--adapt-contrasts", nargs="*", default=["t2", "ct"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", action="store_true", help="only redraw --figure from an existing --out-json")
     ap.add_argument("--reuse-adapt", action="store_true",
                     help="take (b) from an existing --out-json made with the same CNN checkpoint (same steps)")
     ap.add_argument("--out-json", type=Path, default=HERE / "results.json")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "domain_shift.png")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.replot:
+        old = json.loads(a.out_json.read_text())
+        figure(old, list(old["similarity"]["cnn"]["t2"]), a.figure)
+        return 0
     t0 = time.perf_counter()
     cnn_path = a.cnn or _first(ROOT / "src/unireg/weights/cnn_2d.pt", ROOT / "runs/cnn_2d.pt")
     uni_path = a.unireg or _first(ROOT / "src/unireg/weights/unireg_2d.pt", ROOT / "runs/unireg_2d.pt")
@@ -282,7 +287,8 @@ def figure(s: dict, layers: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    fig, ax = plt.subplots(2, 2, figsize=(13, 9.5))
+    ax = ax.ravel()
     x = np.arange(len(CONTRASTS))
     for j, (k, lab) in enumerate((("cnn", "end-to-end CNN (raw)"), ("unireg", "UniReg (MIND)"))):
         ax[0].bar(x + (j - 0.5) * 0.38, [s["accuracy"][k][c]["dice"] for c in CONTRASTS], 0.38,

@@ -87,11 +87,12 @@ class PairSynthesizer:
                 out.append(int(slack / 2 + (float(torch.rand(1, generator=g)) - 0.5) * slack * 0.8))
         return out
 
-    def _view(self, src: torch.Tensor, g: torch.Generator, start) -> tuple[torch.Tensor, torch.Tensor]:
+    def _view(self, src: torch.Tensor, g: torch.Generator, start, contrasts=None) -> tuple[torch.Tensor, torch.Tensor]:
         coords = self._coords(src.shape[1:], g, start)
         out = sample(src[None], coords[None])[0]
         img, lab = out[:1], out[1:]
-        contrast = self.contrasts[int(torch.randint(0, len(self.contrasts), (1,), generator=g))]
+        contrasts = contrasts or self.contrasts
+        contrast = contrasts[int(torch.randint(0, len(contrasts), (1,), generator=g))]
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         img = remap_contrast(img, contrast) * bias_field(self.crop, self.bias, seed)[None]
         img = add_noise(img, self.noise * float(torch.rand(1, generator=g)), seed).clamp_min(0)
@@ -99,14 +100,16 @@ class PairSynthesizer:
         hi = torch.quantile(img.flatten()[:: max(1, img.numel() // 200_000)], 0.995).clamp_min(1e-6)
         return (img / hi).clamp(0, 1), lab
 
-    def pair(self, seed: int) -> dict:
+    def pair(self, seed: int, moving_contrast: str | None = None) -> dict:
+        """One pair; ``moving_contrast`` overrides the moving image's contrast (evaluation off the
+        training domain), the fixed one keeps the training contrasts."""
         g = torch.Generator().manual_seed(int(seed))
         src = self._slice_source(g)
         start = self._crop_start(src.shape[1:], g)
         fixed, fixed_lab = self._view(src, g, start)
-        moving, moving_lab = self._view(src, g, start)
+        moving, moving_lab = self._view(src, g, start, [moving_contrast] if moving_contrast else None)
         return {"fixed": fixed, "moving": moving, "fixed_labels": fixed_lab, "moving_labels": moving_lab}
 
-    def batch(self, seeds) -> dict:
-        items = [self.pair(s) for s in seeds]
+    def batch(self, seeds, moving_contrast: str | None = None) -> dict:
+        items = [self.pair(s, moving_contrast) for s in seeds]
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -67,14 +67,15 @@ def losses_for_batch(model: Registrar, net, batch: dict, lam: torch.Tensor, cfg:
 
 
 @torch.no_grad()
-def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: int = 10_000_000, smoothness: float = 1.0) -> dict:
+def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: int = 10_000_000, smoothness: float = 1.0,
+             moving_contrast: str | None = None) -> dict:
     """Network-only validation on held-out random deformations (seeds never used in training)."""
     from ..spatial.jacobian import folding_stats, jacobian_determinant
 
     model.eval()
     before, after, fold = [], [], []
     for i in range(n_pairs):
-        b = synth.batch([seed_base + i])
+        b = synth.batch([seed_base + i], moving_contrast)
         ff, fm = model.extract(b["fixed"]), model.extract(b["moving"])
         v = model(ff, fm, smoothness)
         disp = model.displacement(v, b["fixed"].shape[2:])
