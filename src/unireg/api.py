@@ -79,6 +79,7 @@ def register(
     smoothness: float = 1.0,
     device: str = "cpu",
     seed: int = 0,
+    qc: bool = True,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``.
 
@@ -94,6 +95,7 @@ def register(
         100 for an untrained one).
     smoothness : regularisation weight in [0.1, 10]; larger is smoother.
     device : "cpu" or "cuda".
+    qc : compute the failure score without ground truth (``qc_score``/``qc_flag`` in the report).
 
     Returns
     -------
@@ -126,6 +128,7 @@ def register(
         moving_labels=lab,
         fixed_labels=flab,
         seed=seed,
+        qc_score=qc,
         model_name=reg.meta.get("name") or ("in-memory registrar" if isinstance(model, Registrar) else str(model)),
     )
 

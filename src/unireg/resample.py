@@ -97,8 +97,14 @@ def resample_fixed_grid(
         warped[:, start:stop] = vals[:n_img].numpy()
         if labels is not None:
             if nearest_labels is None:
-                idx = vals[n_img:].argmax(0).numpy()
-                out_labels[start:stop] = values[idx]
+                # running maximum over the few one-hot channels (argmax over a strided dim is slow)
+                probs = vals[n_img:]
+                best, idx = probs[0], torch.zeros(probs.shape[1:], dtype=torch.int64)
+                for k in range(1, probs.shape[0]):
+                    better = probs[k] > best
+                    best = torch.where(better, probs[k], best)
+                    idx = torch.where(better, torch.tensor(k), idx)
+                out_labels[start:stop] = values[idx.numpy()]
             else:
                 out_labels[start:stop] = sample(nearest_labels, q, mode="nearest")[0, 0].round().numpy().astype(labels.dtype)
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}

@@ -103,7 +103,7 @@ def register(
     smoothness: float = typer.Option(1.0, "--smoothness", help="Regularisation weight in [0.1, 10]."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
-    no_qc: bool = typer.Option(False, "--no-qc", help="Skip qc.png and report.html."),
+    no_qc: bool = typer.Option(False, "--no-qc", help="Skip the failure score, qc.png and report.html."),
 ):
     """Register MOVING onto FIXED and write warped image, warps, Jacobian, report and QC."""
     from .. import api
@@ -119,7 +119,7 @@ def register(
         _guard_inputs({k: out / v for k, v in OUTPUT_NAMES.items()}, [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
         result = api.register(
             fixed, moving, model=model, extractor=extractor, labels=labels, fixed_labels=fixed_labels,
-            affine=not no_affine, refine=refine, smoothness=smoothness, device=device, seed=seed,
+            affine=not no_affine, refine=refine, smoothness=smoothness, device=device, seed=seed, qc=not no_qc,
         )
         result.save(out, qc=not no_qc, html=not no_qc)
     except (UniRegError, OSError, MemoryError):
