@@ -91,8 +91,8 @@ def register(
     labels : optional label map on the moving grid, warped with the same transform.
     fixed_labels : optional label map on the fixed grid; Dice before/after goes into the report.
     affine : run the affine pre-alignment first.
-    refine : test-time instance-optimisation iterations (None: 0 for a trained model,
-        100 for an untrained one).
+    refine : test-time instance-optimisation iterations (None: the model's ``default_refine``,
+        0 unless its model card says otherwise; 100 for an untrained model).
     smoothness : regularisation weight in [0.1, 10]; larger is smoother.
     device : "cpu" or "cuda".
     qc : compute the failure score without ground truth (``qc_score``/``qc_flag`` in the report).
@@ -115,8 +115,8 @@ def register(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UniRegError("--device cuda asked for, but no CUDA device is available")
     reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor)
-    if refine is None:
-        refine = 0 if reg.trained else DEFAULT_UNTRAINED_REFINE
+    if refine is None:  # a shipped model may recommend a few refine steps (its model card says why)
+        refine = int(reg.meta.get("default_refine", 0)) if reg.trained else DEFAULT_UNTRAINED_REFINE
     return register_images(
         fixed_img,
         moving_img,

@@ -13,7 +13,10 @@ from ..data.synth import add_noise, bias_field, coarse_shape, random_velocity, r
 from ..spatial.grid import identity_coords, resize_field, sample
 from ..spatial.integrate import integrate_velocity
 
-__all__ = ["PairSynthesizer"]
+__all__ = ["PairSynthesizer", "CONTROL_MM"]
+
+# spacing (mm) of the random velocity's control points
+CONTROL_MM = 32.0
 
 
 def _rotation(nd: int, angles_rad) -> torch.Tensor:
@@ -70,7 +73,10 @@ class PairSynthesizer:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         amp = float(torch.rand(1, generator=g)) * self.max_disp_vox
         factor = (crop[0] - 1) / (cshape[0] - 1)
-        v = random_velocity(cshape, max(amp, 1e-3) / factor, seed=seed)
+        # control points every ~CONTROL_MM whatever the crop and spacing: the deformation's
+        # smoothness is a physical property (too few mm per control point makes near-folding fields)
+        control = max(3, int(round(max(crop) * self.spacing / CONTROL_MM)))
+        v = random_velocity(cshape, max(amp, 1e-3) / factor, seed=seed, control=control)
         disp = resize_field(integrate_velocity(v), crop)[0].double()
         p = identity_coords(crop, dtype=torch.float64) + torch.tensor(start, dtype=torch.float64).view(nd, *([1] * nd))
         q = p + disp
