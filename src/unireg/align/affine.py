@@ -14,7 +14,10 @@ from .optim import Adam
 from ..spatial.grid import identity_coords, sample
 from ..spatial.world import affine_nd
 
-__all__ = ["center_of_mass_world", "center_of_mass_init", "optimize_affine"]
+__all__ = ["center_of_mass_world", "center_of_mass_init", "optimize_affine", "SHEAR_SCALE_PENALTY"]
+
+# weight of ||A - I||_F^2 next to the feature MSE (typically 0.01-0.05)
+SHEAR_SCALE_PENALTY = 1e-3
 
 
 def center_of_mass_world(image: torch.Tensor, affine4: np.ndarray) -> np.ndarray:
@@ -87,6 +90,12 @@ def optimize_affine(
         sub[:nd, nd] = (factor - 1) / 2.0
         sub_m_inv = torch.linalg.inv(sub)
         ident = identity_coords(ff.shape[2:], dev, torch.float64)
+        # Count only voxels where the fixed features have structure: in flat background MIND is
+        # constant, and a shrinking/shifting affine could otherwise "match" background to
+        # background (seen on CT-like images, where it converged to 0.79 scaling).
+        structure = ((ff.amax(1, keepdim=True) - ff.amin(1, keepdim=True)) > 0.05).float()
+        if structure.mean() < 0.01:
+            structure = torch.ones_like(structure)
         for _ in range(iters):
             opt.zero_grad()
             vox2vox = sub_m_inv @ wm_inv @ matrix() @ wf @ sub
@@ -94,7 +103,9 @@ def optimize_affine(
             warped = sample(fm, coords.unsqueeze(0).float())
             ones = torch.ones_like(fm[:, :1])
             mask = sample(ones, coords.unsqueeze(0).float()).detach()
-            loss = feature_mse(ff, warped, mask=(mask > 0.99).float())
+            loss = feature_mse(ff, warped, mask=(mask > 0.99).float() * structure)
+            # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
+            loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()
             opt.step()
     return matrix().detach().cpu().numpy()
