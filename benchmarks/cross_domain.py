@@ -164,7 +164,10 @@ def markdown(aggs, cfg: dict) -> str:
              "background carries a true field but no image evidence); % folding = voxels with det(J) <= 0",
              "(recomputed from each method's warp.nii.gz on the fixed grid); s = the registration call alone (no imports,",
              "no file I/O; UniReg: affine + features + network (+ refine) + resampling); peak MB = peak resident memory of",
-             "the method's worker process sampled while that pair ran (includes the interpreter and its libraries).", ""]
+             "the method's worker process sampled while that pair ran (includes the interpreter and its libraries; one worker runs",
+             "all pairs of a method and dimensionality, and memory the allocator kept from an earlier, larger pair still counts,",
+             "so read it as an upper bound -- benchmarks/results/speed.md has one-pair, one-process figures).",
+             "Timings: one thread per method, on a shared 2-core machine (see the load note in speed.md); compare within a row group.", ""]
     for nd in sorted({a["ndim"] for a in aggs}):
         sp = cfg["spacing_3d"] if nd == 3 else 1.0
         lines += [f"## {nd}-D ({'MNI at %g mm' % sp if nd == 3 else '1 mm axial slices of MNI'}; phantoms on the same kind of grid)", "",
@@ -375,6 +378,15 @@ def main(argv=None) -> int:
                 rows.append(row)
             if s == 0 and c in ("t2", "ct", "aniso", "synth"):
                 qc_targets.append((nd, c, pd_, {m: work / "results" / m / pd_.name for m in nd_methods}))
+    # describe each network by what its result folders say they ran (checkpoints may change during a run)
+    for nd in a.dims:
+        for m in ("unireg", "unireg_refine", "cnn"):
+            reps = sorted((work / "results" / m).glob(f"{nd}d_*/report.json")) if m in methods else []
+            steps = {json.loads(r.read_text()).get("model_steps") for r in reps}
+            paths = {json.loads(r.read_text()).get("model_path") for r in reps}
+            if reps and None not in steps:
+                key = f"{METHODS[m]} {nd}-D"
+                models_desc[key] = f"{', '.join(sorted(str(p) for p in paths))} ({', '.join(str(x) for x in sorted(steps))} training steps)"
     aggs = aggregate(rows)
     figures = []
     if not a.no_figures:

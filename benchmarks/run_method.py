@@ -81,7 +81,9 @@ def run_unireg(pair: Path, model: str | None, refine: int) -> tuple:
     t0 = time.perf_counter()
     res = api.register(fixed, moving, model=_MODELS[key], refine=refine)
     secs = time.perf_counter() - t0
-    return res.warp_mm, fixed.affine, secs, {"model": res.report.get("model"), "refine": refine,
+    meta = _MODELS[key].meta
+    return res.warp_mm, fixed.affine, secs, {"model": res.report.get("model"), "model_path": model,
+                                             "model_steps": meta.get("steps"), "refine": refine,
                                              "runtime_parts_s": res.report["runtime_s"]}
 
 

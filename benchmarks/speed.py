@@ -77,8 +77,7 @@ def main(argv=None) -> int:
                str(paths["moving"]), "-o", str(tmp / "unireg_e2e"), "--no-qc"]
         if a.model:
             cmd += ["--model", a.model]
-        if a.refine:
-            cmd += ["--refine", str(a.refine)]
+        cmd += ["--refine", str(a.refine)]  # explicit: an untrained default model would otherwise refine 100
         e2e = timed_process(cmd, env)
         rep = json.loads((tmp / "unireg_e2e" / "report.json").read_text())
         res["unireg"] = {"end_to_end_s": e2e["wall_s"], "end_to_end_peak_mb": e2e["max_rss_mb"],
@@ -99,6 +98,11 @@ def main(argv=None) -> int:
                            "end_to_end_s": w["wall_s"], "end_to_end_peak_mb": w["max_rss_mb"]}
     load_after = os.getloadavg()
     u, an = res["unireg"], res.get("ants")
+    if a.model:
+        import torch
+
+        meta = torch.load(a.model, map_location="cpu", weights_only=False)["config"].get("meta", {})
+        u["model"] = f"{a.model} ({meta.get('steps', '?')} training steps)"
     lines = ["# Speed and memory: UniReg vs ANTs SyN on one 1 mm MNI pair", "",
              f"Command: `python benchmarks/speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
              f"Machine: {machine_description()}; {a.threads} thread(s) for every method.  ",

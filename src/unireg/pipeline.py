@@ -334,7 +334,10 @@ def register_images(
     if fixed_labels is not None and warped_labels is not None:
         from .evaluation.metrics import dice
 
-        before_lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, None)
+        if moving.spatial_shape == f_shape and np.allclose(moving.affine, fixed.affine, atol=1e-4):
+            before_lab = moving_labels.data[0]  # same grid: "before" needs no resampling
+        else:
+            before_lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, None)
         report["dice"] = {str(k): v for k, v in dice(fixed_labels.data[0], warped_labels.data[0]).items()}
         report["dice_before"] = {str(k): v for k, v in dice(fixed_labels.data[0], before_lab).items()}
     timer.times["total"] = time.perf_counter() - t_start
