@@ -158,7 +158,8 @@ def markdown(aggs, cfg: dict) -> str:
              "template (or a random label-map phantom) against a copy deformed by a known smooth diffeomorphism",
              f"(max {cfg['max_disp_mm']:.0f} mm), so Dice, HD95 and the endpoint error (EPE) against the true warp are exact.", "",
              f"Command: `{cfg['command']}`  ", f"Machine: {cfg['machine']}  ",
-             f"Date: {cfg['date']}; seeds per case: {cfg['seeds']}; threads per method: {cfg['threads']}; total wall time {cfg['wall_min']:.1f} min.", "",
+             f"Date: {cfg['date']}; seeds per case: {cfg['seeds']}; threads per method: {cfg['threads']}; wall time of this invocation {cfg['wall_min']:.1f} min"
+             + (f" ({cfg['reused_runs']} method runs reused from --work, computed by earlier invocations)." if cfg.get("reused_runs") else "."), "",
              "Columns: Dice = mean over labels (MNI: grey/white matter; phantoms: 10 random labels), mean ± sd over seeds;",
              "HD95 and EPE in mm (EPE = mean |u - u_true| over the labelled tissue of the fixed image, i.e. GM+WM or the phantom's body:",
              "background carries a true field but no image evidence); % folding = voxels with det(J) <= 0",
@@ -330,6 +331,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     rows: list[dict] = []
     qc_targets = []
+    reused = 0
     for nd in a.dims:
         mdl = default_models(nd)
         unireg_model = getattr(a, f"model_{nd}d") or mdl["unireg"]
@@ -367,6 +369,8 @@ def main(argv=None) -> int:
                     continue
                 if m in a.rerun or not (out / "report.json").is_file():
                     jobs.append({"pair": str(pd_), "out": str(out)})
+                else:
+                    reused += 1
             model = {"unireg": unireg_model, "unireg_refine": unireg_model, "cnn": cnn_model}.get(m)
             refine = a.refine if m == "unireg_refine" else 0
             run_jobs(m, jobs, model, refine, a.threads, in_process, log)
@@ -399,7 +403,7 @@ def main(argv=None) -> int:
            "machine": machine_description(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "seeds": " / ".join(f"{seeds_by_dim[d]} ({d}-D)" for d in a.dims), "threads": a.threads, "spacing_3d": a.spacing_3d, "max_disp_mm": 8.0,
            "models": models_desc, "skipped": skipped, "figures": [str(f) for f in figures], "md": str(a.out),
-           "wall_min": (time.perf_counter() - t_start) / 60, "smoke": a.smoke}
+           "wall_min": (time.perf_counter() - t_start) / 60, "smoke": a.smoke, "reused_runs": reused}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(markdown(aggs, cfg))
     clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
