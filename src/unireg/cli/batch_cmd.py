@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from . import options
+
 
 def add_to(app: typer.Typer, guarded) -> None:
     @app.command()
@@ -19,13 +21,13 @@ def add_to(app: typer.Typer, guarded) -> None:
         manifest: Path = typer.Argument(..., help="CSV with columns fixed,moving[,labels,fixed_labels,id]; "
                                                   "relative paths are relative to the manifest's folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per pair, summary.csv, index.html."),
-        model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path (default: shipped model)."),
-        extractor: Optional[str] = typer.Option(None, "--extractor", help="Feature extractor (mind, local, imagenet)."),
-        no_affine: bool = typer.Option(False, "--no-affine", help="Skip the affine pre-alignment."),
-        refine: Optional[int] = typer.Option(None, "--refine", help="Instance-optimisation iterations."),
-        smoothness: float = typer.Option(1.0, "--smoothness", help="Regularisation weight in [0.1, 10]."),
+        model: Optional[str] = options.MODEL,
+        extractor: Optional[str] = options.EXTRACTOR,
+        no_affine: bool = options.NO_AFFINE,
+        refine: Optional[int] = options.REFINE,
+        smoothness: float = options.SMOOTHNESS,
         device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: cuda:<LOCAL_RANK>)."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = options.SEED,
         no_qc: bool = typer.Option(False, "--no-qc", help="Skip qc.png and report.html per pair."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     ):

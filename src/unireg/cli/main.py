@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from . import options
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniReg: universal deformable image registration.")
 
 _STATE = {"debug": False}
@@ -96,13 +98,13 @@ def register(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the moving grid to warp."),
     fixed_labels: Optional[Path] = typer.Option(None, "--fixed-labels", help="Fixed label map: Dice before/after."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path (default: shipped model)."),
-    extractor: Optional[str] = typer.Option(None, "--extractor", help="Feature extractor (mind, local, imagenet)."),
-    no_affine: bool = typer.Option(False, "--no-affine", help="Skip the affine pre-alignment."),
-    refine: Optional[int] = typer.Option(None, "--refine", help="Instance-optimisation iterations."),
-    smoothness: float = typer.Option(1.0, "--smoothness", help="Regularisation weight in [0.1, 10]."),
+    model: Optional[str] = options.MODEL,
+    extractor: Optional[str] = options.EXTRACTOR,
+    no_affine: bool = options.NO_AFFINE,
+    refine: Optional[int] = options.REFINE,
+    smoothness: float = options.SMOOTHNESS,
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = options.SEED,
     no_qc: bool = typer.Option(False, "--no-qc", help="Skip the failure score, qc.png and report.html."),
 ):
     """Register MOVING onto FIXED and write warped image, warps, Jacobian, report and QC."""
@@ -182,7 +184,7 @@ def demo(
     contrast: str = typer.Option("t2", "--contrast", help="Moving contrast: t1, t2, pd, flair, ct."),
     refine: Optional[int] = typer.Option(None, "--refine"),
     smoothness: float = typer.Option(1.0, "--smoothness"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = options.SEED,
 ):
     """Register the MNI T1 against a deformed copy in another contrast; print Dice and runtime."""
     from ..data.synth import CONTRASTS
