@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align.affine import center_of_mass_init, optimize_affine
+from .align.affine import center_of_mass_init, optimize_affine, pool
 from .align.refine import refine_velocity
 from .errors import UniRegError
 from .io.image import Image
 from .models.registrar import Registrar
 from .preprocess import normalize_intensity, to_working_grid
-from .spatial.grid import sample
+from .spatial.grid import apply_matrix, sample
 from .spatial.jacobian import folding_stats, jacobian_determinant
 from .resample import resample_fixed_grid
-from .spatial.world import affine_nd, embed_nd, pull, working_grid
+from .spatial.world import affine_nd, embed_nd, pooled_affine, pull, slab_voxels, slabs, working_grid
 
 __all__ = ["RegistrationResult", "register_images", "FixedToMoving"]
 
@@ -47,12 +47,6 @@ class _Timer:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _apply_mat(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """(n+1)-square matrix applied to points ``(n, *S)``."""
-    nd = m.shape[0] - 1
-    return torch.einsum("ij,j...->i...", m[:nd, :nd], pts) + m[:nd, nd].view(nd, *([1] * (pts.dim() - 1)))
-
-
 @dataclass
 class FixedToMoving:
     """The composed map fixed world -> moving world (and its inverse), evaluable chunk by chunk."""
@@ -65,18 +59,18 @@ class FixedToMoving:
 
     def _through(self, world: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
         w = torch.as_tensor(self.work_affine, dtype=world.dtype)
-        p = _apply_mat(torch.linalg.inv(w), world)
+        p = apply_matrix(torch.linalg.inv(w), world)
         d = sample(disp.to(world.dtype), p.unsqueeze(0), padding_mode="border")[0]
-        return _apply_mat(w, p + d)
+        return apply_matrix(w, p + d)
 
     def forward(self, world: torch.Tensor) -> torch.Tensor:
         """Fixed world points ``(n, *S)`` -> moving world points."""
-        return _apply_mat(torch.as_tensor(self.affine_matrix, dtype=world.dtype), self._through(world, self.disp_vox))
+        return apply_matrix(torch.as_tensor(self.affine_matrix, dtype=world.dtype), self._through(world, self.disp_vox))
 
     def inverse(self, world: torch.Tensor) -> torch.Tensor:
         """Moving world points ``(n, *S)`` -> fixed world points."""
         tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=world.dtype)
-        return self._through(_apply_mat(tinv, world), self.inv_disp_vox)
+        return self._through(apply_matrix(tinv, world), self.inv_disp_vox)
 
 
 # Smallest working-grid side, per dimensionality, that features, affine pooling and the Jacobian's
@@ -99,40 +93,13 @@ def _check_working_size(w_shape, w_aff4, path, which: str) -> None:
     )
 
 
-def _halve(x: torch.Tensor) -> torch.Tensor:
-    """2x average pooling of ``(B, C, *S)`` (ceil mode), the grid of :func:`_halved_affine`."""
-    pool = torch.nn.functional.avg_pool2d if x.dim() == 4 else torch.nn.functional.avg_pool3d
-    return pool(x, 2, 2, ceil_mode=True)
-
-
-def _halved_affine(affine4: np.ndarray, nd: int) -> np.ndarray:
-    """Voxel-to-world affine of a 2x-pooled grid: pooled voxel q covers voxels 2q and 2q+1."""
-    a = affine_nd(affine4, nd)
-    sub = np.diag([2.0] * nd + [1.0])
-    sub[:nd, nd] = 0.5
-    return embed_nd(a @ sub, nd)
-
-
-def _grid_world(shape, affine4, rows: slice) -> torch.Tensor:
-    nd = len(shape)
-    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32)
-    sub = (rows.stop - rows.start,) + tuple(shape[1:])
-    axes = [torch.arange(rows.start, rows.stop, dtype=torch.float32)] + [
-        torch.arange(n, dtype=torch.float32) for n in shape[1:]
-    ]
-    ident = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
-    assert ident.shape[1:] == sub
-    return _apply_mat(a, ident)
-
-
 def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int = 2_000_000) -> np.ndarray:
     """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32."""
     nd = len(shape)
     out = np.empty((nd,) + tuple(shape), dtype=np.float32)
-    step = max(1, chunk_voxels // max(int(np.prod(shape[1:])), 1))
-    for start in range(0, shape[0], step):
-        rows = slice(start, min(start + step, shape[0]))
-        x = _grid_world(shape, affine4, rows)
+    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32)
+    for rows in slabs(shape, chunk_voxels):
+        x = apply_matrix(a, slab_voxels(shape, rows))
         out[:, rows] = (mapping(x) - x).numpy().astype(np.float32)
     return out
 
@@ -256,15 +223,15 @@ def register_images(
                 from .features import create_extractor
 
                 mind = create_extractor("mind", nd)
-                ff_a = mind(_halve(fixed_w[None].to(dev)))
-                fm_a = mind(_halve(moving_w0[None].to(dev)))
+                ff_a = mind(pool(fixed_w[None].to(dev), 2))
+                fm_a = mind(pool(moving_w0[None].to(dev), 2))
             with torch.enable_grad():
-                t_nd = optimize_affine(ff_a, _halved_affine(w_aff4, nd), fm_a, _halved_affine(m_aff4, nd), t_nd,
+                t_nd = optimize_affine(ff_a, pooled_affine(w_aff4, nd, 2), fm_a, pooled_affine(m_aff4, nd, 2), t_nd,
                                        levels=((2, 60), (1, 12)))
         t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
 
         def affine_map(world, rows=None):
-            return _apply_mat(t_mat, world)
+            return apply_matrix(t_mat, world)
 
         moving_w = to_working_grid(moving_n, moving.affine, moving.spacing, w_shape, w_aff4, world_map=affine_map)
 
@@ -334,10 +301,7 @@ def register_images(
     if fixed_labels is not None and warped_labels is not None:
         from .evaluation.metrics import dice
 
-        if moving.spatial_shape == f_shape and np.allclose(moving.affine, fixed.affine, atol=1e-4):
-            before_lab = moving_labels.data[0]  # same grid: "before" needs no resampling
-        else:
-            before_lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, None)
+        before_lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, None)
         report["dice"] = {str(k): v for k, v in dice(fixed_labels.data[0], warped_labels.data[0]).items()}
         report["dice_before"] = {str(k): v for k, v in dice(fixed_labels.data[0], before_lab).items()}
     timer.times["total"] = time.perf_counter() - t_start

@@ -11,19 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .spatial.grid import sample
-from .spatial.world import affine_nd
+from .spatial.grid import apply_matrix, sample
+from .spatial.world import affine_nd, slab_voxels, slabs
 
 __all__ = ["resample_fixed_grid", "MAX_LABELWISE"]
 
 # Up to this many labels, labels are interpolated label-wise (linear one-hot + argmax, smoother
 # boundaries); beyond it, nearest neighbour keeps memory flat.
 MAX_LABELWISE = 16
-
-
-def _apply(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    nd = m.shape[0] - 1
-    return torch.einsum("ij,j...->i...", m[:nd, :nd], pts) + m[:nd, nd].view(nd, *([1] * (pts.dim() - 1)))
 
 
 def resample_fixed_grid(
@@ -80,19 +75,16 @@ def resample_fixed_grid(
     warped = np.empty((n_img,) + tuple(fixed_shape), np.float32)
     jac = np.empty(tuple(fixed_shape), np.float32)
     out_labels = None if labels is None else np.empty(tuple(fixed_shape), labels.dtype)
-    plane = int(np.prod(fixed_shape[1:]))
-    step = max(1, chunk_voxels // max(plane, 1))
-    for start in range(0, fixed_shape[0], step):
-        stop = min(start + step, fixed_shape[0])
-        axes = [torch.arange(start, stop, dtype=f32)] + [torch.arange(n, dtype=f32) for n in fixed_shape[1:]]
-        ivox = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
-        x = _apply(f_aff, ivox)
-        p = _apply(f_to_w, ivox)
+    for rows in slabs(fixed_shape, chunk_voxels):
+        start, stop = rows.start, rows.stop
+        ivox = slab_voxels(fixed_shape, rows, f32)
+        x = apply_matrix(f_aff, ivox)
+        p = apply_matrix(f_to_w, ivox)
         fw = sample(work_fields, p[None], padding_mode="border")[0]
-        y = _apply(t_mat, _apply(w_aff, p + fw[:nd]))
+        y = apply_matrix(t_mat, apply_matrix(w_aff, p + fw[:nd]))
         warp_mm[:, start:stop] = (y - x).numpy()
         jac[start:stop] = fw[nd].numpy()
-        q = _apply(m_inv, y)[None]
+        q = apply_matrix(m_inv, y)[None]
         vals = sample(src, q)[0]
         warped[:, start:stop] = vals[:n_img].numpy()
         if labels is not None:

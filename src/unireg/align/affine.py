@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ..losses import feature_mse
 from .optim import Adam
-from ..spatial.grid import identity_coords, sample
-from ..spatial.world import affine_nd
+from ..spatial.grid import apply_matrix, identity_coords, sample
+from ..spatial.world import affine_nd, pooled_affine
 
 __all__ = ["center_of_mass_world", "center_of_mass_init", "optimize_affine", "SHEAR_SCALE_PENALTY"]
 
@@ -39,7 +39,8 @@ def center_of_mass_init(fixed: torch.Tensor, fixed_affine4, moving: torch.Tensor
     return t
 
 
-def _pool(x: torch.Tensor, f: int) -> torch.Tensor:
+def pool(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Average pooling ``(B, C, *S)`` by ``f`` (ceil mode): the grid of ``spatial.world.pooled_affine``."""
     if f == 1:
         return x
     return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, f, f, ceil_mode=True)
@@ -64,7 +65,6 @@ def optimize_affine(
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
     wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
-    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
     t0 = torch.as_tensor(init, dtype=torch.float64, device=dev)
     shape = fixed_feat.shape[2:]
     centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64, device=dev)
@@ -83,12 +83,12 @@ def optimize_affine(
         return t0 @ m
 
     for factor, iters in levels:
-        ff = _pool(fixed_feat, factor)
-        fm = _pool(moving_feat, factor)
-        sub = torch.as_tensor(np.diag([factor] * nd + [1]).astype(np.float64), device=dev)
-        # pooled voxel p corresponds to original voxel factor*p + (factor-1)/2
-        sub[:nd, nd] = (factor - 1) / 2.0
-        sub_m_inv = torch.linalg.inv(sub)
+        ff = pool(fixed_feat, factor)
+        fm = pool(moving_feat, factor)
+        wf_l = torch.as_tensor(affine_nd(pooled_affine(fixed_grid4, nd, factor), nd), dtype=torch.float64, device=dev)
+        wm_l_inv = torch.as_tensor(
+            np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd)), dtype=torch.float64, device=dev
+        )
         ident = identity_coords(ff.shape[2:], dev, torch.float64)
         # Count only voxels where the fixed features have structure: in flat background MIND is
         # constant, and a shrinking/shifting affine could otherwise "match" background to
@@ -98,8 +98,7 @@ def optimize_affine(
             structure = torch.ones_like(structure)
         for _ in range(iters):
             opt.zero_grad()
-            vox2vox = sub_m_inv @ wm_inv @ matrix() @ wf @ sub
-            coords = torch.einsum("ij,j...->i...", vox2vox[:nd, :nd], ident) + vox2vox[:nd, nd].view(nd, *([1] * nd))
+            coords = apply_matrix(wm_l_inv @ matrix() @ wf_l, ident)
             warped = sample(fm, coords.unsqueeze(0).float())
             ones = torch.ones_like(fm[:, :1])
             mask = sample(ones, coords.unsqueeze(0).float()).detach()

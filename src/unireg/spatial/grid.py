@@ -23,6 +23,7 @@ __all__ = [
     "warp",
     "resize_field",
     "affine_coords",
+    "apply_matrix",
     "spatial_dims",
 ]
 
@@ -86,14 +87,16 @@ def resize_field(disp_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tens
     return out * scale.view(1, -1, *([1] * len(out_shape)))
 
 
+def apply_matrix(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply an ``(n+1, n+1)`` homogeneous matrix to points ``(n, *S)`` (coordinates first)."""
+    nd = matrix.shape[0] - 1
+    return torch.einsum("ij,j...->i...", matrix[:nd, :nd], points) + matrix[:nd, nd].view(nd, *([1] * (points.dim() - 1)))
+
+
 def affine_coords(vox_to_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
     """Voxel coordinates ``(1, ndim, *out_shape)`` of ``M @ [p, 1]`` for each output voxel ``p``.
 
     ``vox_to_vox`` is an ``(ndim+1, ndim+1)`` homogeneous matrix from output voxels to input voxels.
     """
-    nd = len(out_shape)
     ident = identity_coords(out_shape, vox_to_vox.device, vox_to_vox.dtype)
-    lin = vox_to_vox[:nd, :nd]
-    off = vox_to_vox[:nd, nd]
-    coords = torch.einsum("ij,j...->i...", lin, ident) + off.view(nd, *([1] * nd))
-    return coords.unsqueeze(0)
+    return apply_matrix(vox_to_vox, ident).unsqueeze(0)

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .grid import identity_coords, sample
+from .grid import apply_matrix, sample
 
 __all__ = [
     "affine_nd",
@@ -19,6 +19,9 @@ __all__ = [
     "working_grid",
     "pull",
     "apply_homogeneous",
+    "slabs",
+    "slab_voxels",
+    "pooled_affine",
 ]
 
 
@@ -48,6 +51,27 @@ def apply_homogeneous(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply an (n+1)x(n+1) matrix to points ``(N, n)``."""
     n = matrix.shape[0] - 1
     return points @ matrix[:n, :n].T + matrix[:n, n]
+
+
+def pooled_affine(affine4: np.ndarray, ndim: int, factor: int) -> np.ndarray:
+    """4x4 voxel-to-world affine of a grid average-pooled by ``factor`` (kernel = stride = factor):
+    pooled voxel ``q`` is the centre of original voxels ``factor*q ... factor*q + factor-1``."""
+    sub = np.diag([float(factor)] * ndim + [1.0])
+    sub[:ndim, ndim] = (factor - 1) / 2.0
+    return embed_nd(affine_nd(affine4, ndim) @ sub, ndim)
+
+
+def slabs(shape: Sequence[int], chunk_voxels: int):
+    """Slices of the first axis of ``shape`` holding about ``chunk_voxels`` voxels each."""
+    step = max(1, chunk_voxels // max(int(np.prod(shape[1:])), 1))
+    for start in range(0, shape[0], step):
+        yield slice(start, min(start + step, shape[0]))
+
+
+def slab_voxels(shape: Sequence[int], rows: slice, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates ``(n, rows, *shape[1:])`` of one slab of a grid (array-axis order)."""
+    axes = [torch.arange(rows.start, rows.stop, dtype=dtype)] + [torch.arange(n, dtype=dtype) for n in shape[1:]]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
 
 
 def working_grid(
@@ -97,19 +121,18 @@ def pull(
     dtype = torch.float32  # world mm in float32: ~1e-5 mm resolution, far below a voxel
     src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=dtype)
     out = torch.as_tensor(affine_nd(out_affine4, nd), dtype=dtype)
-    plane = int(np.prod(out_shape[1:]))
-    step = max(1, chunk_voxels // max(plane, 1))
+    if world_map is None and tuple(image.shape[1:]) == tuple(out_shape) and np.allclose(
+        affine_nd(src_affine4, nd), affine_nd(out_affine4, nd), atol=1e-6
+    ):
+        return image.clone()  # same grid, no mapping: nothing to interpolate
     result = torch.empty((image.shape[0],) + tuple(out_shape), dtype=image.dtype)
     img = image.unsqueeze(0)
     img_f = img if img.is_floating_point() else img.float()
-    for start in range(0, out_shape[0], step):
-        rows = slice(start, min(start + step, out_shape[0]))
-        ident = identity_coords((rows.stop - rows.start,) + tuple(out_shape[1:]), dtype=dtype)
-        ident[0] += rows.start
-        world = torch.einsum("ij,j...->i...", out[:nd, :nd], ident) + out[:nd, nd].view(nd, *([1] * nd))
+    for rows in slabs(out_shape, chunk_voxels):
+        world = apply_matrix(out, slab_voxels(out_shape, rows, dtype))
         if world_map is not None:
             world = world_map(world, rows)
-        vox = torch.einsum("ij,j...->i...", src[:nd, :nd], world) + src[:nd, nd].view(nd, *([1] * nd))
+        vox = apply_matrix(src, world)
         vals = sample(img_f, vox.unsqueeze(0).to(img_f.dtype), mode=mode, padding_mode=padding_mode)[0]
         result[(slice(None), rows)] = vals.to(result.dtype)
     return result
