@@ -74,12 +74,17 @@ def test_load_model_variants(tmp_path):
         assert default.meta["name"].startswith("untrained")
 
 
-def test_register_with_untrained_default_refines(monkeypatch):
-    """refine=None on an untrained model means DEFAULT_UNTRAINED_REFINE iterations (reported)."""
-    monkeypatch.setattr(api, "DEFAULT_UNTRAINED_REFINE", 2)
+def test_register_with_untrained_default_refines():
+    """refine=None runs the default schedule; an untrained network is not used (zero start), and the
+    report says so."""
+    from unireg.align.refine import schedule
+
     f, _, a = _img2d()
     res = api.register((f, a), (np.roll(f, 1, 0), a), model=tiny_registrar(2, 1.0), refine=None)
-    assert res.report["refine_iterations"] == 2 and "warning" in res.report
+    want = [{"level": lv.name, "iterations": lv.iterations} for lv in schedule(None, native=False)]
+    assert res.report["refine_levels"] == want and "warning" in res.report
+    assert res.report["stages"]["network"]["kept"] is False
+    assert res.report["refine_iterations"] == sum(lv["iterations"] for lv in want) > 0
 
 
 def test_apply_points_constant_translation():

@@ -18,8 +18,6 @@ __all__ = ["register", "apply", "apply_points", "load_model", "RegistrationResul
 
 ImageLike = Union[str, os.PathLike, Image, tuple]
 
-DEFAULT_UNTRAINED_REFINE = 100
-
 
 def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Image:
     """A path, an :class:`Image`, or ``(array, affine)`` -> :class:`Image` (validated like a file)."""
@@ -80,6 +78,9 @@ def register(
     device: str = "cpu",
     seed: int = 0,
     qc: bool = True,
+    fast: bool = False,
+    do_no_harm: bool = True,
+    progress=None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``.
 
@@ -91,8 +92,12 @@ def register(
     labels : optional label map on the moving grid, warped with the same transform.
     fixed_labels : optional label map on the fixed grid; Dice before/after goes into the report.
     affine : run the affine pre-alignment first.
-    refine : test-time instance-optimisation iterations (None: the model's ``default_refine``,
-        0 unless its model card says otherwise; 100 for an untrained model).
+    refine : instance-optimisation iterations per refinement level (coarse, working grid, native
+        resolution); None: the default schedule; 0: the network alone.
+    fast : network + coarse refinement only (no working-grid or native-resolution level).
+    do_no_harm : keep a stage (affine, network, deformation) only if it improves the feature
+        similarity over its input; report.json's ``stages`` says which were kept and why.
+    progress : ``progress(stage_name)`` called as each stage starts.
     smoothness : regularisation weight in [0.1, 10]; larger is smoother.
     device : "cpu" or "cuda".
     qc : compute the failure score without ground truth (``qc_score``/``qc_flag`` in the report).
@@ -114,15 +119,18 @@ def register(
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UniRegError("--device cuda asked for, but no CUDA device is available")
+    if refine is not None and int(refine) < 0:
+        raise UniRegError(f"refine must be >= 0 iterations, got {refine}")
     reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor)
-    if refine is None:  # a shipped model may recommend a few refine steps (its model card says why)
-        refine = int(reg.meta.get("default_refine", 0)) if reg.trained else DEFAULT_UNTRAINED_REFINE
     return register_images(
         fixed_img,
         moving_img,
         reg,
         affine=affine,
-        refine=int(refine),
+        refine=None if refine is None else int(refine),
+        fast=fast,
+        do_no_harm=do_no_harm,
+        progress=progress,
         smoothness=smoothness,
         device=device,
         moving_labels=lab,
@@ -147,7 +155,7 @@ def apply(
     grid differs from ``ref``'s).  ``labels=True`` keeps integer labels (label-wise interpolation).
     """
     from .io.warp import read_displacement_field
-    from .pipeline import warp_labels
+    from .resample import warp_labels
     from .spatial.world import pull
 
     if isinstance(warp, tuple):

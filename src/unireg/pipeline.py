@@ -1,4 +1,5 @@
-"""The registration pipeline: working grid -> affine -> features -> UNet -> (refine) -> fixed grid.
+"""The registration pipeline: the stages of :mod:`unireg.stages` run in order (prepare -> affine ->
+features -> network -> refine -> integrate -> do-no-harm gate -> QC -> resample -> report).
 
 Mapping conventions.  ``T`` (``affine_matrix``) maps fixed world points to moving world points (RAS
 mm).  The deformable part lives on the *working grid* ``W`` (world-axis-aligned, isotropic, covering
@@ -11,40 +12,27 @@ and every output is one resampling of the *original* moving image at ``y`` (no d
 
 from __future__ import annotations
 
-import platform
+import copy
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .align.affine import center_of_mass_init, optimize_affine, pool
-from .align.refine import refine_velocity
 from .errors import UniRegError
 from .io.image import Image
 from .models.registrar import Registrar
-from .preprocess import normalize_intensity, to_working_grid
+from .resample import warp_labels  # noqa: F401  (re-exported: unireg.pipeline.warp_labels)
 from .spatial.grid import apply_matrix, sample
-from .spatial.jacobian import folding_stats, jacobian_determinant
-from .resample import resample_fixed_grid
-from .spatial.world import affine_nd, embed_nd, pooled_affine, pull, slab_voxels, slabs, working_grid
+from .spatial.world import affine_nd, embed_nd, pull, slab_voxels, slabs
+from .stages import deformable, finish
+from .stages.affine import affine as affine_stage
+from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare  # noqa: F401
+from .stages.state import Options, State
 
-__all__ = ["RegistrationResult", "register_images", "FixedToMoving"]
-
-
-class _Timer:
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+__all__ = ["RegistrationResult", "register_images", "FixedToMoving", "displacement_on_grid"]
 
 
 @dataclass
@@ -73,26 +61,6 @@ class FixedToMoving:
         return self._through(apply_matrix(tinv, world), self.inv_disp_vox)
 
 
-# Smallest working-grid side, per dimensionality, that features, affine pooling and the Jacobian's
-# torch.gradient accept (3-D MIND pools with a 5-voxel kernel; 2-D needs 2 for finite differences;
-# measured with the mind extractor).  Thinner fields of view used to end in a torch RuntimeError
-# with a traceback; now they are a one-line UniRegError naming the file.
-MIN_WORKING_SIDE = {2: 2, 3: 5}
-
-
-def _check_working_size(w_shape, w_aff4, path, which: str) -> None:
-    need = MIN_WORKING_SIDE[len(w_shape)]
-    if min(w_shape) >= need:
-        return
-    sp = float(np.linalg.norm(np.asarray(w_aff4)[:3, 0]))
-    dims = "x".join(str(n) for n in w_shape)
-    raise UniRegError(
-        f"{which} image's field of view is too small to register: {dims} voxels on the {sp:g} mm working grid, "
-        f"at least {need} per axis ({(need - 1) * sp:g} mm) needed",
-        path,
-    )
-
-
 def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int = 2_000_000) -> np.ndarray:
     """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32."""
     nd = len(shape)
@@ -102,23 +70,6 @@ def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int = 2_000_000)
         x = apply_matrix(a, slab_voxels(shape, rows))
         out[:, rows] = (mapping(x) - x).numpy().astype(np.float32)
     return out
-
-
-def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map, max_labelwise: int = 64) -> np.ndarray:
-    """Resample an integer label map: label-wise linear interpolation + argmax (few labels) or nearest."""
-    values = np.unique(labels)
-    t = torch.from_numpy(labels.astype(np.int64 if labels.dtype.kind in "iu" else np.int64))[None]
-    if len(values) > max_labelwise:
-        out = pull(t.float(), src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
-        return out[0].round().numpy().astype(labels.dtype)
-    best = torch.full(tuple(out_shape), -1.0)
-    result = torch.zeros(tuple(out_shape), dtype=torch.int64)
-    for v in values:
-        prob = pull((t == int(v)).float(), src_affine4, out_shape, out_affine4, world_map=world_map)[0]
-        better = prob > best
-        best = torch.where(better, prob, best)
-        result = torch.where(better, torch.tensor(int(v)), result)
-    return result.numpy().astype(labels.dtype)
 
 
 @dataclass
@@ -152,29 +103,15 @@ class RegistrationResult:
         return save_result(self, out_dir, qc=qc, html=html)
 
 
-def _versions() -> dict:
-    import nibabel
-    import SimpleITK
-
-    from . import __version__
-
-    return {
-        "unireg": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "nibabel": nibabel.__version__,
-        "SimpleITK": SimpleITK.Version_VersionString(),
-        "python": platform.python_version(),
-    }
-
-
 def register_images(
     fixed: Image,
     moving: Image,
     model: Registrar,
     *,
     affine: bool = True,
-    refine: int = 0,
+    refine: int | None = None,
+    fast: bool = False,
+    native: bool = True,
     smoothness: float = 1.0,
     device: str = "cpu",
     moving_labels: Image | None = None,
@@ -182,12 +119,20 @@ def register_images(
     seed: int = 0,
     model_name: str = "",
     qc_score: bool = True,
+    do_no_harm: bool = True,
+    initial_transform: np.ndarray | None = None,
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both :class:`Image`) with a :class:`Registrar`.
 
-    ``qc_score=False`` skips the failure score (report.json then holds ``qc_score: null``).
+    Runs the stages of :mod:`unireg.stages` in order.  ``refine``: iterations per refinement level
+    (None: the default schedule, 0: network only); ``fast``: network + coarse refinement;
+    ``native=False`` skips the native-resolution level; ``do_no_harm=False`` keeps every stage even
+    when it worsens the similarity; ``qc_score=False`` skips the failure score (``qc_score: null``).
+    ``progress(stage)`` is called as each stage starts.  The caller's model is never moved in place.
     """
-    timer = _Timer()
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     nd = fixed.ndim
@@ -200,124 +145,41 @@ def register_images(
             f"label map shape {moving_labels.spatial_shape} differs from the moving image {moving.spatial_shape}",
             moving_labels.path,
         )
+    for mask, img, which in ((fixed_mask, fixed, "fixed"), (moving_mask, moving, "moving")):
+        if mask is not None and mask.ndim != nd:
+            raise UniRegError(f"{which} mask is {mask.ndim}-D but the {which} image is {nd}-D", mask.path)
     dev = torch.device(device)
-    model = model.to(dev).eval()
+    if next(model.parameters(), torch.empty(0)).device != dev:
+        model = copy.deepcopy(model).to(dev)  # never move the caller's model in place
+    model.eval()
+    opts = Options(affine=affine, refine=refine, fast=fast, native=native, smoothness=smoothness, device=str(dev),
+                   seed=seed, qc_score=qc_score, do_no_harm=do_no_harm, initial_transform=initial_transform,
+                   fixed_mask=fixed_mask, moving_mask=moving_mask, progress=progress, model_name=model_name)
+    s = State(fixed, moving, model, opts, dev, moving_labels=moving_labels, fixed_labels=fixed_labels)
 
-    with timer("preprocess"):
-        fixed_n = normalize_intensity(fixed.data[0])
-        moving_n = normalize_intensity(moving.data[0])
-        w_shape, w_aff4 = working_grid(fixed.spatial_shape, fixed.affine, **model.working)
-        _check_working_size(w_shape, w_aff4, fixed.path, "fixed")
-        fixed_w = to_working_grid(fixed_n, fixed.affine, fixed.spacing, w_shape, w_aff4)
-
-    with timer("affine"):
-        t_nd = np.eye(nd + 1)
-        if affine:
-            m_shape, m_aff4 = working_grid(moving.spatial_shape, moving.affine, **model.working)
-            _check_working_size(m_shape, m_aff4, moving.path, "moving")
-            moving_w0 = to_working_grid(moving_n, moving.affine, moving.spacing, m_shape, m_aff4)
-            t_nd = center_of_mass_init(fixed_w[0], w_aff4, moving_w0[0], m_aff4)
-            with torch.no_grad():
-                # the affine is optimised at 8 and 4 mm: MIND of the 2x-pooled working images is
-                # enough and 8x cheaper than full-resolution features
-                from .features import create_extractor
-
-                mind = create_extractor("mind", nd)
-                ff_a = mind(pool(fixed_w[None].to(dev), 2))
-                fm_a = mind(pool(moving_w0[None].to(dev), 2))
-            with torch.enable_grad():
-                t_nd = optimize_affine(ff_a, pooled_affine(w_aff4, nd, 2), fm_a, pooled_affine(m_aff4, nd, 2), t_nd,
-                                       levels=((2, 60), (1, 12)))
-        t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
-
-        def affine_map(world, rows=None):
-            return apply_matrix(t_mat, world)
-
-        moving_w = to_working_grid(moving_n, moving.affine, moving.spacing, w_shape, w_aff4, world_map=affine_map)
-
-    with timer("features"), torch.no_grad():
-        ff = model.extract(fixed_w[None].to(dev))
-        fm = model.extract(moving_w[None].to(dev))
-
-    with timer("network"), torch.no_grad():
-        velocity = model(ff, fm, smoothness)
-
-    if refine > 0:
-        with timer("refine"), torch.enable_grad():
-            velocity = refine_velocity(velocity, ff, fm, refine, smoothness=smoothness, int_steps=model.int_steps)
-
-    with timer("integrate"), torch.no_grad():
-        disp_w = model.displacement(velocity, w_shape).cpu()
-        inv_disp_w = model.displacement(-velocity, w_shape).cpu()
-        jac_w = jacobian_determinant(disp_w)[0]
-        fold = folding_stats(jac_w)
-
-    qc = {"qc_score": None, "qc_flag": None}
-    if qc_score:
-        with timer("qc"), torch.no_grad():  # failure score without ground truth (docs/qc.md)
-            from .evaluation.qc_score import score_registration
-
-            qc = score_registration(fixed_w, moving_w, disp_w, jac_w, *((ff, fm) if model.extractor_name == "mind" else ()))
-
-    mapping = FixedToMoving(nd, affine_nd(w_aff4, nd), t_nd, disp_w, inv_disp_w)
-
-    with timer("resample"), torch.no_grad():
-        f_shape = fixed.spatial_shape
-        out = resample_fixed_grid(
-            f_shape, fixed.affine, w_aff4, t_nd, disp_w, jac_w, moving.data, moving.affine,
-            labels=None if moving_labels is None else moving_labels.data[0],
-        )
-        warp_mm, jac_f = out["warp_mm"], out["jacobian"]
-        warped = torch.from_numpy(out["warped"])
-        inverse_warp_mm = displacement_on_grid(mapping.inverse, moving.spatial_shape, moving.affine)
-        warped_labels = None if out["labels"] is None else Image(out["labels"][None], fixed.affine.copy(), None)
-        before = None  # computed on demand for QC (RegistrationResult.before_image)
-
-    report = {
-        "fixed": str(Path(fixed.path).resolve()) if fixed.path else None,
-        "moving": str(Path(moving.path).resolve()) if moving.path else None,
-        "labels": str(Path(moving_labels.path).resolve()) if moving_labels is not None and moving_labels.path else None,
-        "fixed_labels": str(Path(fixed_labels.path).resolve()) if fixed_labels is not None and fixed_labels.path else None,
-        "ndim": nd,
-        "extractor": model.extractor_name,
-        "model": model_name or ("trained" if model.trained else "untrained"),
-        "model_trained": bool(model.trained),
-        "affine": bool(affine),
-        "affine_matrix": embed_nd(t_nd, nd).tolist(),
-        "refine_iterations": int(refine),
-        "smoothness": float(smoothness),
-        "working_grid": {"shape": list(w_shape), "spacing_mm": float(np.linalg.norm(w_aff4[:3, 0]))},
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-        **fold,
-        **qc,
-        "versions": _versions(),
-    }
-    if not model.trained:
-        report["warning"] = (
-            "untrained (randomly initialised) UNet: the deformation comes from --refine instance optimisation"
-        )
-    if fixed_labels is not None and warped_labels is not None:
-        from .evaluation.metrics import dice
-
-        before_lab = warp_labels(moving_labels.data[0], moving.affine, f_shape, fixed.affine, None)
-        report["dice"] = {str(k): v for k, v in dice(fixed_labels.data[0], warped_labels.data[0]).items()}
-        report["dice_before"] = {str(k): v for k, v in dice(fixed_labels.data[0], before_lab).items()}
-    timer.times["total"] = time.perf_counter() - t_start
-    report["runtime_s"] = {k: round(v, 4) for k, v in timer.times.items()}
-
-    warped_img = Image(warped.numpy(), fixed.affine.copy(), None)
+    prepare(s)
+    affine_stage(s)
+    deformable.features(s)
+    deformable.network(s)
+    deformable.refine(s)
+    deformable.integrate(s)
+    deformable.deformable_gate(s)
+    disp_w, inv_disp_w = s.disp_w.cpu(), s.inv_disp_w.cpu()
+    mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, disp_w, inv_disp_w)
+    finish.qc(s)
+    finish.resample(s, lambda shape, aff4: displacement_on_grid(mapping.inverse, shape, aff4))
+    report = finish.report(s, t_start)
+    o = s.outputs
     return RegistrationResult(
         fixed=fixed,
         moving=moving,
-        warped=warped_img,
-        warp_mm=warp_mm,
-        inverse_warp_mm=inverse_warp_mm,
-        jacobian=jac_f,
-        affine_matrix=embed_nd(t_nd, nd),
+        warped=o["warped"],
+        warp_mm=o["warp_mm"],
+        inverse_warp_mm=o["inverse_warp_mm"],
+        jacobian=o["jacobian"],
+        affine_matrix=embed_nd(s.t_nd, nd),
         mapping=mapping,
-        report=report,
-        before=before,
-        warped_labels=warped_labels,
+        report=dict(report),
+        before=None,  # computed on demand for QC (RegistrationResult.before_image)
+        warped_labels=o["warped_labels"],
     )

@@ -12,13 +12,39 @@ import numpy as np
 import torch
 
 from .spatial.grid import apply_matrix, sample
-from .spatial.world import affine_nd, slab_voxels, slabs
+from .spatial.world import affine_nd, pull, slab_voxels, slabs
 
-__all__ = ["resample_fixed_grid", "MAX_LABELWISE"]
+__all__ = ["resample_fixed_grid", "warp_labels", "labelwise_argmax", "MAX_LABELWISE"]
 
 # Up to this many labels, labels are interpolated label-wise (linear one-hot + argmax, smoother
-# boundaries); beyond it, nearest neighbour keeps memory flat.
-MAX_LABELWISE = 16
+# boundaries); beyond it, nearest neighbour keeps memory flat.  One threshold for every command
+# (register, apply, batch): they must give the same label map for the same transform.
+MAX_LABELWISE = 64
+
+
+def labelwise_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """Index of the largest of ``probs`` ``(L, *S)`` per voxel, first wins ties (a running maximum:
+    argmax over a strided dimension is slow)."""
+    best, idx = probs[0], torch.zeros(probs.shape[1:], dtype=torch.int64)
+    for k in range(1, probs.shape[0]):
+        better = probs[k] > best
+        best = torch.where(better, probs[k], best)
+        idx = torch.where(better, torch.tensor(k), idx)
+    return idx
+
+
+def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map) -> np.ndarray:
+    """Resample an integer label map through ``world_map`` (see :func:`unireg.spatial.world.pull`):
+    label-wise linear interpolation + argmax up to :data:`MAX_LABELWISE` labels, else nearest."""
+    values = np.unique(labels)
+    if len(values) > MAX_LABELWISE:
+        t = torch.from_numpy(labels.astype(np.float32))[None]
+        out = pull(t, src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
+        return out[0].round().numpy().astype(labels.dtype)
+    lab_t = torch.from_numpy(np.ascontiguousarray(labels))
+    onehot = torch.stack([(lab_t == int(v)).float() for v in values])
+    probs = pull(onehot, src_affine4, out_shape, out_affine4, world_map=world_map)
+    return values[labelwise_argmax(probs).numpy()].astype(labels.dtype)
 
 
 def resample_fixed_grid(
@@ -89,14 +115,7 @@ def resample_fixed_grid(
         warped[:, start:stop] = vals[:n_img].numpy()
         if labels is not None:
             if nearest_labels is None:
-                # running maximum over the few one-hot channels (argmax over a strided dim is slow)
-                probs = vals[n_img:]
-                best, idx = probs[0], torch.zeros(probs.shape[1:], dtype=torch.int64)
-                for k in range(1, probs.shape[0]):
-                    better = probs[k] > best
-                    best = torch.where(better, probs[k], best)
-                    idx = torch.where(better, torch.tensor(k), idx)
-                out_labels[start:stop] = values[idx.numpy()]
+                out_labels[start:stop] = values[labelwise_argmax(vals[n_img:]).numpy()]
             else:
                 out_labels[start:stop] = sample(nearest_labels, q, mode="nearest")[0, 0].round().numpy().astype(labels.dtype)
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}

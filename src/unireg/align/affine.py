@@ -14,7 +14,10 @@ from .optim import Adam
 from ..spatial.grid import apply_matrix, identity_coords, sample
 from ..spatial.world import affine_nd, pooled_affine
 
-__all__ = ["center_of_mass_world", "center_of_mass_init", "optimize_affine", "SHEAR_SCALE_PENALTY"]
+__all__ = [
+    "center_of_mass_world", "center_of_mass_init", "optimize_affine", "affine_cost", "rotation_starts",
+    "structure_mask", "SHEAR_SCALE_PENALTY",
+]
 
 # weight of ||A - I||_F^2 next to the feature MSE (typically 0.01-0.05)
 SHEAR_SCALE_PENALTY = 1e-3
@@ -54,6 +57,7 @@ def optimize_affine(
     init: np.ndarray,
     levels: tuple[tuple[int, int], ...] = ((4, 60), (2, 12)),
     lr: float = 0.02,
+    mask: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
@@ -61,9 +65,12 @@ def optimize_affine(
     voxel-to-world affines are ``fixed_grid4`` / ``moving_grid4``.  ``levels`` lists (pooling factor,
     iterations), coarse to fine.  The affine is parameterised about the fixed field-of-view centre,
     translation scaled by the field-of-view size so one learning rate fits every image size.
+    ``mask`` ``(1, 1, *S)`` on the fixed features' grid: where the similarity counts (default: the
+    fixed voxels with structure).
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
+    fixed_mask = mask
     wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
     t0 = torch.as_tensor(init, dtype=torch.float64, device=dev)
     shape = fixed_feat.shape[2:]
@@ -93,18 +100,68 @@ def optimize_affine(
         # Count only voxels where the fixed features have structure: in flat background MIND is
         # constant, and a shrinking/shifting affine could otherwise "match" background to
         # background (seen on CT-like images, where it converged to 0.79 scaling).
-        structure = ((ff.amax(1, keepdim=True) - ff.amin(1, keepdim=True)) > 0.05).float()
-        if structure.mean() < 0.01:
-            structure = torch.ones_like(structure)
+        structure = structure_mask(ff) if fixed_mask is None else (pool(fixed_mask, factor) > 0.5).float()
         for _ in range(iters):
             opt.zero_grad()
             coords = apply_matrix(wm_l_inv @ matrix() @ wf_l, ident)
             warped = sample(fm, coords.unsqueeze(0).float())
             ones = torch.ones_like(fm[:, :1])
-            mask = sample(ones, coords.unsqueeze(0).float()).detach()
-            loss = feature_mse(ff, warped, mask=(mask > 0.99).float() * structure)
+            inside = sample(ones, coords.unsqueeze(0).float()).detach()
+            loss = feature_mse(ff, warped, mask=(inside > 0.99).float() * structure)
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()
             opt.step()
     return matrix().detach().cpu().numpy()
+
+
+def structure_mask(feat: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """Voxels ``(B, 1, *S)`` where features vary across channels (structure, not flat background)."""
+    m = ((feat.amax(1, keepdim=True) - feat.amin(1, keepdim=True)) > threshold).float()
+    return m if m.mean() >= 0.01 else torch.ones_like(m)
+
+
+@torch.no_grad()
+def affine_cost(
+    fixed_feat: torch.Tensor,
+    fixed_grid4: np.ndarray,
+    moving_feat: torch.Tensor,
+    moving_grid4: np.ndarray,
+    matrix: np.ndarray,
+    mask: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """``(cost, overlap)`` of ``matrix`` (fixed world -> moving world): the feature MSE over the fixed
+    structure (or ``mask``) that maps inside the moving field of view -- what :func:`optimize_affine`
+    minimises -- and the fraction of that structure which does (the do-no-harm yardsticks of the
+    affine stage: an affine must lower the cost without pushing the object out of view)."""
+    nd = fixed_feat.dim() - 2
+    dev = fixed_feat.device
+    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
+    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
+    m = torch.as_tensor(matrix, dtype=torch.float64, device=dev)
+    coords = apply_matrix(wm_inv @ m @ wf, identity_coords(fixed_feat.shape[2:], dev, torch.float64))
+    coords = coords.unsqueeze(0).to(moving_feat.dtype)
+    warped = sample(moving_feat, coords)
+    inside = (sample(torch.ones_like(moving_feat[:, :1]), coords) > 0.99).float()
+    weight = structure_mask(fixed_feat) if mask is None else mask
+    overlap = float((weight * inside).sum() / weight.sum().clamp_min(1.0))
+    return float(feature_mse(fixed_feat, warped, mask=weight * inside)), overlap
+
+
+def rotation_starts(centre: np.ndarray, nd: int, base: np.ndarray, degrees=(30.0,)) -> list[np.ndarray]:
+    """``base`` composed with rotations about ``centre`` (fixed world): +-each angle about each axis
+    (3-D) or in-plane (2-D, plus 90 and 180 degrees), for large initial misalignments."""
+    out = []
+    planes = [(0, 1)] if nd == 2 else [(0, 1), (0, 2), (1, 2)]
+    angles = sorted({a for d in degrees for a in (d, -d)} | ({90.0, -90.0, 180.0} if nd == 2 else set()))
+    for i, j in planes:
+        for a in angles:
+            r = np.eye(nd + 1)
+            c, s_ = np.cos(np.radians(a)), np.sin(np.radians(a))
+            r[i, i], r[i, j], r[j, i], r[j, j] = c, -s_, s_, c
+            shift = np.eye(nd + 1)
+            shift[:nd, nd] = centre
+            back = np.eye(nd + 1)
+            back[:nd, nd] = -centre
+            out.append(base @ shift @ r @ back)
+    return out

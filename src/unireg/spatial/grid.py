@@ -25,6 +25,7 @@ __all__ = [
     "affine_coords",
     "apply_matrix",
     "spatial_dims",
+    "exp_velocity",
 ]
 
 
@@ -100,3 +101,27 @@ def affine_coords(vox_to_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.T
     """
     ident = identity_coords(out_shape, vox_to_vox.device, vox_to_vox.dtype)
     return apply_matrix(vox_to_vox, ident).unsqueeze(0)
+
+
+def _norm_scale(shape: Sequence[int], device, dtype) -> torch.Tensor:
+    """Voxel -> normalized-coordinate factor per axis, ``(1, ndim, 1, ...)`` in array-axis order."""
+    nd = len(shape)
+    return torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype).view(1, nd, *([1] * nd))
+
+
+def exp_velocity(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+    """Scaling and squaring of ``velocity`` ``(B, ndim, *S)`` (voxels) with ``steps`` squarings.
+
+    Mathematically ``integrate.compose(d, d)`` repeated (border padding), but carried out in
+    grid_sample's normalized (x, y[, z]) coordinates with the identity grid built once, which
+    removes the per-step conversions (about 2x faster on the CPU, forward and backward).
+    """
+    nd = velocity.shape[1]
+    shape = velocity.shape[2:]
+    scale = _norm_scale(shape, velocity.device, velocity.dtype)
+    d = (velocity * (scale / (2**steps))).flip(1)  # normalized units, (x, y[, z]) channel order
+    ident = coords_vox_to_norm(identity_coords(shape, velocity.device, velocity.dtype).unsqueeze(0), shape)
+    for _ in range(steps):
+        grid = ident + d.movedim(1, -1)
+        d = d + F.grid_sample(d, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return d.flip(1) / scale

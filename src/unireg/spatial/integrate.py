@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .grid import warp
+from .grid import exp_velocity, warp
 
 __all__ = ["integrate_velocity", "compose"]
 
@@ -23,7 +23,6 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
 
     Returns the displacement ``disp_vox`` of ``exp(velocity)``.  ``steps=0`` returns the velocity.
     """
-    disp = velocity / (2**steps)
-    for _ in range(steps):
-        disp = compose(disp, disp)
-    return disp
+    if steps <= 0:
+        return velocity
+    return exp_velocity(velocity, steps)

@@ -136,3 +136,26 @@ def pull(
         vals = sample(img_f, vox.unsqueeze(0).to(img_f.dtype), mode=mode, padding_mode=padding_mode)[0]
         result[(slice(None), rows)] = vals.to(result.dtype)
     return result
+
+
+def subdivided_grid(shape: Sequence[int], affine4: np.ndarray, factor: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """The grid with the same corners as ``(shape, affine4)`` and ``factor`` times finer spacing.
+
+    Voxel ``i`` of the fine grid sits at voxel ``i / factor`` of the coarse one, so a field in coarse
+    voxels is read on the fine grid by sampling at ``i / factor`` and multiplying by ``factor``.
+    """
+    nd = len(shape)
+    k = int(factor)
+    sub = np.eye(nd + 1)
+    sub[:nd, :nd] /= k
+    return tuple((int(n) - 1) * k + 1 for n in shape), embed_nd(affine_nd(affine4, nd) @ sub, nd)
+
+
+def native_factor(native_spacing: Sequence[float], working_spacing: float, shape: Sequence[int],
+                  budget_voxels: int) -> int:
+    """How many times the working grid must be subdivided to reach the finest native spacing, capped so
+    that the fine grid holds at most ``budget_voxels`` voxels (1 = no finer grid)."""
+    k = max(1, int(round(working_spacing / max(min(float(s) for s in native_spacing), 1e-6))))
+    while k > 1 and np.prod([(int(n) - 1) * k + 1 for n in shape]) > budget_voxels:
+        k -= 1
+    return k

@@ -1,0 +1,72 @@
+"""The typed schema of ``report.json`` (one source of its keys for the pipeline, batch, HTML and tests).
+
+``REPORT_FORMAT`` is bumped whenever a key is renamed or its meaning changes; readers check it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, TypedDict
+
+__all__ = ["REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "STAGE_NAMES"]
+
+REPORT_FORMAT = 2
+
+# Stages whose "kept" decision is recorded (do-no-harm): a stage not kept fell back to the one before.
+STAGE_NAMES = ("affine", "network", "refine", "deformable")
+
+
+class StageRecord(TypedDict):
+    kept: bool
+    reason: str
+
+
+class WorkingGrid(TypedDict):
+    shape: list
+    spacing_mm: float
+
+
+class _Required(TypedDict):
+    format_version: int
+    fixed: Optional[str]
+    moving: Optional[str]
+    labels: Optional[str]
+    fixed_labels: Optional[str]
+    ndim: int
+    extractor: str
+    model: str
+    model_trained: bool
+    affine: bool
+    affine_matrix: list
+    refine_iterations: int
+    refine_levels: list
+    smoothness: float
+    working_grid: WorkingGrid
+    native_grid: Optional[WorkingGrid]
+    device: str
+    threads: int
+    seed: int
+    folded_percent: float
+    sdlogj: float
+    qc_score: Optional[float]
+    qc_flag: Optional[bool]
+    stages: dict
+    versions: dict
+    runtime_s: dict
+
+
+class Report(_Required, total=False):
+    """Keys every report has (``_Required``) plus optional ones."""
+
+    warning: str
+    dice: dict
+    dice_before: dict
+    qc_threshold: float
+    jac_min: float
+    jac_max: float
+    qc_components: dict
+    fixed_mask: Optional[str]
+    moving_mask: Optional[str]
+    initial_transform: Optional[str]
+
+
+REPORT_KEYS = frozenset(_Required.__annotations__) | frozenset(Report.__annotations__)

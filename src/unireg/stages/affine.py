@@ -1,0 +1,120 @@
+"""Stage ``affine``: several starts, one optimised affine, kept only if it beats its start (do-no-harm).
+
+Starts: identity (or the user's ``--initial-transform``), centre of mass, and rotations of the
+centre-of-mass start about the fixed centroid (for large misalignments).  Each is scored at 8 mm
+(one feature comparison, cheap); the best two are optimised at 8 and 4 mm; the winner replaces the
+starting transform only if its feature cost is lower than the start's (``affine_cost``), else the
+start is kept and report.json says why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..align.affine import (
+    affine_cost,
+    center_of_mass_init,
+    center_of_mass_world,
+    optimize_affine,
+    pool,
+    rotation_starts,
+    structure_mask,
+)
+from ..features.mind import mind_ssc
+from ..preprocess import to_working_grid
+from ..spatial.world import affine_nd, pooled_affine, working_grid
+from .prepare import check_working_size, moving_on
+from .state import State
+
+__all__ = ["affine", "IMPROVEMENT"]
+
+# relative cost decrease an affine must reach to be kept over its start, and the share of the
+# start's overlap (fixed structure inside the moving field of view) it must keep
+IMPROVEMENT = 1e-3
+MIN_OVERLAP = 0.5
+OPTIMISED_STARTS = 2
+
+
+def _start(s: State) -> tuple[np.ndarray, str]:
+    nd = s.nd
+    if s.opts.initial_transform is not None:
+        return affine_nd(np.asarray(s.opts.initial_transform, dtype=np.float64), nd), "initial transform"
+    return np.eye(nd + 1), "identity"
+
+
+def _mask_on(s: State, mask_img, shape, aff4) -> torch.Tensor | None:
+    if mask_img is None:
+        return None
+    m = (np.asarray(mask_img.data[0]) > 0).astype(np.float32)
+    return (to_working_grid(m, mask_img.affine, mask_img.spacing, shape, aff4) > 0.5).float().to(s.device)
+
+
+def affine(s: State) -> None:
+    """Fill ``t_nd`` and ``moving_w`` (the moving image through the affine on the working grid)."""
+    nd = s.nd
+    s.announce("affine")
+    with s.timer("affine"):
+        start, start_name = _start(s)
+        if not s.opts.affine:
+            s.t_nd = start
+            s.keep("affine", False, f"disabled (--no-affine): {start_name} used")
+        else:
+            s.t_nd = _optimise(s, start, start_name)
+        s.moving_w = moving_on(s, s.w_shape, s.w_aff4, s.t_nd).to(s.device)
+
+
+def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
+    nd = s.nd
+    m_shape, m_aff4 = working_grid(s.moving.spatial_shape, s.moving.affine, **s.model.working)
+    check_working_size(m_shape, m_aff4, s.moving.path, "moving")
+    moving_w0 = to_working_grid(s.moving_n, s.moving.affine, s.moving.spacing, m_shape, m_aff4).to(s.device)
+    with torch.no_grad():
+        # MIND of the 2x-pooled working images (4 mm in 3-D): enough for an affine, 8x cheaper
+        ff = mind_ssc(pool(s.fixed_w[None], 2))
+        fm = mind_ssc(pool(moving_w0[None], 2))
+    f_grid, m_grid = pooled_affine(s.w_aff4, nd, 2), pooled_affine(m_aff4, nd, 2)
+    fmask = _mask_on(s, s.opts.fixed_mask, ff.shape[2:], f_grid)
+    weight = None if fmask is None else fmask[None] * structure_mask(ff)
+    if s.opts.moving_mask is not None:  # moving mask: its voxels count, the rest of the moving image not
+        mm = _mask_on(s, s.opts.moving_mask, fm.shape[2:], m_grid)
+        fm = fm * mm[None]
+    # 8 mm copies for scoring the starts
+    ff8, fm8 = pool(ff, 2), pool(fm, 2)
+    f8, m8 = pooled_affine(f_grid, nd, 2), pooled_affine(m_grid, nd, 2)
+    w8 = None if weight is None else (pool(weight, 2) > 0.5).float()
+
+    com = center_of_mass_init(s.fixed_w[0].cpu(), s.w_aff4, moving_w0[0].cpu(), m_aff4) @ start \
+        if s.opts.initial_transform is None else start
+    centre = center_of_mass_world(s.fixed_w[0].cpu(), s.w_aff4)
+    starts = [("start", start), ("centre of mass", com)] + [
+        (f"rotation {i}", m) for i, m in enumerate(rotation_starts(centre, nd, com))
+    ]
+    def score(cost_overlap):  # out-of-view structure costs as much as the worst match
+        c, o = cost_overlap
+        return c * o + (1.0 - o) * 0.5
+
+    scored = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts),
+                    key=lambda t: t[0])
+    best_cost, best_name, best, best_c, best_o = float("inf"), "", start, float("inf"), 0.0
+    tried = set()
+    for _, name, m in scored:
+        if len(tried) >= OPTIMISED_STARTS:
+            break
+        tried.add(name)
+        with torch.enable_grad():
+            t = optimize_affine(ff, f_grid, fm, m_grid, m, levels=((2, 60), (1, 12)), mask=weight)
+        c, o = affine_cost(ff, f_grid, fm, m_grid, t, weight)
+        if score((c, o)) < best_cost:
+            best_cost, best_name, best, best_c, best_o = score((c, o)), name, t, c, o
+    start_c, start_o = affine_cost(ff, f_grid, fm, m_grid, start, weight)
+    what = (f"feature cost {start_c:.4f} ({start_name}, overlap {start_o:.2f}) -> {best_c:.4f} "
+            f"(optimised from {best_name}, overlap {best_o:.2f})")
+    if not s.opts.do_no_harm:
+        s.keep("affine", True, what + "; do-no-harm check off")
+        return best
+    if best_c < start_c * (1 - IMPROVEMENT) and best_o >= MIN_OVERLAP * start_o:
+        s.keep("affine", True, what)
+        return best
+    s.keep("affine", False, f"no improvement: {what}; {start_name} kept")
+    return start

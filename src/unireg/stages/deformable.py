@@ -1,0 +1,128 @@
+"""Stages ``features``, ``network``, ``refine``, ``integrate`` and ``deformable_gate``.
+
+The network gives the start, instance optimisation on frozen MIND features gives the accuracy
+(coarse -> working -> native resolution, :mod:`unireg.align.refine`), and both stay diffeomorphic.
+Do-no-harm: the network's velocity is kept only if it lowers the coarse feature cost below the zero
+velocity's, and the deformable result only if it lowers the working-grid cost below the affine's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..align.refine import mind_cost, pool_to, refine_multilevel, schedule
+from ..features.mind import mind_ssc
+from ..preprocess import to_working_grid
+from ..spatial.jacobian import folding_stats, jacobian_determinant
+from .prepare import moving_on
+from .state import State
+
+__all__ = ["features", "network", "refine", "integrate", "deformable_gate", "IMPROVEMENT"]
+
+IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
+
+
+def _fixed_mask(s: State, shape, aff4) -> torch.Tensor | None:
+    m = s.opts.fixed_mask
+    if m is None:
+        return None
+    arr = (np.asarray(m.data[0]) > 0).astype(np.float32)
+    return (to_working_grid(arr, m.affine, m.spacing, shape, aff4) > 0.5).float()[None].to(s.device)
+
+
+def features(s: State) -> None:
+    s.announce("features")
+    with s.timer("features"), torch.no_grad():
+        s.ff = s.model.extract(s.fixed_w[None])
+        s.fm = s.model.extract(s.moving_w[None])
+
+
+def network(s: State) -> None:
+    s.announce("network")
+    with s.timer("network"), torch.no_grad():
+        v = s.model(s.ff, s.fm, s.opts.smoothness)
+        if not s.model.trained:
+            s.velocity = torch.zeros_like(v)
+            s.keep("network", False, "untrained network: refinement starts from zero velocity")
+            return
+        if not s.opts.do_no_harm:
+            s.velocity = v
+            s.keep("network", True, "do-no-harm check off")
+            return
+        shape = v.shape[2:]
+        ff = mind_ssc(pool_to(s.fixed_w[None], shape))
+        fm = mind_ssc(pool_to(s.moving_w[None], shape))
+        mask = _fixed_mask(s, shape, _grid_of(s, shape))
+        c0 = mind_cost(ff, fm, None, mask)
+        c1 = mind_cost(ff, fm, s.model.displacement(v, shape), mask)
+        if c1 < c0 * (1 - IMPROVEMENT):
+            s.velocity = v
+            s.keep("network", True, f"coarse feature cost {c0:.4f} -> {c1:.4f}")
+        else:
+            s.velocity = torch.zeros_like(v)
+            s.keep("network", False, f"coarse feature cost {c0:.4f} -> {c1:.4f}: no improvement, zero velocity kept")
+
+
+def _grid_of(s: State, shape) -> np.ndarray:
+    """The 4x4 affine of a grid with the working grid's corners and ``shape``."""
+    nd = s.nd
+    a = s.w_aff4.copy()
+    for i in range(nd):
+        f = (s.w_shape[i] - 1) / max(shape[i] - 1, 1)
+        a[:3, i] = a[:3, i] * f
+    return a
+
+
+def refine(s: State) -> None:
+    levels = schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1)
+    s.refine_levels = [{"level": lv.name, "iterations": lv.iterations} for lv in levels]
+    if not levels:
+        s.keep("refine", False, "no refinement asked for (--refine 0)")
+        return
+    s.keep("refine", True, "levels: " + ", ".join(f"{lv.name} x{lv.iterations}" for lv in levels))
+
+    def on_level(level):
+        s.announce(f"refine {level.name}")
+
+    with s.timer("refine"), torch.enable_grad():
+        fine = None
+        fine_mask = None
+        if any(lv.name == "native" for lv in levels):
+            fixed_f = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.f_shape, s.f_aff4)
+            moving_f = moving_on(s, s.f_shape, s.f_aff4, s.t_nd)
+            fine = (fixed_f[None].to(s.device), moving_f[None].to(s.device), float(s.fine_factor))
+            fine_mask = _fixed_mask(s, s.f_shape, s.f_aff4)
+        s.velocity = refine_multilevel(
+            s.velocity, s.fixed_w[None], s.moving_w[None], levels, smoothness=s.opts.smoothness,
+            int_steps=s.model.int_steps, fine=fine, fixed_mask_w=_fixed_mask(s, s.w_shape, s.w_aff4),
+            fixed_mask_fine=fine_mask, on_level=on_level, seed=s.opts.seed,
+        )
+
+
+def integrate(s: State) -> None:
+    s.announce("integrate")
+    with s.timer("integrate"), torch.no_grad():
+        s.disp_w = s.model.displacement(s.velocity, s.w_shape)
+        s.inv_disp_w = s.model.displacement(-s.velocity, s.w_shape)
+
+
+def deformable_gate(s: State) -> None:
+    """Keep the deformation only if it lowers the working-grid feature cost below the affine's."""
+    with s.timer("integrate"), torch.no_grad():
+        if s.opts.do_no_harm:
+            ff, fm = mind_ssc(s.fixed_w[None]), mind_ssc(s.moving_w[None])
+            mask = _fixed_mask(s, s.w_shape, s.w_aff4)
+            c0 = mind_cost(ff, fm, None, mask)
+            c1 = mind_cost(ff, fm, s.disp_w, mask)
+            if c1 < c0 * (1 - IMPROVEMENT):
+                s.keep("deformable", True, f"working-grid feature cost {c0:.4f} -> {c1:.4f}")
+            else:
+                s.keep("deformable", False, f"working-grid feature cost {c0:.4f} -> {c1:.4f}: no improvement, "
+                                            "affine only kept")
+                s.disp_w = torch.zeros_like(s.disp_w)
+                s.inv_disp_w = torch.zeros_like(s.inv_disp_w)
+        else:
+            s.keep("deformable", True, "do-no-harm check off")
+        s.jac_w = jacobian_determinant(s.disp_w)[0]
+        s.fold = folding_stats(s.jac_w)

@@ -1,0 +1,109 @@
+"""Stages ``qc`` (failure score), ``resample`` (every fixed-grid output in one pass) and ``report``."""
+
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluation.metrics import dice
+from ..evaluation.qc_score import score_registration
+from ..io.image import Image
+from ..report_schema import REPORT_FORMAT, Report
+from ..resample import resample_fixed_grid, warp_labels
+from ..spatial.world import embed_nd
+from .state import State
+
+__all__ = ["qc", "resample", "report", "versions"]
+
+
+def qc(s: State) -> None:
+    if not s.opts.qc_score:
+        return
+    s.announce("qc")
+    with s.timer("qc"), torch.no_grad():  # failure score without ground truth (docs/qc.md)
+        feats = (s.ff, s.fm) if s.model.extractor_name == "mind" else ()
+        s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats)
+
+
+def resample(s: State, inverse_on_grid) -> None:
+    """Warped image, warp (RAS mm), Jacobian and labels on the fixed grid; the inverse on the moving grid.
+
+    ``inverse_on_grid(shape, affine4) -> (n, *shape)`` evaluates the inverse map's displacement."""
+    s.announce("resample")
+    with s.timer("resample"), torch.no_grad():
+        out = resample_fixed_grid(
+            s.fixed.spatial_shape, s.fixed.affine, s.w_aff4, s.t_nd, s.disp_w.cpu(), s.jac_w.cpu(), s.moving.data,
+            s.moving.affine, labels=None if s.moving_labels is None else s.moving_labels.data[0],
+        )
+        s.outputs["warp_mm"], s.outputs["jacobian"] = out["warp_mm"], out["jacobian"]
+        s.outputs["warped"] = Image(out["warped"], s.fixed.affine.copy(), None)
+        s.outputs["inverse_warp_mm"] = inverse_on_grid(s.moving.spatial_shape, s.moving.affine)
+        s.outputs["warped_labels"] = None if out["labels"] is None else Image(out["labels"][None], s.fixed.affine.copy(), None)
+
+
+def versions() -> dict:
+    """Versions of what produced the result; an optional package that is absent reads ``None``."""
+    from .. import __version__
+
+    out = {"unireg": __version__, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    for dist in ("nibabel", "SimpleITK"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _path(img) -> str | None:
+    return str(Path(img.path).resolve()) if img is not None and img.path else None
+
+
+def report(s: State, t_start: float) -> Report:
+    nd = s.nd
+    rep: Report = {
+        "format_version": REPORT_FORMAT,
+        "fixed": _path(s.fixed),
+        "moving": _path(s.moving),
+        "labels": _path(s.moving_labels),
+        "fixed_labels": _path(s.fixed_labels),
+        "ndim": nd,
+        "extractor": s.model.extractor_name,
+        "model": s.opts.model_name or ("trained" if s.model.trained else "untrained"),
+        "model_trained": bool(s.model.trained),
+        "affine": bool(s.opts.affine),
+        "affine_matrix": embed_nd(s.t_nd, nd).tolist(),
+        "refine_iterations": int(sum(lv["iterations"] for lv in s.refine_levels)),
+        "refine_levels": list(s.refine_levels),
+        "smoothness": float(s.opts.smoothness),
+        "working_grid": {"shape": list(s.w_shape), "spacing_mm": float(np.linalg.norm(s.w_aff4[:3, 0]))},
+        "native_grid": {"shape": list(s.f_shape), "spacing_mm": float(np.linalg.norm(s.f_aff4[:3, 0]))}
+        if any(lv["level"] == "native" for lv in s.refine_levels) else None,
+        "device": str(s.device),
+        "threads": torch.get_num_threads(),
+        "seed": s.opts.seed,
+        **s.fold,  # type: ignore[typeddict-item]
+        **s.qc,  # type: ignore[typeddict-item]
+        "stages": dict(s.stages),
+        "versions": versions(),
+        "runtime_s": {},
+    }
+    for key, img in (("fixed_mask", s.opts.fixed_mask), ("moving_mask", s.opts.moving_mask)):
+        if img is not None:
+            rep[key] = _path(img)  # type: ignore[literal-required]
+    if not s.model.trained:
+        rep["warning"] = "untrained (randomly initialised) UNet: the deformation comes from instance optimisation"
+    warped_labels = s.outputs.get("warped_labels")
+    if s.fixed_labels is not None and warped_labels is not None:
+        f_lab = s.fixed_labels.data[0]
+        before = warp_labels(s.moving_labels.data[0], s.moving.affine, s.fixed.spatial_shape, s.fixed.affine, None)
+        rep["dice"] = {str(k): v for k, v in dice(f_lab, warped_labels.data[0]).items()}
+        rep["dice_before"] = {str(k): v for k, v in dice(f_lab, before).items()}
+    s.timer.times["total"] = time.perf_counter() - t_start
+    rep["runtime_s"] = {k: round(v, 4) for k, v in s.timer.times.items()}
+    return rep

@@ -1,0 +1,56 @@
+"""Stage ``prepare``: intensities normalised, the working grid and the native (fine) grid chosen."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import UniRegError
+from ..preprocess import normalize_intensity, to_working_grid
+from ..spatial.grid import apply_matrix
+from ..spatial.world import native_factor, subdivided_grid, working_grid
+from .state import State
+
+__all__ = ["prepare", "moving_on", "check_working_size", "MIN_WORKING_SIDE"]
+
+# Smallest working-grid side, per dimensionality, that features, affine pooling and the Jacobian's
+# torch.gradient accept (3-D MIND pools with a 5-voxel kernel; 2-D needs 2 for finite differences;
+# measured with the mind extractor).  Thinner fields of view are a one-line UniRegError naming the file.
+MIN_WORKING_SIDE = {2: 2, 3: 5}
+
+
+def check_working_size(w_shape, w_aff4, path, which: str) -> None:
+    need = MIN_WORKING_SIDE[len(w_shape)]
+    if min(w_shape) >= need:
+        return
+    sp = float(np.linalg.norm(np.asarray(w_aff4)[:3, 0]))
+    dims = "x".join(str(n) for n in w_shape)
+    raise UniRegError(
+        f"{which} image's field of view is too small to register: {dims} voxels on the {sp:g} mm working grid, "
+        f"at least {need} per axis ({(need - 1) * sp:g} mm) needed",
+        path,
+    )
+
+
+def prepare(s: State) -> None:
+    """Fill ``fixed_n``, ``moving_n``, the working grid and ``fixed_w``, and the native grid."""
+    s.announce("preprocess")
+    with s.timer("preprocess"):
+        s.fixed_n = normalize_intensity(s.fixed.data[0])
+        s.moving_n = normalize_intensity(s.moving.data[0])
+        s.w_shape, s.w_aff4 = working_grid(s.fixed.spatial_shape, s.fixed.affine, **s.model.working)
+        check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
+        s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4).to(s.device)
+        w_spacing = float(np.linalg.norm(s.w_aff4[:3, 0]))
+        s.fine_factor = native_factor(s.fixed.spacing[: s.nd], w_spacing, s.w_shape, s.opts.native_budget_voxels)
+        s.f_shape, s.f_aff4 = subdivided_grid(s.w_shape, s.w_aff4, s.fine_factor)
+
+
+def moving_on(s: State, shape, aff4, t_nd: np.ndarray) -> torch.Tensor:
+    """The normalised moving image through the affine ``t_nd`` onto a grid of the fixed frame."""
+    t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
+
+    def affine_map(world, rows=None):
+        return apply_matrix(t_mat, world)
+
+    return to_working_grid(s.moving_n, s.moving.affine, s.moving.spacing, shape, aff4, world_map=affine_map)

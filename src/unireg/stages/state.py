@@ -1,0 +1,113 @@
+"""The state passed from stage to stage, the options that steer them, and the device-synchronised timer."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..io.image import Image
+from ..models.registrar import Registrar
+
+__all__ = ["Options", "State", "Timer"]
+
+
+@dataclass
+class Options:
+    """What the caller asked for (validated by :mod:`unireg.api` / the CLI)."""
+
+    affine: bool = True
+    refine: Optional[int] = None  # iterations per refinement level; None = default schedule, 0 = none
+    fast: bool = False  # network + coarse refinement only
+    native: bool = True  # the native-resolution level
+    smoothness: float = 1.0
+    device: str = "cpu"
+    seed: int = 0
+    qc_score: bool = True
+    do_no_harm: bool = True  # keep a stage only if it improves the similarity
+    native_budget_voxels: int = 24_000_000  # cap on the fine grid (memory), e.g. 1 mm whole head ~ 9 M
+    initial_transform: Optional[np.ndarray] = None  # (4, 4) RAS fixed world -> moving world
+    fixed_mask: Optional[Image] = None
+    moving_mask: Optional[Image] = None
+    progress: Optional[Callable[[str], None]] = None
+    model_name: str = ""
+
+
+class Timer:
+    """Seconds per stage; waits for the device's queued work so GPU time is billed to its stage."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, name: str):
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class State:
+    """Everything the stages produce, filled in as they run."""
+
+    fixed: Image
+    moving: Image
+    model: Registrar
+    opts: Options
+    device: torch.device
+    moving_labels: Optional[Image] = None
+    fixed_labels: Optional[Image] = None
+    timer: Timer = None  # type: ignore[assignment]
+    # prepare
+    fixed_n: Optional[np.ndarray] = None  # normalised intensities, native grids
+    moving_n: Optional[np.ndarray] = None
+    w_shape: tuple = ()
+    w_aff4: Optional[np.ndarray] = None  # working grid voxel -> world (4x4)
+    fixed_w: Optional[torch.Tensor] = None  # (1, *S_w) on device
+    fine_factor: int = 1  # native (fine) grid = working grid subdivided by this
+    f_shape: tuple = ()
+    f_aff4: Optional[np.ndarray] = None
+    # affine
+    t_nd: Optional[np.ndarray] = None  # (n+1)-square fixed world -> moving world
+    moving_w: Optional[torch.Tensor] = None  # (1, *S_w) moving through the affine, on device
+    # features / network / refine
+    ff: Optional[torch.Tensor] = None
+    fm: Optional[torch.Tensor] = None
+    velocity: Optional[torch.Tensor] = None
+    refine_levels: list = field(default_factory=list)
+    # integrate
+    disp_w: Optional[torch.Tensor] = None  # (1, n, *S_w) working voxels
+    inv_disp_w: Optional[torch.Tensor] = None
+    jac_w: Optional[torch.Tensor] = None
+    fold: dict = field(default_factory=dict)
+    qc: dict = field(default_factory=lambda: {"qc_score": None, "qc_flag": None})
+    stages: dict = field(default_factory=dict)  # name -> {"kept": bool, "reason": str}
+    outputs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.timer is None:
+            self.timer = Timer(self.device)
+
+    @property
+    def nd(self) -> int:
+        return self.fixed.ndim
+
+    def keep(self, stage: str, kept: bool, reason: str) -> None:
+        self.stages[stage] = {"kept": bool(kept), "reason": reason}
+
+    def announce(self, stage: str) -> None:
+        if self.opts.progress is not None:
+            self.opts.progress(stage)
