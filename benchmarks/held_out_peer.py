@@ -45,11 +45,13 @@ def _write(out: Path, name: str, vec_lps_last, affine) -> None:
 def run_ants(fixed: Path, moving: Path, out: Path, metric: str) -> dict:
     import ants
 
+    if hasattr(ants, "config") and hasattr(ants.config, "_random_seed"):
+        ants.config._random_seed = 1  # MI sampling is random: fix it (passed on as --random-seed)
     f, m = ants.image_read(str(fixed)), ants.image_read(str(moving))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         reg = ants.registration(f, m, type_of_transform="SyN", aff_metric="mattes", syn_metric=metric,
-                                outprefix=os.path.join(tmp, "r"), random_seed=1)
+                                outprefix=os.path.join(tmp, "r"))
         secs = time.perf_counter() - t0
         fwd = ants.apply_transforms(f, m, reg["fwdtransforms"], compose=os.path.join(tmp, "fwd"))
         inv = ants.apply_transforms(m, f, reg["invtransforms"], whichtoinvert=[True, False],
