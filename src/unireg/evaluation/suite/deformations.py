@@ -41,13 +41,16 @@ class TrueMap:
     ----------
     origin, spacing : field grid's world origin (ndim,) and isotropic spacing (mm).
     disp_mm : ``(ndim, *F)`` float32, ``u`` in world mm (components x, y[, z]).
-    inv_guess_mm : same, ``exp(-v)``: only a starting point for the inverse.
+    inv_guess_mm : ``exp(-v)`` on a grid with the same origin and ``inv_guess_spacing``: only a starting
+        point for the inverse.
     matrix : ``(ndim+1, ndim+1)`` homogeneous world affine ``A`` (identity by default).
     """
 
-    def __init__(self, origin, spacing: float, disp_mm: torch.Tensor, inv_guess_mm: torch.Tensor, matrix=None):
+    def __init__(self, origin, spacing: float, disp_mm: torch.Tensor, inv_guess_mm: torch.Tensor, matrix=None,
+                 inv_guess_spacing: float | None = None):
         self.origin = np.asarray(origin, np.float64)
         self.spacing = float(spacing)
+        self.inv_guess_spacing = float(inv_guess_spacing or spacing)
         self.ndim = len(self.origin)
         self.disp = disp_mm.float().contiguous()
         self.inv_guess = inv_guess_mm.float().contiguous()
@@ -59,13 +62,14 @@ class TrueMap:
         z = torch.zeros((ndim,) + (2,) * ndim)
         return cls(np.zeros(ndim), 1.0, z, z.clone())
 
-    def _field_at(self, field: torch.Tensor, points: np.ndarray) -> np.ndarray:
+    def _field_at(self, field: torch.Tensor, points: np.ndarray, spacing: float | None = None) -> np.ndarray:
         """Trilinear ``field`` at world points ``(N, nd)`` (zero outside the field grid)."""
         nd = self.ndim
+        spacing = spacing or self.spacing
         out = np.empty_like(points)
         for s in range(0, len(points), _CHUNK):
             p = points[s:s + _CHUNK]
-            vox = torch.from_numpy(((p - self.origin) / self.spacing).T.astype(np.float32))
+            vox = torch.from_numpy(((p - self.origin) / spacing).T.astype(np.float32))
             coords = vox.reshape(1, nd, -1, *([1] * (nd - 1)))
             val = sample(field[None], coords, padding_mode="zeros")[0].reshape(nd, -1)
             out[s:s + _CHUNK] = val.T.double().numpy()
@@ -81,12 +85,12 @@ class TrueMap:
         a = self.matrix
         return y @ a[: self.ndim, : self.ndim].T + a[: self.ndim, self.ndim]
 
-    def inverse(self, points: np.ndarray, tol_mm: float = 1e-3, max_iter: int = 80) -> np.ndarray:
+    def inverse(self, points: np.ndarray, tol_mm: float = 5e-3, max_iter: int = 60) -> np.ndarray:
         """``T^{-1}`` (moving->fixed) at world points ``(N, nd)``; records the worst residual."""
         nd = self.ndim
         ainv = np.linalg.inv(self.matrix)
         z = points @ ainv[:nd, :nd].T + ainv[:nd, nd]
-        x = z + self._field_at(self.inv_guess, z)
+        x = z + self._field_at(self.inv_guess, z, self.inv_guess_spacing)
         active = np.arange(len(z))
         for it in range(max_iter):
             xa = x[active]
@@ -135,23 +139,25 @@ def _taper(shape, spacing: float, margin: float) -> np.ndarray:
     return w
 
 
-def _integrate(v_mm: np.ndarray, spacing: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _integrate(v_mm: np.ndarray, spacing: float, steps: int = 7) -> torch.Tensor:
     v = torch.from_numpy((v_mm / spacing).astype(np.float32))[None]
-    return integrate_velocity(v, steps=8)[0] * spacing, integrate_velocity(-v, steps=8)[0] * spacing
+    return integrate_velocity(v, steps=steps)[0] * spacing
 
 
 def _scaled(v_unit: np.ndarray, spacing: float, target_mm: float, inside: tuple) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Scale a velocity so that max |exp(v)| over the fixed field of view (``inside`` slices) is about
-    ``target_mm`` (scale found on a 2x coarser copy, cheap); returns ``exp(v)``, ``exp(-v)`` and the
-    measured max |exp(v)| inside."""
+    ``target_mm`` (scale found on a 2x coarser copy, cheap).  Returns ``exp(v)`` on the full grid,
+    ``exp(-v)`` on the 2x coarser grid (only a starting point for the inverse) and the measured max
+    |exp(v)| inside."""
     coarse = v_unit[(slice(None),) + (slice(None, None, 2),) * (v_unit.ndim - 1)]
     c_inside = tuple(slice(s.start // 2, (s.stop + 1) // 2) for s in inside)
     k = 1.0
     for _ in range(4):  # integration is not linear in the scale
-        fwd, _ = _integrate(coarse * k, 2 * spacing)
+        fwd = _integrate(coarse * k, 2 * spacing)
         peak = float(fwd[(slice(None),) + c_inside].norm(dim=0).max())
         k = k * target_mm / max(peak, 1e-9)
-    fwd, inv = _integrate(v_unit * k, spacing)
+    fwd = _integrate(v_unit * k, spacing)
+    inv = _integrate(-coarse * k, 2 * spacing)
     return fwd, inv, float(fwd[(slice(None),) + inside].norm(dim=0).max())
 
 
@@ -241,4 +247,4 @@ def make_deformation(family: str, fixed: Grid, rng: np.random.Generator, centres
         raise ValueError(f"unknown deformation family {family!r}; choose from {DEFORMATION_FAMILIES}")
     fwd, inv, peak = _scaled(v * taper, h, target, inside)
     info["max_disp_mm"] = round(peak, 3)
-    return TrueMap(origin, h, fwd, inv, matrix), info
+    return TrueMap(origin, h, fwd, inv, matrix, inv_guess_spacing=2 * h), info
