@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..losses import feature_mse
 from .optim import Adam
 from ..spatial.grid import apply_matrix, identity_coords, sample
+from ..spatial.frames import voxel_to_world
 from ..spatial.world import affine_nd, pooled_affine
 
 __all__ = ["center_of_mass_world", "center_of_mass_init", "optimize_affine", "SHEAR_SCALE_PENALTY"]
@@ -27,8 +28,7 @@ def center_of_mass_world(image: torch.Tensor, affine4: np.ndarray) -> np.ndarray
     coords = identity_coords(image.shape, dtype=torch.float64)
     total = w.sum().clamp_min(1e-12)
     c_vox = (coords * w).flatten(1).sum(1) / total
-    a = affine_nd(affine4, nd)
-    return a[:nd, :nd] @ c_vox.numpy() + a[:nd, nd]
+    return voxel_to_world(c_vox.numpy()[None], affine4)[0]
 
 
 def center_of_mass_init(fixed: torch.Tensor, fixed_affine4, moving: torch.Tensor, moving_affine4) -> np.ndarray:
