@@ -70,7 +70,7 @@ def _chromium(url: str, tmp_path: Path) -> tuple[str, str]:
     return r.stdout, "\n".join(ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.usefixtures("chromium")
 def test_rebuilt_page_loads_in_headless_chromium(tmp_path):
     out = make_result_dir(tmp_path / "r", 3, qc_score=0.8, qc_flag=True)
     assert _invoke("report", str(out)).exit_code == 0

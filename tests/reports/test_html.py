@@ -134,7 +134,7 @@ def _chromium(url: str, tmp_path: Path) -> tuple[str, str]:
     return r.stdout, "\n".join(console)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.usefixtures("chromium")
 def test_report_and_index_in_headless_chromium(tmp_path, result_dir_3d):
     report = build_report(result_dir_3d)
     dom, console = _chromium(report.as_uri() + "?selftest=1", tmp_path)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from unireg.errors import UniRegError
-from unireg.spatial.frames import lps_to_ras, ras_to_lps
 from unireg.io.image import _as_numpy, _check_exists, _nifti_image, _one_line, _write_nifti, image_ext
+from unireg.spatial.frames import lps_to_ras, ras_to_lps
 
 __all__ = ["write_displacement_field", "read_displacement_field", "NIFTI_INTENT_VECTOR"]
 

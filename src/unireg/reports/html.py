@@ -345,7 +345,7 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
 
     warnings: list[str] = []
     fixed = pre["fixed"] if pre.get("fixed") is not None else read_image(_resolve(report["fixed"], out))
-    shape, nd, faff = fixed.spatial_shape, fixed.ndim, fixed.affine
+    shape, faff = fixed.spatial_shape, fixed.affine
     spacing = [float(s) for s in fixed.spacing]
     fixed_vol = _first_channel_mean(fixed)
 

@@ -27,7 +27,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from unireg.io.atomic import atomic_path
-from unireg.spatial.frames import affine_ras_to_lps, disp_world_to_vox, spacing as affine_spacing
+from unireg.spatial.frames import affine_ras_to_lps, disp_world_to_vox
+from unireg.spatial.frames import spacing as affine_spacing
 from unireg.spatial.world import pull
 
 __all__ = [
