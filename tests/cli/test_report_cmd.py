@@ -57,7 +57,13 @@ def test_report_bad_dir_is_one_line_error(tmp_path, kind):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("unireg: error: ") and str(d) in lines[0], err
     assert "Traceback" not in r.output
-    assert not (d / "report.html").exists() if d.is_dir() else True
+    # the folder is left exactly as it was: no report.html, no folder created, the file untouched
+    if kind == "missing":
+        assert not d.exists()
+    elif kind == "file":
+        assert d.is_file() and d.read_text() == "x"
+    else:
+        assert sorted(p.name for p in d.iterdir()) == ([] if kind == "empty" else ["report.json"])
 
 
 def _chromium(url: str, tmp_path: Path) -> tuple[str, str]:

@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,6 +96,18 @@ def test_jacobian_stats_matches_folding_stats():
     assert jacobian_stats(np.ones((4, 4)))["sdlogj"] == 0.0
 
 
-def test_peak_rss_mb_is_plausible():
-    m = peak_rss_mb()
-    assert 10.0 < m < 1e6
+def test_peak_rss_mb_sees_a_known_allocation():
+    """In a fresh process, touching 256 MiB raises the reported peak by about 256 MiB."""
+    code = (
+        "import numpy as np\n"
+        "from unireg.evaluation.metrics import peak_rss_mb\n"
+        "m0 = peak_rss_mb()\n"
+        "a = np.ones(256 * 2**20 // 8)\n"
+        "print(m0, peak_rss_mb())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m0, m1 = map(float, r.stdout.split())
+    assert 20.0 < m0 < 2000.0
+    assert 240.0 < m1 - m0 < 290.0, (m0, m1)
