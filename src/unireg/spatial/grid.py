@@ -1,6 +1,6 @@
 """The one place where UniReg's field conventions meet ``torch.nn.functional.grid_sample``.
 
-Conventions (see CONVENTIONS.md):
+Conventions (see docs/conventions.md):
 
 * an image batch is ``(B, C, *spatial)``; a displacement ``disp_vox`` is ``(B, ndim, *spatial)``
   with components in **array-axis order** and values in **voxels of the grid it lives on**;
