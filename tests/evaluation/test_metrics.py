@@ -1,7 +1,7 @@
 import math
-import os
-import subprocess
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,18 +96,22 @@ def test_jacobian_stats_matches_folding_stats():
     assert jacobian_stats(np.ones((4, 4)))["sdlogj"] == 0.0
 
 
-def test_peak_rss_mb_sees_a_known_allocation():
-    """In a fresh process, touching 256 MiB raises the reported peak by about 256 MiB."""
-    code = (
-        "import numpy as np\n"
-        "from unireg.evaluation.metrics import peak_rss_mb\n"
-        "m0 = peak_rss_mb()\n"
-        "a = np.ones(256 * 2**20 // 8)\n"
-        "print(m0, peak_rss_mb())\n"
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
-    m0, m1 = map(float, r.stdout.split())
-    assert 20.0 < m0 < 2000.0
-    assert 240.0 < m1 - m0 < 290.0, (m0, m1)
+def test_peak_rss_mb_units_by_hand(monkeypatch):
+    """ru_maxrss is KiB on Linux: 262144 KiB (self) and 1048576 KiB (children) -> the larger, 1024 MiB."""
+    import resource
+    from types import SimpleNamespace
+
+    if sys.platform != "linux":
+        pytest.skip("ru_maxrss units checked on Linux")
+    kib = {resource.RUSAGE_SELF: 262144, resource.RUSAGE_CHILDREN: 1048576}
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=kib[who]))
+    assert peak_rss_mb() == 1024.0
+
+
+def test_peak_rss_mb_matches_the_kernels_high_water_mark():
+    """Against an independent source: /proc's peak resident size (VmHWM, kB) of this process."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("no /proc")
+    hwm_mb = int(re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M).group(1)) / 1024
+    assert 0.95 * hwm_mb <= peak_rss_mb() < 1e6  # >=: a waited-for child may have peaked higher
