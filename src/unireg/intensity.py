@@ -68,15 +68,20 @@ def percentile_rescale(
         lo[i], hi[i] = lo_i, hi_i
     shape = (b,) + (1,) * (image.dim() - 1)
     lo, hi = lo.view(shape), hi.view(shape)
-    ok = hi > lo
-    scale = torch.where(ok, hi - lo, torch.ones_like(hi))
-    out = torch.where(ok, (image - lo) / scale, torch.zeros((), dtype=scale.dtype, device=scale.device))
-    if clip is True:
-        out = out.clamp(0.0, 1.0)
-    elif clip == "low":
-        out = out.clamp_min(0.0)
-    elif clip is not False:
+    if clip not in (True, False, "low"):
         raise ValueError(f"clip must be True, False or 'low', got {clip!r}")
+    ok = hi > lo
+    # 1 / range where there is one, 0 (a constant item maps to zeros) where there is none
+    inv = torch.where(ok, 1.0 / torch.where(ok, hi - lo, torch.ones_like(hi)), torch.zeros_like(hi))
+    out = image - lo
+    if out.requires_grad:  # autograd: out-of-place
+        out = out * inv
+        return out.clamp(0.0, 1.0) if clip is True else out.clamp_min(0.0) if clip == "low" else out
+    out.mul_(inv)  # in place: one temporary the size of the image (large volumes)
+    if clip is True:
+        out.clamp_(0.0, 1.0)
+    elif clip == "low":
+        out.clamp_min_(0.0)
     return out
 
 
