@@ -116,3 +116,13 @@ def test_save_works_for_in_memory_arrays(tmp_path):
     paths = res.save(tmp_path / "out")
     assert paths["html"].is_file() and paths["qc"].is_file()
     assert "data:image/png;base64" in paths["html"].read_text()
+
+
+def test_report_fixture_keys_are_the_pipelines(result, tmp_path):
+    """The HTML tests' synthetic report.json may only use keys a real registration writes."""
+    from .reports.conftest import make_result_dir
+
+    fake = json.loads((make_result_dir(tmp_path / "fake", 2) / "report.json").read_text())
+    real = result.report
+    assert set(fake) <= set(real), set(fake) - set(real)
+    assert set(fake["runtime_s"]) <= set(real["runtime_s"]), set(fake["runtime_s"]) - set(real["runtime_s"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Union
 
 import numpy as np
@@ -11,8 +10,11 @@ import torch
 
 from .errors import UniRegError
 from .io.image import Image, read_image
+from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
 from .pipeline import RegistrationResult, register_images
+from .resample import warp_labels
+from .spatial.world import field_on_grid, pull, warp_points
 
 __all__ = ["register", "apply", "apply_points", "load_model", "RegistrationResult", "as_image"]
 
@@ -154,10 +156,6 @@ def apply(
     ``image`` at ``x + u(x)``, with ``u`` read from the warp (linearly interpolated when the warp's
     grid differs from ``ref``'s).  ``labels=True`` keeps integer labels (label-wise interpolation).
     """
-    from .io.warp import read_displacement_field
-    from .resample import warp_labels
-    from .spatial.world import pull
-
     if isinstance(warp, tuple):
         disp, w_aff = warp
     else:
@@ -170,12 +168,7 @@ def apply(
             f"dimensionality mismatch: warp {disp.shape[0]}-D, image {img.ndim}-D, reference {nd}-D",
             getattr(img, "path", None),
         )
-    disp_t = torch.from_numpy(np.ascontiguousarray(disp, dtype=np.float32))
-    same = disp.shape[1:] == ref_img.spatial_shape and np.allclose(w_aff, ref_img.affine, atol=1e-4)
-    if same:
-        field = disp_t
-    else:
-        field = pull(disp_t, w_aff, ref_img.spatial_shape, ref_img.affine, padding_mode="border")
+    field = field_on_grid(disp, w_aff, ref_img.spatial_shape, ref_img.affine)
 
     def world_map(world, rows):
         return world + field[(slice(None), rows)]
@@ -194,10 +187,6 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
     With ``warp.nii.gz`` (on the fixed grid) this maps fixed-space points to the moving image;
     with ``inverse_warp.nii.gz`` it maps moving-space points (e.g. landmarks) onto the fixed image.
     """
-    from .io.warp import read_displacement_field
-    from .spatial.grid import sample
-    from .spatial.world import affine_nd
-
     if isinstance(warp, tuple):
         disp, w_aff = warp
     else:
@@ -206,8 +195,4 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
     nd = disp.shape[0]
     if pts.ndim != 2 or pts.shape[1] != nd:
         raise UniRegError(f"points must be (N, {nd}) for a {nd}-D warp, got {pts.shape}")
-    inv = np.linalg.inv(affine_nd(w_aff, nd))
-    vox = pts @ inv[:nd, :nd].T + inv[:nd, nd]
-    coords = torch.from_numpy(vox.T.copy()).view(1, nd, len(pts), *([1] * (nd - 1)))
-    u = sample(torch.from_numpy(np.ascontiguousarray(disp, dtype=np.float64))[None], coords, padding_mode="border")
-    return pts + u[0].reshape(nd, len(pts)).T.numpy()
+    return warp_points(disp, w_aff, pts)

@@ -43,11 +43,21 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+import torch.distributed as dist
+
+from . import api
 from .errors import UniRegError
+from .io.atomic import atomic_path, check_output_dir
+from .io.image import read_image
+from .outputs import OUTPUT_NAMES
+from .reports.html import build_index
 
 __all__ = [
     "BatchOptions",
@@ -231,8 +241,6 @@ def _read_marker(pair_dir: Path) -> dict | None:
 
 
 def _write_marker(pair_dir: Path, h: str, row: dict) -> None:
-    from .io.atomic import atomic_path
-
     with atomic_path(pair_dir / MARKER) as tmp:
         with open(tmp, "w") as f:
             f.write(json.dumps({"hash": h, "row": row}) + "\n")
@@ -242,8 +250,6 @@ def _write_marker(pair_dir: Path, h: str, row: dict) -> None:
 
 def _our_files(pair_dir: Path) -> bool:
     """Whether every entry of ``pair_dir`` is something a batch run writes (safe to wipe)."""
-    from .outputs import OUTPUT_NAMES
-
     ours = set(OUTPUT_NAMES.values()) | {MARKER}
     for e in pair_dir.iterdir():
         if e.is_dir() or not (e.name in ours or e.name.startswith(".tmp-")):
@@ -306,8 +312,6 @@ class _Models:
     """Models loaded once per dimensionality (``--model`` path: loaded once, whatever the pairs)."""
 
     def __init__(self, options: BatchOptions, model=None):
-        from . import api
-
         self._api = api
         self.options = options
         self.cache: dict[int, object] = {}
@@ -325,9 +329,6 @@ class _Models:
 
 
 def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOptions, crash: Callable[[], None]) -> dict:
-    from . import api
-    from .io.image import read_image
-
     t0 = time.perf_counter()
     fixed = read_image(pair.fixed)
     moving = read_image(pair.moving)
@@ -353,8 +354,6 @@ def _fmt(v) -> str:
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    from .io.atomic import atomic_path
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -399,14 +398,10 @@ def _merge(out: Path, pairs: Sequence[Pair], rank_rows: dict[int, list[dict]]) -
     rows = [by_id.get(q.id) or _failed_row(q, "no result (its process did not report)", 0.0) for q in pairs]
     _write_csv(out / "summary.csv", rows)
     try:
-        from .reports.html import build_index
-
         build_index(out, _index_rows(out, rows))
     except UniRegError:
         raise
     except Exception as exc:  # the overview page must not cost the batch its summary
-        import warnings
-
         warnings.warn(f"index.html not written: {_one_line(exc)}")
     return out / "summary.csv"
 
@@ -414,8 +409,6 @@ def _merge(out: Path, pairs: Sequence[Pair], rank_rows: dict[int, list[dict]]) -
 # ----------------------------------------------------------------------------------------- driver
 def set_threads_for_local_world(local_world: int) -> int:
     """``torch.set_num_threads(max(1, cores // local_world))`` (cores available to this process)."""
-    import torch
-
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -465,8 +458,6 @@ def run_batch(
         Bad manifest, unusable output folder or model.  Errors of single pairs are not raised;
         they are recorded in the summary.
     """
-    from .io.atomic import check_output_dir
-
     options = options or BatchOptions()
     env_rank, env_world, local_world = dist_env()
     rank = env_rank if rank is None else rank
@@ -480,11 +471,7 @@ def run_batch(
 
     group = None
     if world > 1:
-        import torch.distributed as dist
-
         if not dist.is_initialized():
-            from datetime import timedelta
-
             # rank 0 waits at the barrier for the slowest rank's whole shard: allow a long wait
             timeout = timedelta(seconds=float(os.environ.get("UNIREG_BATCH_TIMEOUT_S", 7 * 86400)))
             dist.init_process_group("gloo", timeout=timeout)
@@ -501,7 +488,14 @@ def run_batch(
     bar = None
     if progress:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[last]}"),
@@ -541,8 +535,6 @@ def run_batch(
             bar.stop()
 
     if world > 1:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.barrier()
         if rank == 0:

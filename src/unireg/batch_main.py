@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import sys
 
+from .cli.main import app
+
 _GLOBAL_FLAGS = {"--debug"}
 _GLOBAL_WITH_VALUE = {"--threads"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cli.main import app
-
     args = list(sys.argv[1:] if argv is None else argv)
     glob: list[str] = []
     while args and (args[0] in _GLOBAL_FLAGS or args[0] in _GLOBAL_WITH_VALUE or args[0].startswith("--threads=")):

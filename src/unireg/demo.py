@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import api
 from .data.mni import load_mni
 from .data.synth import coarse_shape, deform_pair_field, make_moving, random_velocity
 from .io.image import write_image
 from .io.warp import write_displacement_field
+from .spatial.frames import disp_vox_to_world
 from .spatial.grid import warp
 
 __all__ = ["make_demo_pair", "run_demo"]
@@ -24,7 +26,7 @@ def make_demo_pair(out_dir: Path, contrast: str = "t2", max_disp_mm: float = 8.0
     mni = load_mni(spacing)
     t1 = torch.from_numpy(mni["t1"].data[0])
     aff = mni["t1"].affine
-    sp = float(np.linalg.norm(aff[:3, 0]))
+    sp = float(mni["t1"].spacing[0])
     cshape = coarse_shape(t1.shape, 4)
     factor = (t1.shape[0] - 1) / (cshape[0] - 1)
     v = random_velocity(cshape, max_disp_mm / sp / factor, seed=seed)
@@ -43,18 +45,14 @@ def make_demo_pair(out_dir: Path, contrast: str = "t2", max_disp_mm: float = 8.0
     write_image(paths["moving"], moving.numpy()[None], aff, dtype=np.float32)
     write_image(paths["fixed_labels"], mni["labels"].data, aff, dtype=np.uint8)
     write_image(paths["moving_labels"], moving_lab[None], aff, dtype=np.uint8)
-    # the true fixed->moving displacement in world mm (RAS): A[:3,:3] @ disp_vox
-    a = aff[:3, :3]
-    d = disp_true[0].numpy()
-    disp_mm = np.einsum("ij,j...->i...", a, d).astype(np.float32)
+    # the true fixed->moving displacement in world mm (RAS)
+    disp_mm = disp_vox_to_world(disp_true[0].numpy(), aff)
     write_displacement_field(paths["true_warp"], disp_mm, aff)
     return paths
 
 
 def run_demo(out_dir: Path, contrast: str = "t2", refine: int | None = None, smoothness: float = 1.0, seed: int = 0, console=None) -> dict:
     """Make the pair, register it, write every output, and return the report."""
-    from . import api
-
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     paths = make_demo_pair(out_dir / "inputs", contrast=contrast, seed=seed)

@@ -13,7 +13,7 @@ from .io.atomic import atomic_path, check_output_dir
 from .io.image import write_image
 from .io.warp import write_displacement_field
 
-__all__ = ["save_result", "OUTPUT_NAMES"]
+__all__ = ["save_result", "guard_inputs", "write_json", "OUTPUT_NAMES"]
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -27,7 +27,8 @@ OUTPUT_NAMES = {
 }
 
 
-def _guard_inputs(paths: dict[str, Path], inputs: list[str | None]) -> None:
+def guard_inputs(paths: dict[str, Path], inputs: list[str | None]) -> None:
+    """Raise :class:`UniRegError` if any output path is one of the ``inputs`` (same real path)."""
     ins = {os.path.realpath(p) for p in inputs if p}
     for p in paths.values():
         if os.path.realpath(p) in ins:
@@ -49,7 +50,7 @@ def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True)
         paths.pop("qc")
     if not html:
         paths.pop("html")
-    _guard_inputs(paths, [result.fixed.path, result.moving.path, result.report.get("labels"), result.report.get("fixed_labels")])
+    guard_inputs(paths, [result.fixed.path, result.moving.path, result.report.get("labels"), result.report.get("fixed_labels")])
     # a failure half-way (disk full, QC rendering) must not leave a partial set of outputs behind
     existed = {k for k, p in paths.items() if p.exists()}
     try:
@@ -75,6 +76,7 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
     report["outputs"] = {k: v.name for k, v in paths.items()}
     write_json(paths["report"], report)
     if qc:
+        # lazy: matplotlib (~0.7 s measured) only when qc.png is asked for (not with --no-qc)
         from .reports.qc import render_qc_png
 
         render_qc_png(
@@ -90,9 +92,10 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
             f"{Path(fixed.path).name if fixed.path else 'fixed'}",
         )
     if html:
-        from .reports.html import build_report
+        from .reports.html import build_report  # lazy, as above (matplotlib, scipy, PIL)
 
         build_report(out, preloaded={
             "fixed": fixed, "moving": moving, "warped": result.warped,
             "warp": (result.warp_mm, fixed.affine), "jacobian": result.jacobian,
+            "before": result.before_image(),  # the array qc.png shows, computed once
         })

@@ -145,7 +145,7 @@ def register_images(
             f"label map shape {moving_labels.spatial_shape} differs from the moving image {moving.spatial_shape}",
             moving_labels.path,
         )
-    for mask, img, which in ((fixed_mask, fixed, "fixed"), (moving_mask, moving, "moving")):
+    for mask, _img, which in ((fixed_mask, fixed, "fixed"), (moving_mask, moving, "moving")):
         if mask is not None and mask.ndim != nd:
             raise UniRegError(f"{which} mask is {mask.ndim}-D but the {which} image is {nd}-D", mask.path)
     dev = torch.device(device)

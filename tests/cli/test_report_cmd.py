@@ -57,7 +57,13 @@ def test_report_bad_dir_is_one_line_error(tmp_path, kind):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("unireg: error: ") and str(d) in lines[0], err
     assert "Traceback" not in r.output
-    assert not (d / "report.html").exists() if d.is_dir() else True
+    # the folder is left exactly as it was: no report.html, no folder created, the file untouched
+    if kind == "missing":
+        assert not d.exists()
+    elif kind == "file":
+        assert d.is_file() and d.read_text() == "x"
+    else:
+        assert sorted(p.name for p in d.iterdir()) == ([] if kind == "empty" else ["report.json"])
 
 
 def _chromium(url: str, tmp_path: Path) -> tuple[str, str]:
@@ -70,7 +76,7 @@ def _chromium(url: str, tmp_path: Path) -> tuple[str, str]:
     return r.stdout, "\n".join(ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.usefixtures("chromium")
 def test_rebuilt_page_loads_in_headless_chromium(tmp_path):
     out = make_result_dir(tmp_path / "r", 3, qc_score=0.8, qc_flag=True)
     assert _invoke("report", str(out)).exit_code == 0

@@ -55,7 +55,7 @@ def test_build_report_3d(result_dir_3d):
     assert text.count('class="panel"') == 15
     # every figure of report.json is in the metrics table
     report = json.loads((result_dir_3d / "report.json").read_text())
-    for key in ("runtime_s.total", "runtime_s.register", "folded_percent", "sdlogj", "extractor", "model",
+    for key in ("runtime_s.total", "runtime_s.network", "folded_percent", "sdlogj", "extractor", "model",
                 "versions.torch", "qc_score", "qc_flag", "dice.mean", "dice_before.mean"):
         assert f'data-key="{key}"' in text
     assert report["model"] in text
@@ -64,6 +64,20 @@ def test_build_report_3d(result_dir_3d):
     m = re.search(r'id="panel-grid-sagittal"[^>]*><img src="[^"]*" width="(\d+)" height="(\d+)"', text)
     w, h = int(m.group(1)), int(m.group(2))
     assert h / w == pytest.approx((12 * 2.5) / (20 * 1.2), rel=0.02)
+
+
+def test_before_picture_comes_from_the_qc_routine(result_dir_3d, monkeypatch):
+    """report.html's "moving (before)" view and qc.png's come from one routine, qc.before_image."""
+    from unireg.reports import html as html_mod
+
+    calls = []
+    real = html_mod.before_image
+    monkeypatch.setattr(html_mod, "before_image", lambda *a: calls.append(a) or real(*a))
+    build_report(result_dir_3d)
+    assert len(calls) == 1
+    given = np.zeros((24, 20, 12), np.float32)
+    build_report(result_dir_3d, preloaded={"before": given})  # what outputs.save_result passes
+    assert len(calls) == 1
 
 
 def test_build_report_2d_and_missing_inputs(result_dir_2d):
@@ -134,7 +148,7 @@ def _chromium(url: str, tmp_path: Path) -> tuple[str, str]:
     return r.stdout, "\n".join(console)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.usefixtures("chromium")
 def test_report_and_index_in_headless_chromium(tmp_path, result_dir_3d):
     report = build_report(result_dir_3d)
     dom, console = _chromium(report.as_uri() + "?selftest=1", tmp_path)

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from unireg.spatial.world import affine_nd, embed_nd, pull, working_grid
+from unireg.spatial.world import field_on_grid, pull, warp_points, working_grid
 
 
 def _oblique_affine():
@@ -15,16 +15,24 @@ def _oblique_affine():
     return a
 
 
-def test_voxel_world_round_trip():
-    a = _oblique_affine()
-    p = np.random.default_rng(0).uniform(0, 20, size=(10, 3))
-    w = p @ a[:3, :3].T + a[:3, 3]
-    back = (w - a[:3, 3]) @ np.linalg.inv(a[:3, :3]).T
-    assert np.allclose(back, p)
-    assert np.allclose(embed_nd(affine_nd(a, 3), 3), a)
-    a2 = np.diag([0.5, 2.0, 1.0, 1.0])
-    a2[:2, 3] = [3, 4]
-    assert np.allclose(affine_nd(a2, 2), [[0.5, 0, 3], [0, 2.0, 4], [0, 0, 1]])
+def test_warp_points_by_hand():
+    """x -> x + u(x) with u sampled at the point's voxel position (world field, 2 mm grid)."""
+    a = np.diag([2.0, 2.0, 2.0, 1.0])
+    a[:3, 3] = [-4.0, 0.0, 10.0]
+    disp = np.zeros((3, 5, 5, 5), np.float32)
+    disp[0] = np.arange(5, dtype=np.float32)[:, None, None]  # u_x = voxel index along axis 0
+    # world (-1, 2, 12) is voxel (1.5, 1, 1): u = (1.5, 0, 0)
+    assert np.allclose(warp_points(disp, a, np.array([[-1.0, 2.0, 12.0]])), [[0.5, 2.0, 12.0]])
+
+
+def test_field_on_grid_carries_world_values():
+    a = np.diag([1.0, 1.0, 1.0, 1.0])
+    disp = np.zeros((3, 6, 6, 6), np.float32)
+    disp[1] = np.arange(6, dtype=np.float32)[:, None, None]
+    b = np.diag([2.0, 1.0, 1.0, 1.0])  # every other voxel along axis 0
+    out = field_on_grid(disp, a, (3, 6, 6), b)
+    assert torch.allclose(out[1, :, 0, 0], torch.tensor([0.0, 2.0, 4.0]))
+    assert torch.equal(field_on_grid(disp, a, (6, 6, 6), a), torch.from_numpy(disp))
 
 
 def test_working_grid_covers_fov_and_is_world_aligned():
@@ -37,11 +45,24 @@ def test_working_grid_covers_fov_and_is_world_aligned():
     assert vox.min() > -1.01 and np.all(vox.max(0) < np.array(shape) - 1 + 1.01)
 
 
-def test_pull_identity_and_chunking():
+def test_pull_is_the_same_for_any_slab_size():
+    """An oblique resampling (no identity shortcut) done in 1-row slabs, ragged slabs and one slab."""
     a = _oblique_affine()
     img = torch.rand(1, 9, 8, 7)
-    same = pull(img, a, (9, 8, 7), a, chunk_voxels=50)
-    assert torch.allclose(same, img, atol=1e-5)
+    shape, w = working_grid((9, 8, 7), a, 1.5)
+    whole = pull(img, a, shape, w, chunk_voxels=10**9)
+    assert whole.abs().sum() > 0
+    for chunk in (1, 50, 3 * shape[1] * shape[2] + 5):
+        assert torch.equal(pull(img, a, shape, w, chunk_voxels=chunk), whole)
+
+
+def test_pull_shift_in_small_slabs_by_hand():
+    a = np.eye(4)
+    b = np.eye(4)
+    b[0, 3] = 1.0  # output voxel i sits on input voxel i + 1
+    img = torch.arange(6 * 4 * 3, dtype=torch.float32).reshape(1, 6, 4, 3)
+    out = pull(img, a, (5, 4, 3), b, chunk_voxels=12)  # one row of 12 voxels per slab
+    assert torch.allclose(out, img[:, 1:], atol=1e-4)
 
 
 def test_pull_world_translation():

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import feature_mse
-from .optim import Adam
+from ..spatial.frames import voxel_to_world
 from ..spatial.grid import apply_matrix, identity_coords, sample
 from ..spatial.world import affine_nd, pooled_affine
+from .optim import Adam
 
 __all__ = [
     "center_of_mass_world", "center_of_mass_init", "optimize_affine", "affine_cost", "rotation_starts",
@@ -25,13 +26,11 @@ SHEAR_SCALE_PENALTY = 1e-3
 
 def center_of_mass_world(image: torch.Tensor, affine4: np.ndarray) -> np.ndarray:
     """Intensity-weighted centroid (world mm) of ``image`` ``(*S)`` (non-negative intensities)."""
-    nd = image.dim()
     w = image.clamp_min(0).double()
     coords = identity_coords(image.shape, dtype=torch.float64)
     total = w.sum().clamp_min(1e-12)
     c_vox = (coords * w).flatten(1).sum(1) / total
-    a = affine_nd(affine4, nd)
-    return a[:nd, :nd] @ c_vox.numpy() + a[:nd, nd]
+    return voxel_to_world(c_vox.numpy()[None], affine4)[0]
 
 
 def center_of_mass_init(fixed: torch.Tensor, fixed_affine4, moving: torch.Tensor, moving_affine4) -> np.ndarray:

@@ -87,7 +87,7 @@ def pool_to(image: torch.Tensor, shape) -> torch.Tensor:
     if tuple(image.shape[2:]) == tuple(shape):
         return image
     nd = image.dim() - 2
-    factor = max((a - 1) / max(b - 1, 1) for a, b in zip(image.shape[2:], shape))
+    factor = max((a - 1) / max(b - 1, 1) for a, b in zip(image.shape[2:], shape, strict=False))
     if factor > 1.2:
         k = int(round(factor)) * 2 - 1
         pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
@@ -157,7 +157,7 @@ def _point_refine(
     nd = v.shape[1]
     f_shape = fixed_fine.shape[2:]
     # fine voxel -> velocity-grid voxel, per axis (same corners)
-    to_v = torch.tensor([(a - 1) / max(b - 1, 1) for a, b in zip(v.shape[2:], f_shape)], device=v.device)
+    to_v = torch.tensor([(a - 1) / max(b - 1, 1) for a, b in zip(v.shape[2:], f_shape, strict=False)], device=v.device)
     to_v = to_v.view(1, nd, 1, *([1] * (nd - 1)))
     n_pts = min(POINTS, candidates.numel())
     ff_flat = fixed_fine.flatten(2)  # (1, C, N)
@@ -165,7 +165,8 @@ def _point_refine(
     v = v.detach().clone().requires_grad_(True)
     opt = Adam([v], lr=level.lr)
     for _ in range(level.iterations):
-        pick = candidates[torch.randint(0, candidates.numel(), (n_pts,), generator=generator, device="cpu").to(v.device)]
+        draw = torch.randint(0, candidates.numel(), (n_pts,), generator=generator, device="cpu")
+        pick = candidates[draw.to(v.device)]
         idx = torch.stack([(pick // strides[i]) % f_shape[i] for i in range(nd)]).to(v.dtype)  # (n, N)
         pts_f = idx.view(1, nd, n_pts, *([1] * (nd - 1)))
         opt.zero_grad()

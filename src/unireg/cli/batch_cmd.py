@@ -6,11 +6,13 @@ Discovered by :func:`unireg.cli.main._register_optional_commands`.  The logic li
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..errors import UniRegError
 from . import options
 
 
@@ -37,10 +39,8 @@ def add_to(app: typer.Typer, guarded) -> None:
         exit status is 0 even then (read summary.csv).  For several processes or nodes run the same
         arguments under torchrun: `torchrun --nproc_per_node K -m unireg.batch_main MANIFEST --out DIR`.
         """
-        import os
-
+        # lazy: unireg.batch imports torch (~2 s), which `unireg --help` must not pay
         from ..batch import BatchOptions, dist_env, run_batch, set_threads_for_local_world
-        from ..errors import UniRegError
 
         if not 0.1 <= float(smoothness) <= 10.0:
             raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")

@@ -23,6 +23,7 @@ def add_to(app: typer.Typer, guarded) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where metrics.json/metrics.csv go (default: RESULTS)."),
     ):
         """Dice, HD95, EPE, TRE, folding, SDlogJ, runtime and peak memory; writes metrics.json and metrics.csv."""
+        # lazy: evaluation imports torch and scipy (~2.5 s), which `unireg --help` must not pay
         from ..evaluation.evaluate import evaluate_path, format_table, write_metrics
 
         rows = evaluate_path(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..errors import UniRegError
+
 
 def add_to(app: typer.Typer, guarded) -> None:
     """Register the ``report`` command on ``app`` (wrapped with the CLI's error guard)."""
@@ -17,8 +19,7 @@ def add_to(app: typer.Typer, guarded) -> None:
         max_px: int = typer.Option(256, "--max-px", help="Longer side of each embedded picture, in pixels."),
     ):
         """Rebuild DIR/report.html (self-contained visual QC page) from the files in DIR."""
-        from ..errors import UniRegError
-        from ..reports.html import build_report
+        from ..reports.html import build_report  # lazy: matplotlib, scipy and torch (~3 s), not for --help
 
         if not out_dir.exists():
             raise UniRegError("no such folder", out_dir)

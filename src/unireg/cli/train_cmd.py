@@ -18,6 +18,7 @@ def add_to(app: typer.Typer, guarded) -> None:
         Run `unireg train --help` for every flag; `--config CONFIG.yaml` loads a YAML file first.
         Under torchrun use `torchrun --nproc_per_node N -m unireg.training ...`.
         """
+        # lazy: the trainer imports torch (~2 s), which `unireg --help` must not pay
         from ..training.config import parse_config
         from ..training.trainer import train as run
 

@@ -10,10 +10,17 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+import nibabel as nib
+import nilearn
 import numpy as np
+import torch
 
 from ..errors import UniRegError
+from ..intensity import percentile_rescale
 from ..io.image import Image
+from ..preprocess import to_working_grid
+from ..spatial.frames import spacing as affine_spacing
+from ..spatial.world import working_grid
 
 __all__ = ["mni_paths", "load_mni", "tissue_labels"]
 
@@ -26,10 +33,6 @@ _FILES = {
 
 def mni_paths() -> dict[str, str]:
     """Paths of the T1, GM and WM files inside the installed nilearn package."""
-    try:
-        import nilearn
-    except ImportError:  # pragma: no cover - nilearn is a dependency
-        raise UniRegError("nilearn is not installed (pip install nilearn): it ships the MNI template") from None
     base = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
     paths = {k: os.path.join(base, v) for k, v in _FILES.items()}
     for p in paths.values():
@@ -48,8 +51,6 @@ def tissue_labels(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _load(spacing: float | None):
-    import nibabel as nib
-
     p = mni_paths()
     imgs = {k: nib.load(v) for k, v in p.items()}
     affine = imgs["t1"].affine.astype(np.float64)
@@ -58,16 +59,10 @@ def _load(spacing: float | None):
         if arrs[k].max() > 1.5:
             arrs[k] = arrs[k] / 255.0
     if spacing is not None and spacing != 1.0:
-        import torch
-
-        from ..spatial.world import working_grid
-        from ..preprocess import to_working_grid
-
         shape, new_aff = working_grid(arrs["t1"].shape, affine, float(spacing))
-        sp = np.linalg.norm(affine[:3, :3], axis=0)
+        sp = affine_spacing(affine, 3)
         arrs = {k: to_working_grid(v, affine, sp, shape, new_aff)[0].numpy() for k, v in arrs.items()}
         affine = new_aff
-        del torch
     return arrs, affine
 
 
@@ -77,11 +72,12 @@ def load_mni(spacing: float | None = None) -> dict:
     ``spacing`` (mm) resamples to an isotropic world-aligned grid (anti-aliased); None keeps 1 mm.
     """
     arrs, affine = _load(spacing)
-    t1 = arrs["t1"] / max(float(np.percentile(arrs["t1"], 99.5)), 1e-6)
+    # 99.5th percentile -> 1, 0 stays 0, negatives clipped (unireg.intensity)
+    t1 = percentile_rescale(torch.from_numpy(arrs["t1"])[None, None], None, 99.5, clip="low")[0, 0].numpy()
     labels = tissue_labels(arrs["gm"], arrs["wm"])
     p = mni_paths()
     return {
-        "t1": Image(np.clip(t1, 0, None)[None].astype(np.float32), affine.copy(), p["t1"] if spacing in (None, 1.0) else None),
+        "t1": Image(t1[None].astype(np.float32), affine.copy(), p["t1"] if spacing in (None, 1.0) else None),
         "labels": Image(labels[None], affine.copy(), None),
         "gm": arrs["gm"].copy(),
         "wm": arrs["wm"].copy(),

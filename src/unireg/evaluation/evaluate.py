@@ -6,7 +6,8 @@ memory, LPS on disk), ``inverse_warp.nii.gz``, ``jacobian.nii.gz``, ``warped_lab
 Figures produced per folder (all optional, present when their inputs are):
 
 - ``dice_<label>``, ``dice_mean``: fixed labels vs warped moving labels (``warped_labels.nii.gz``,
-  or ``moving_labels`` pulled through ``warp.nii.gz`` with :func:`unireg.api.apply`);
+  or ``moving_labels`` pulled through ``warp.nii.gz`` with the label resampling of ``register``,
+  :func:`unireg.resample.resample_fixed_grid`);
 - ``hd95_mean`` (mm): mean over labels of the 95th percentile symmetric surface distance;
 - ``epe_mean``/``epe_max`` (mm): |warp - true warp| over the fixed grid (``mask`` restricts it);
 - ``tre_mean``/``tre_max`` (mm, and ``tre_before_mean``): landmarks, moving points carried onto the
@@ -25,8 +26,18 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import UniRegError
+from ..io.atomic import atomic_path
+from ..io.image import Image, read_image
+from ..io.points import read_points
+from ..io.warp import read_displacement_field
+from ..resample import resample_fixed_grid
+from ..spatial.frames import disp_world_to_vox
+from ..spatial.jacobian import jacobian_determinant
+from ..spatial.world import field_on_grid, warp_points
+from .metrics import dice, endpoint_error, hd95, jacobian_stats, target_registration_error
 
 __all__ = ["evaluate_result", "evaluate_path", "summarize", "format_table", "write_metrics", "is_result_dir",
            "jacobian_from_warp", "COLUMNS"]
@@ -49,34 +60,30 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 def jacobian_from_warp(disp_mm_ras: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """det(J) of ``x -> x + u(x)`` for a world-space field ``(ndim, *S)`` (RAS mm) on ``affine``'s grid."""
-    import torch
+    """det(J) of ``x -> x + u(x)`` for a world-space field ``(ndim, *S)`` (RAS mm) on ``affine``'s grid.
 
-    from ..spatial.jacobian import jacobian_determinant
-    from ..spatial.world import affine_nd
-
-    nd = disp_mm_ras.shape[0]
-    a = affine_nd(np.asarray(affine, dtype=np.float64), nd)[:nd, :nd]
-    disp_vox = np.einsum("ij,j...->i...", np.linalg.inv(a), disp_mm_ras.astype(np.float64))
+    This is the Jacobian of the full map (affine included), whereas ``jacobian.nii.gz`` written by
+    ``register`` holds the deformable part only; ``jacobian="file"``/``"warp"`` picks one.
+    """
+    disp_vox = disp_world_to_vox(disp_mm_ras, affine)
     return jacobian_determinant(torch.from_numpy(disp_vox)[None])[0].numpy()
 
 
-def _field_on(disp: np.ndarray, aff: np.ndarray, shape, ref_aff: np.ndarray) -> np.ndarray:
-    """A world-space field carried to another grid (linear interpolation, border values outside)."""
-    if tuple(disp.shape[1:]) == tuple(shape) and np.allclose(aff, ref_aff, atol=1e-4):
-        return disp
-    import torch
-
-    from ..spatial.world import pull
-
-    t = torch.from_numpy(np.ascontiguousarray(disp, dtype=np.float32))
-    return pull(t, aff, tuple(shape), ref_aff, padding_mode="border").numpy()
-
-
 def _read_csv_points(path) -> np.ndarray:
-    from ..io.points import read_points
-
     return read_points(path)[0]
+
+
+def _warp_labels(warp: tuple[np.ndarray, np.ndarray], moving_labels: Image, ref: Image) -> np.ndarray:
+    """Moving labels pulled through a world-space warp onto ``ref``'s grid, with the label resampling
+    that ``register --labels`` uses (:func:`unireg.resample.resample_fixed_grid`)."""
+    shape, aff = ref.spatial_shape, ref.affine
+    nd = len(shape)
+    field = field_on_grid(warp[0], warp[1], shape, aff).numpy()
+    disp_vox = torch.from_numpy(disp_world_to_vox(field, aff))[None]
+    out = resample_fixed_grid(shape, aff, aff, np.eye(nd + 1), disp_vox, torch.zeros(shape),
+                              np.zeros((1,) + moving_labels.spatial_shape, np.float32), moving_labels.affine,
+                              labels=moving_labels.data[0])
+    return out["labels"]
 
 
 def evaluate_result(
@@ -106,10 +113,6 @@ def evaluate_result(
         fixed grid, the same formula for every method) or ``"auto"`` (file if present, else warp).
     epe_mask : optional label map on the fixed grid; EPE is scored where it is non-zero.
     """
-    from ..io.image import read_image
-    from ..io.warp import read_displacement_field
-    from .metrics import dice, endpoint_error, hd95, jacobian_stats, target_registration_error
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UniRegError("result folder not found", folder)
@@ -133,9 +136,7 @@ def evaluate_result(
         if wl_path is not None:
             warped = read_image(wl_path, labels=True).data[0]
         elif moving_labels is not None and warp is not None:
-            from ..api import apply
-
-            warped = apply(warp, read_image(moving_labels, labels=True), _ref(flab), labels=True).data[0]
+            warped = _warp_labels(warp, read_image(moving_labels, labels=True), flab)
         if warped is not None:
             if warped.shape != flab.spatial_shape:
                 raise UniRegError(f"warped labels {warped.shape} are not on the fixed label grid {flab.spatial_shape}", wl_path)
@@ -149,7 +150,7 @@ def evaluate_result(
         if warp is None:
             raise UniRegError("--true-warp given but the folder has no warp.nii.gz", folder)
         t_disp, t_aff = read_displacement_field(true_warp)
-        est = _field_on(warp[0], warp[1], t_disp.shape[1:], t_aff)
+        est = field_on_grid(warp[0], warp[1], t_disp.shape[1:], t_aff).numpy()
         mask = None
         if epe_mask is not None:
             m = read_image(epe_mask, labels=True)
@@ -163,17 +164,15 @@ def evaluate_result(
     if (fixed_points is None) != (moving_points is None):
         raise UniRegError("landmark TRE needs both --fixed-points and --moving-points")
     if fixed_points is not None:
-        from ..api import apply_points
-
         fp, mp = _read_csv_points(fixed_points), _read_csv_points(moving_points)
         if fp.shape != mp.shape:
             raise UniRegError(f"landmark files differ: {fp.shape[0]} fixed vs {mp.shape[0]} moving points", moving_points)
         inv_path = _find(folder, "inverse_warp")
         if inv_path is not None:  # moving landmarks onto the fixed image
-            mapped = apply_points(inv_path, mp)
+            mapped = warp_points(*read_displacement_field(inv_path), mp)
             t = target_registration_error(mapped, fp)
         elif warp is not None:  # fixed landmarks into the moving image
-            t = target_registration_error(apply_points(warp, fp), mp)
+            t = target_registration_error(warp_points(*warp, fp), mp)
         else:
             raise UniRegError("landmark TRE needs inverse_warp.nii.gz or warp.nii.gz in the folder", folder)
         row["tre_before_mean"] = target_registration_error(fp, mp)["mean"]
@@ -205,13 +204,6 @@ def evaluate_result(
             row["peak_mb"] = float(report[key])
             break
     return row
-
-
-def _ref(fixed_labels_img):
-    """The fixed grid as an image-like tuple for :func:`unireg.api.apply` (values unused)."""
-    shape = fixed_labels_img.spatial_shape
-    ramp = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)  # non-constant placeholder
-    return (ramp, fixed_labels_img.affine)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -268,8 +260,6 @@ def format_table(rows: list[dict]) -> str:
 
 def write_metrics(rows: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``metrics.json`` and ``metrics.csv`` (atomically) into ``out_dir``."""
-    from ..io.atomic import atomic_path
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cols = _columns(rows)

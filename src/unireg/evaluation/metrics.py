@@ -13,6 +13,10 @@ import sys
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+from scipy import ndimage
+
+from unireg.spatial.jacobian import folding_stats
 
 __all__ = [
     "dice",
@@ -71,8 +75,6 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = None) -> d
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
     # Full connectivity erosion: a voxel is on the surface if any 3^n neighbour is outside.
     st = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     return mask & ~ndimage.binary_erosion(mask, structure=st, border_value=0)
@@ -80,8 +82,6 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def _surface_distances(ma: np.ndarray, mb: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """Distances (mm) from each surface voxel of ``ma`` to the surface of ``mb`` and vice versa."""
-    from scipy import ndimage
-
     # Crop to the union's bounding box plus one voxel: exact (both surfaces lie inside it, and the
     # margin keeps erosion identical; a mask touching the image border makes the crop touch it too).
     idx = np.nonzero(ma | mb)
@@ -166,10 +166,6 @@ def jacobian_stats(jac: np.ndarray, mask: np.ndarray | None = None) -> dict:
     benchmarks agree to the last digit.  Returns ``{"folded_percent" (% of voxels with det <= 0),
     "sdlogj" (std of log det, det clamped at 1e-9), "min", "max"}``.
     """
-    import torch
-
-    from unireg.spatial.jacobian import folding_stats
-
     t = torch.as_tensor(np.asarray(jac))
     m = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool))
     s = folding_stats(t, m)

@@ -35,6 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..features.mind import mind_ssc
+from ..spatial.grid import warp
+
 __all__ = [
     "qc_score",
     "qc_components",
@@ -217,9 +220,6 @@ def score_registration(
     fixed_feat, moving_feat : ``(1, C, *S)`` MIND features of the two images when the registrar
         already computed them; otherwise default MIND-SSC is computed here.
     """
-    from ..features.mind import mind_ssc
-    from ..spatial.grid import warp
-
     if fixed_feat is None or moving_feat is None:
         fixed_feat = mind_ssc(fixed_w[None].float().cpu())
         moving_feat = mind_ssc(moving_w[None].float().cpu())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..intensity import percentile_rescale  # the one intensity-normalisation routine (re-exported)
+
 __all__ = ["FeatureExtractor", "freeze", "percentile_rescale", "instance_normalize"]
 
 
@@ -62,35 +64,6 @@ class FeatureExtractor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, ndim={self.ndim}, out_channels={self.out_channels}"
-
-
-_QUANTILE_MAX = 1 << 20  # torch.quantile refuses > 16M elements; a strided subsample is plenty
-
-
-def percentile_rescale(
-    image: torch.Tensor, lower: float = 1.0, upper: float = 99.0, clip: bool = True
-) -> torch.Tensor:
-    """Map each batch item's ``lower``..``upper`` percentile range linearly onto ``[0, 1]``.
-
-    ``image`` is ``(B, C, *spatial)``; percentiles are taken over all channels and voxels of an item.
-    The percentiles are treated as constants (detached): the gradient w.r.t. the image is the plain
-    linear (and, with ``clip``, clamped) map, which keeps instance optimisation well behaved.
-    A constant image maps to zeros.
-    """
-    b = image.shape[0]
-    flat = image.detach().reshape(b, -1)
-    if flat.shape[1] > _QUANTILE_MAX:
-        step = -(-flat.shape[1] // _QUANTILE_MAX)
-        flat = flat[:, ::step]
-    q = torch.tensor([lower / 100.0, upper / 100.0], dtype=flat.dtype, device=flat.device)
-    lo, hi = torch.quantile(flat, q, dim=1)  # each (B,)
-    shape = (b,) + (1,) * (image.dim() - 1)
-    lo, hi = lo.view(shape), hi.view(shape)
-    scale = torch.where(hi - lo > 1e-12, hi - lo, torch.ones_like(hi))
-    out = (image - lo) / scale
-    if clip:
-        out = out.clamp(0.0, 1.0)
-    return out
 
 
 def instance_normalize(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

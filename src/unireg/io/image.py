@@ -1,8 +1,8 @@
 """In-memory image type, and image reading/writing (NIfTI, MetaImage, NRRD, PNG/TIFF/JPEG).
 
 World coordinates are RAS millimetres, as nibabel reads them.  ITK-based formats store LPS
-(direction, spacing, origin); the conversion ``RAS = diag(-1, -1, 1) @ LPS`` happens here and in
-:mod:`unireg.io.warp` only.
+(direction, spacing, origin); every RAS <-> LPS conversion goes through
+:mod:`unireg.spatial.frames` (``affine_lps_to_ras`` / ``affine_ras_to_lps`` here).
 
 Array order of what :func:`read_image` returns (``data`` is ``(1, *spatial)``):
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from unireg.errors import UniRegError
 from unireg.io.atomic import atomic_path
+from unireg.spatial import frames
 
 __all__ = ["Image", "read_image", "write_image", "same_grid", "image_ext"]
 
@@ -48,14 +49,13 @@ class Image:
 
     @property
     def spacing(self) -> np.ndarray:
-        return np.linalg.norm(self.affine[:3, : self.ndim], axis=0)
+        return frames.spacing(self.affine, self.ndim)
 
 
 _NIFTI = (".nii", ".nii.gz")
 _ITK = (".mha", ".mhd", ".nrrd", ".nhdr")
 _RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _WRITABLE = (".nii", ".nii.gz", ".mha", ".nrrd")
-_LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS, its own inverse
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luminance
 
 
@@ -126,10 +126,10 @@ def _read_sitk(p: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
         lin[:, [0, 1]] = lin[:, [1, 0]]
     else:
         arr = arr.transpose(tuple(range(arr.ndim - 1, -1, -1)))  # (z, y, x) -> (x, y, z)
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS @ lin
-    affine[:3, 3] = _LPS @ org
-    return arr, affine
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = lin
+    affine_lps[:3, 3] = org
+    return arr, frames.affine_lps_to_ras(affine_lps)
 
 
 def _to_spatial(arr: np.ndarray, p: Path) -> np.ndarray:
@@ -278,8 +278,8 @@ def _write_nifti(p: Path, img) -> None:
 def _write_sitk(p: Path, arr: np.ndarray, affine: np.ndarray) -> None:
     import SimpleITK as sitk
 
-    lin = _LPS @ affine[:3, :3]
-    org = _LPS @ affine[:3, 3]
+    affine_lps = frames.affine_ras_to_lps(affine)
+    lin, org = affine_lps[:3, :3], affine_lps[:3, 3]
     scale = np.abs(lin).max()
     if arr.ndim == 2 and np.abs(lin[2, :2]).max() <= 1e-9 * scale and abs(org[2]) <= 1e-9 * max(scale, 1):
         img = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))

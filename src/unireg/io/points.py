@@ -17,6 +17,7 @@ import numpy as np
 
 from unireg.errors import UniRegError
 from unireg.io.atomic import atomic_path
+from unireg.spatial.frames import lps_to_ras, ras_to_lps
 
 __all__ = ["read_points", "write_points"]
 
@@ -80,7 +81,7 @@ def read_points(path: str | os.PathLike, *, lps: bool = False) -> tuple[np.ndarr
             points[n, k] = v
         table.append({h: v.strip() for h, v in zip(header, row)})
     if lps:
-        points[:, :2] *= -1.0
+        points = lps_to_ras(points)
     return points, table
 
 
@@ -117,7 +118,7 @@ def write_points(
     if table is not None and len(table) != len(pts):
         raise ValueError(f"table has {len(table)} rows but there are {len(pts)} points")
     if lps:
-        pts = pts * np.array([-1.0, -1.0, 1.0][: pts.shape[1]])
+        pts = ras_to_lps(pts)
     axes = list(_AXES[: pts.shape[1]])
     extra: list[str] = []
     for row in table or ():

@@ -21,6 +21,7 @@ import numpy as np
 
 from unireg.errors import UniRegError
 from unireg.io.image import _as_numpy, _check_exists, _nifti_image, _one_line, _write_nifti, image_ext
+from unireg.spatial.frames import lps_to_ras, ras_to_lps
 
 __all__ = ["write_displacement_field", "read_displacement_field", "NIFTI_INTENT_VECTOR"]
 
@@ -55,8 +56,7 @@ def write_displacement_field(path: str | os.PathLike, disp_mm_ras, affine) -> Pa
     affine = np.asarray(_as_numpy(affine), dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
-    vec = np.moveaxis(d, 0, -1).copy()  # (*spatial, ndim)
-    vec[..., :2] *= -1.0  # RAS -> LPS
+    vec = ras_to_lps(np.moveaxis(d, 0, -1)).astype(np.float32)  # (*spatial, ndim), LPS on disk
     vec = vec[:, :, :, None, :] if nd == 3 else vec[:, :, None, None, :]
     img = _nifti_image(vec, affine)
     img.header.set_intent(NIFTI_INTENT_VECTOR)
@@ -102,6 +102,5 @@ def read_displacement_field(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
     nbad = int(vec.size - np.count_nonzero(np.isfinite(vec)))
     if nbad:
         raise UniRegError(f"{nbad} displacement values are NaN or Inf", p)
-    vec = vec.copy()
-    vec[..., :2] *= -1.0  # LPS -> RAS
+    vec = lps_to_ras(vec).astype(np.float32)
     return np.ascontiguousarray(np.moveaxis(vec, -1, 0)), affine

@@ -30,18 +30,28 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.colors import TwoSlopeNorm
+from PIL import Image as PILImage
+from scipy import ndimage
 
 from unireg.errors import UniRegError
+from unireg.io.atomic import atomic_path
+from unireg.io.image import read_image
+from unireg.io.warp import read_displacement_field
 from unireg.reports.qc import (
     FOLD_COLOR,
     Plane,
+    before_image,
     checkerboard,
-    disp_world_to_vox,
     grid_line_positions,
     normalize,
     planes_for,
     robust_range,
 )
+from unireg.spatial.frames import disp_world_to_vox
+from unireg.spatial.jacobian import jacobian_determinant
 
 __all__ = ["build_report", "build_index", "edge_map", "png_data_uri"]
 
@@ -54,8 +64,6 @@ _JAC_RANGE = (0.0, 1.0, 2.0)  # vmin, centre, vmax of the det J map
 # ------------------------------------------------------------------------------------ pictures
 def png_data_uri(rgb: np.ndarray) -> str:
     """``(H, W)`` or ``(H, W, 3)`` uint8 -> ``data:image/png;base64,...``."""
-    from PIL import Image as PILImage
-
     buf = io.BytesIO()
     PILImage.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=6)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -66,8 +74,6 @@ def edge_map(img: np.ndarray, sigma: float = 1.0, high: float = 0.2, low: float 
 
     ``high``/``low`` are fractions of the 99th percentile of the gradient magnitude.
     """
-    from scipy import ndimage
-
     g = ndimage.gaussian_filter(np.asarray(img, dtype=np.float32), sigma)
     gr, gc = ndimage.sobel(g, 0), ndimage.sobel(g, 1)
     mag = np.hypot(gr, gc)
@@ -107,9 +113,6 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, color) -> np.ndarray:
 
 
 def _jacobian_rgb(j: np.ndarray) -> np.ndarray:
-    from matplotlib import colormaps
-    from matplotlib.colors import TwoSlopeNorm
-
     vmin, vc, vmax = _JAC_RANGE
     rgba = colormaps["RdBu_r"](TwoSlopeNorm(vmin=vmin, vcenter=vc, vmax=vmax)(j))
     rgb = (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
@@ -118,8 +121,6 @@ def _jacobian_rgb(j: np.ndarray) -> np.ndarray:
 
 
 def _jacobian_gradient_css() -> str:
-    from matplotlib import colormaps
-
     cm = colormaps["RdBu_r"]
     stops = []
     for t in np.linspace(0, 1, 9):
@@ -156,19 +157,7 @@ def _display_shape(plane: Plane, shape: Sequence[int], spacing: Sequence[float],
 
 
 def _sample(vol: np.ndarray, coords: np.ndarray, order: int = 1) -> np.ndarray:
-    from scipy import ndimage
-
     return ndimage.map_coordinates(vol, coords, order=order, mode="constant", cval=0.0, prefilter=False)
-
-
-def _moving_coords(coords_fixed: np.ndarray, fixed_affine: np.ndarray, moving_affine: np.ndarray, nd_moving: int):
-    """Voxel coordinates in the moving grid of fixed-grid voxel coordinates (world coordinates only)."""
-    nd = coords_fixed.shape[0]
-    m = np.linalg.inv(moving_affine) @ fixed_affine
-    hom = np.zeros((4,) + coords_fixed.shape[1:])
-    hom[:nd] = coords_fixed
-    hom[3] = 1.0
-    return np.einsum("ij,j...->i...", m, hom)[:nd_moving]
 
 
 def _first_channel_mean(img) -> np.ndarray:
@@ -329,7 +318,8 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
         In-memory objects that replace reading files (``unireg register`` passes what it just
         wrote, saving the re-read of the .nii.gz files, and images given as arrays have no path):
         ``fixed``/``moving``/``warped`` (:class:`Image`), ``warp`` (``(disp_mm_ras, affine)``),
-        ``jacobian`` (array on the fixed grid).
+        ``jacobian`` (array on the fixed grid), ``before`` (the moving image on the fixed grid,
+        :func:`unireg.reports.qc.before_image`; computed from ``moving`` when absent).
 
     Returns
     -------
@@ -341,10 +331,6 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     UniRegError
         ``report.json`` missing or invalid, fixed image unreadable, or outputs on another grid.
     """
-    from unireg.io.atomic import atomic_path
-    from unireg.io.image import read_image
-    from unireg.io.warp import read_displacement_field
-
     out = Path(out_dir)
     rj = out / "report.json"
     if not rj.is_file():
@@ -359,7 +345,7 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
 
     warnings: list[str] = []
     fixed = pre["fixed"] if pre.get("fixed") is not None else read_image(_resolve(report["fixed"], out))
-    shape, nd, faff = fixed.spatial_shape, fixed.ndim, fixed.affine
+    shape, faff = fixed.spatial_shape, fixed.affine
     spacing = [float(s) for s in fixed.spacing]
     fixed_vol = _first_channel_mean(fixed)
 
@@ -393,10 +379,6 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     elif jac_img.is_file():
         jac_vol = _first_channel_mean(read_image(jac_img))
     elif field is not None:
-        import torch
-
-        from unireg.spatial.jacobian import jacobian_determinant
-
         dv = torch.from_numpy(disp_world_to_vox(disp_world, faff))[None]
         jac_vol = jacobian_determinant(dv)[0].numpy()
         warnings.append("jacobian.nii.gz not found; det J recomputed from warp.nii.gz")
@@ -410,6 +392,11 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
         moving = read_image(mpath)
     else:
         warnings.append(f"moving image not found ({report.get('moving')}); no before/after flicker")
+    before_vol = None
+    if pre.get("before") is not None:
+        before_vol = np.asarray(pre["before"], dtype=np.float32)
+    elif moving is not None:
+        before_vol = before_image(moving.data, moving.affine, shape, faff)
 
     planes = planes_for(shape, faff)
     samples = []
@@ -419,9 +406,8 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
         s = {"plane": p, "hw": hw, "fixed": _sample(fixed_vol, c)}
         if warped_vol is not None:
             s["warped"] = _sample(warped_vol, c)
-        if moving is not None:
-            mc = _moving_coords(c, faff, moving.affine, moving.ndim)
-            s["before"] = _sample(_first_channel_mean(moving), mc)
+        if before_vol is not None:
+            s["before"] = _sample(before_vol, c)
         if field is not None:
             d_world = np.stack([_sample(comp, c) for comp in disp_world])
             dv = disp_world_to_vox(d_world, faff)
@@ -571,8 +557,6 @@ def _thumbnail(pair_dir: Path, row: dict, max_px: int = 96) -> str | None:
     try:
         thumb = row.get("thumbnail")
         if thumb:
-            from PIL import Image as PILImage
-
             with PILImage.open(_resolve(str(thumb), pair_dir)) as im:
                 im = im.convert("RGB")
                 im.thumbnail((max_px, max_px))
@@ -580,8 +564,6 @@ def _thumbnail(pair_dir: Path, row: dict, max_px: int = 96) -> str | None:
         p = pair_dir / "warped.nii.gz"
         if not p.is_file():
             return None
-        from unireg.io.image import read_image
-
         img = read_image(p)
         vol = _first_channel_mean(img)
         plane = planes_for(img.spatial_shape, img.affine)[-1]  # axial (3-D) or the plane (2-D)
@@ -678,7 +660,6 @@ def build_index(batch_dir: str | os.PathLike, rows: Sequence[dict]) -> Path:
         ``batch_dir/index.html`` (written atomically).  Rows start sorted by failure score, highest
         first, failed pairs on top and unscored pairs last; clicking a header sorts by that column.
     """
-    from unireg.io.atomic import atomic_path
 
     bd = Path(batch_dir)
     esc = html.escape

@@ -19,6 +19,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from unireg.io.atomic import atomic_path
+from unireg.spatial.frames import affine_ras_to_lps, disp_world_to_vox
+from unireg.spatial.frames import spacing as affine_spacing
+from unireg.spatial.world import pull
 
 __all__ = [
     "Plane",
@@ -29,6 +40,7 @@ __all__ = [
     "checkerboard",
     "to_display",
     "disp_world_to_vox",
+    "before_image",
     "grid_line_positions",
     "FOLD_COLOR",
 ]
@@ -36,7 +48,6 @@ __all__ = [
 #: Colour that marks folded voxels (det J <= 0) everywhere in UniReg's pictures.
 FOLD_COLOR = (57, 255, 20)  # "neon green": absent from the gray and red/blue maps around it
 
-_LPS = np.diag([-1.0, -1.0, 1.0])
 # normal world axis -> (name, world axis to the right, world axis downwards, +1: down = increasing)
 _VIEWS = {0: ("sagittal", 1, 2, -1), 1: ("coronal", 0, 2, -1), 2: ("axial", 0, 1, +1)}
 
@@ -104,10 +115,10 @@ def planes_for(shape: Sequence[int], affine: np.ndarray | None = None) -> list[P
     nd = len(shape)
     if nd not in (2, 3):
         raise ValueError(f"expected a 2-D or 3-D grid, got shape {shape}")
-    lin = _LPS @ (np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64))[:3, :nd]
+    lin = affine_ras_to_lps(np.eye(4) if affine is None else affine)[:3, :nd]
     dom = [int(np.argmax(np.abs(lin[:, k]))) for k in range(nd)]
     if len(set(dom)) != nd or (nd == 2 and 2 in dom):
-        lin = _LPS[:, :nd]
+        lin = affine_ras_to_lps(np.eye(4))[:3, :nd]
         dom = list(range(nd))
     sign = [lin[dom[k], k] >= 0 for k in range(nd)]  # True: array axis runs along +LPS
     views = [(None, None, 2)] if nd == 2 else [(dom.index(w), shape[dom.index(w)] // 2, w) for w in (0, 1, 2)]
@@ -163,19 +174,18 @@ def to_display(x: np.ndarray, ndim: int) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def disp_world_to_vox(disp_world: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World (RAS mm) displacement ``(ndim, *S)`` -> array-axis voxel components ``(ndim, *S)``.
+def before_image(moving: np.ndarray, moving_affine: np.ndarray, fixed_shape: Sequence[int],
+                 fixed_affine: np.ndarray) -> np.ndarray:
+    """The "before" picture: ``moving`` ``(C, *S_m)`` resampled onto the fixed grid by world
+    coordinates only (no registration), linear, zero outside; channels averaged -> ``(*S_f)`` float32.
 
-    For 2-D images the in-plane axes are the affine's columns 0 and 1 (see :class:`unireg.io.image.Image`);
-    a world displacement off that plane is projected onto it (least squares).
+    The one routine behind ``qc.png``'s and ``report.html``'s "moving (before)" views.
     """
-    nd = disp_world.shape[0]
-    lin = np.asarray(affine, dtype=np.float64)[:3, :nd]
-    inv = np.linalg.pinv(lin)  # (nd, 3)
-    d = np.asarray(disp_world, dtype=np.float64)
-    if nd == 2:  # a 2-D world field carries (x, y); z is zero
-        d = np.concatenate([d, np.zeros_like(d[:1])], axis=0)
-    return np.einsum("ij,j...->i...", inv, d).astype(np.float32)
+    m = np.asarray(moving, dtype=np.float32)
+    if m.ndim == len(fixed_shape):
+        m = m[None]
+    t = torch.from_numpy(np.ascontiguousarray(m.mean(axis=0, keepdims=True)))
+    return pull(t, moving_affine, tuple(int(n) for n in fixed_shape), fixed_affine)[0].numpy()
 
 
 def grid_line_positions(h: int, w: int, pixel_mm: tuple[float, float], n_lines: int = 16):
@@ -241,14 +251,6 @@ def render_qc_png(
         deformation grid | det J) and one row per plane (3 for 3-D, 1 for 2-D); its size is
         ``1320 x (40 + 230 * rows)`` pixels.
     """
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.figure import Figure
-
-    from unireg.io.atomic import atomic_path
-
     disp_mm = np.asarray(disp_mm)
     nd = disp_mm.shape[0]
     fixed, before, warped, jac = (to_display(x, nd) for x in (fixed, before, warped, jac))
@@ -257,7 +259,7 @@ def render_qc_png(
         if x.shape != shape:
             raise ValueError(f"{name} has spatial shape {x.shape}, fixed has {shape}")
     if spacing is None:
-        spacing = np.linalg.norm(np.asarray(affine)[:3, :nd], axis=0) if affine is not None else np.ones(nd)
+        spacing = affine_spacing(affine, nd) if affine is not None else np.ones(nd)
     spacing = [float(s) for s in spacing]
     planes = planes_for(shape, affine)
 

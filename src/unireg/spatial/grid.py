@@ -1,6 +1,6 @@
 """The one place where UniReg's field conventions meet ``torch.nn.functional.grid_sample``.
 
-Conventions (see CONVENTIONS.md):
+Conventions (see docs/conventions.md):
 
 * an image batch is ``(B, C, *spatial)``; a displacement ``disp_vox`` is ``(B, ndim, *spatial)``
   with components in **array-axis order** and values in **voxels of the grid it lives on**;
@@ -83,7 +83,9 @@ def resize_field(disp_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tens
     mode = "bilinear" if len(out_shape) == 2 else "trilinear"
     out = F.interpolate(disp_vox, size=out_shape, mode=mode, align_corners=True)
     scale = torch.tensor(
-        [(no - 1) / max(ni - 1, 1) for ni, no in zip(in_shape, out_shape)], device=out.device, dtype=out.dtype
+        [(no - 1) / max(ni - 1, 1) for ni, no in zip(in_shape, out_shape, strict=False)],
+        device=out.device,
+        dtype=out.dtype,
     )
     return out * scale.view(1, -1, *([1] * len(out_shape)))
 
@@ -116,7 +118,7 @@ def exp_velocity(velocity: torch.Tensor, steps: int) -> torch.Tensor:
     grid_sample's normalized (x, y[, z]) coordinates with the identity grid built once, which
     removes the per-step conversions (about 2x faster on the CPU, forward and backward).
     """
-    nd = velocity.shape[1]
+    velocity.shape[1]
     shape = velocity.shape[2:]
     scale = _norm_scale(shape, velocity.device, velocity.dtype)
     d = (velocity * (scale / (2**steps))).flip(1)  # normalized units, (x, y[, z]) channel order

@@ -1,4 +1,4 @@
-"""World-coordinate resampling: 4x4 RAS voxel-to-world affines, working grids, chunked pulls.
+"""World-coordinate resampling: working grids, chunked pulls (affine helpers live in :mod:`.frames`).
 
 A point mapping between two images is always expressed in world millimetres (RAS) and turned
 into voxel-to-voxel matrices here, so the pipeline never mixes voxel spaces by accident.
@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .frames import affine_nd, apply_homogeneous, embed_nd, world_to_voxel
 from .grid import apply_matrix, sample
 
 __all__ = [
@@ -22,35 +23,9 @@ __all__ = [
     "slabs",
     "slab_voxels",
     "pooled_affine",
+    "field_on_grid",
+    "warp_points",
 ]
-
-
-def affine_nd(affine4: np.ndarray, ndim: int) -> np.ndarray:
-    """The ``(ndim+1, ndim+1)`` voxel-to-world matrix of an image whose 4x4 affine is ``affine4``.
-
-    For 2-D images the in-plane axes are voxel axes 0 and 1 and world axes x and y.
-    """
-    a = np.asarray(affine4, dtype=np.float64)
-    if ndim == 3:
-        return a.copy()
-    idx = [0, 1, 3]
-    return a[np.ix_(idx, idx)].copy()
-
-
-def embed_nd(matrix_nd: np.ndarray, ndim: int) -> np.ndarray:
-    """Inverse of :func:`affine_nd`: an (ndim+1)-square matrix back to 4x4 (identity on z for 2-D)."""
-    if ndim == 3:
-        return np.asarray(matrix_nd, dtype=np.float64).copy()
-    out = np.eye(4)
-    idx = [0, 1, 3]
-    out[np.ix_(idx, idx)] = matrix_nd
-    return out
-
-
-def apply_homogeneous(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply an (n+1)x(n+1) matrix to points ``(N, n)``."""
-    n = matrix.shape[0] - 1
-    return points @ matrix[:n, :n].T + matrix[:n, n]
 
 
 def pooled_affine(affine4: np.ndarray, ndim: int, factor: int) -> np.ndarray:
@@ -159,3 +134,30 @@ def native_factor(native_spacing: Sequence[float], working_spacing: float, shape
     while k > 1 and np.prod([(int(n) - 1) * k + 1 for n in shape]) > budget_voxels:
         k -= 1
     return k
+
+
+def field_on_grid(disp_mm: np.ndarray, field_affine4: np.ndarray, out_shape: Sequence[int],
+                  out_affine4: np.ndarray) -> torch.Tensor:
+    """A world-space displacement ``(ndim, *S)`` (RAS mm) carried onto another grid: linear
+    interpolation, border values outside; returned as a float32 tensor ``(ndim, *out_shape)``
+    (the input itself, as a tensor, when the grids are the same)."""
+    t = torch.from_numpy(np.ascontiguousarray(disp_mm, dtype=np.float32))
+    nd = len(out_shape)
+    if tuple(t.shape[1:]) == tuple(out_shape) and np.allclose(
+        affine_nd(field_affine4, nd), affine_nd(out_affine4, nd), atol=1e-4
+    ):
+        return t
+    return pull(t, field_affine4, tuple(out_shape), out_affine4, padding_mode="border")
+
+
+def warp_points(disp_mm: np.ndarray, field_affine4: np.ndarray, points_world: np.ndarray) -> np.ndarray:
+    """Map world points ``(N, ndim)`` (RAS mm) through ``x -> x + u(x)``, ``u`` a world-space field
+    ``(ndim, *S)`` on the grid of ``field_affine4`` (linear interpolation, border values outside)."""
+    pts = np.asarray(points_world, dtype=np.float64)
+    nd = disp_mm.shape[0]
+    if pts.ndim != 2 or pts.shape[1] != nd:
+        raise ValueError(f"points must be (N, {nd}) for a {nd}-D warp, got {pts.shape}")
+    vox = world_to_voxel(pts, field_affine4)
+    coords = torch.from_numpy(vox.T.copy()).view(1, nd, len(pts), *([1] * (nd - 1)))
+    u = sample(torch.from_numpy(np.ascontiguousarray(disp_mm, dtype=np.float64))[None], coords, padding_mode="border")
+    return pts + u[0].reshape(nd, len(pts)).T.numpy()

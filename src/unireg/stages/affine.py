@@ -52,7 +52,6 @@ def _mask_on(s: State, mask_img, shape, aff4) -> torch.Tensor | None:
 
 def affine(s: State) -> None:
     """Fill ``t_nd`` and ``moving_w`` (the moving image through the affine on the working grid)."""
-    nd = s.nd
     s.announce("affine")
     with s.timer("affine"):
         start, start_name = _start(s)
@@ -78,26 +77,30 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
     weight = None if fmask is None else fmask[None] * structure_mask(ff)
     if s.opts.moving_mask is not None:  # moving mask: its voxels count, the rest of the moving image not
         mm = _mask_on(s, s.opts.moving_mask, fm.shape[2:], m_grid)
+        assert mm is not None
         fm = fm * mm[None]
     # 8 mm copies for scoring the starts
     ff8, fm8 = pool(ff, 2), pool(fm, 2)
     f8, m8 = pooled_affine(f_grid, nd, 2), pooled_affine(m_grid, nd, 2)
     w8 = None if weight is None else (pool(weight, 2) > 0.5).float()
 
-    com = center_of_mass_init(s.fixed_w[0].cpu(), s.w_aff4, moving_w0[0].cpu(), m_aff4) @ start \
-        if s.opts.initial_transform is None else start
+    com = (
+        center_of_mass_init(s.fixed_w[0].cpu(), s.w_aff4, moving_w0[0].cpu(), m_aff4) @ start
+        if s.opts.initial_transform is None
+        else start
+    )
     centre = center_of_mass_world(s.fixed_w[0].cpu(), s.w_aff4)
     starts = [("start", start), ("centre of mass", com)] + [
         (f"rotation {i}", m) for i, m in enumerate(rotation_starts(centre, nd, com))
     ]
+
     def score(cost_overlap):  # out-of-view structure costs as much as the worst match
         c, o = cost_overlap
         return c * o + (1.0 - o) * 0.5
 
-    scored = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts),
-                    key=lambda t: t[0])
+    scored = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts), key=lambda t: t[0])
     best_cost, best_name, best, best_c, best_o = float("inf"), "", start, float("inf"), 0.0
-    tried = set()
+    tried: set[str] = set()
     for _, name, m in scored:
         if len(tried) >= OPTIMISED_STARTS:
             break
@@ -108,8 +111,10 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         if score((c, o)) < best_cost:
             best_cost, best_name, best, best_c, best_o = score((c, o)), name, t, c, o
     start_c, start_o = affine_cost(ff, f_grid, fm, m_grid, start, weight)
-    what = (f"feature cost {start_c:.4f} ({start_name}, overlap {start_o:.2f}) -> {best_c:.4f} "
-            f"(optimised from {best_name}, overlap {best_o:.2f})")
+    what = (
+        f"feature cost {start_c:.4f} ({start_name}, overlap {start_o:.2f}) -> {best_c:.4f} "
+        f"(optimised from {best_name}, overlap {best_o:.2f})"
+    )
     if not s.opts.do_no_harm:
         s.keep("affine", True, what + "; do-no-harm check off")
         return best

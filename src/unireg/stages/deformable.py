@@ -94,9 +94,17 @@ def refine(s: State) -> None:
             fine = (fixed_f[None].to(s.device), moving_f[None].to(s.device), float(s.fine_factor))
             fine_mask = _fixed_mask(s, s.f_shape, s.f_aff4)
         s.velocity = refine_multilevel(
-            s.velocity, s.fixed_w[None], s.moving_w[None], levels, smoothness=s.opts.smoothness,
-            int_steps=s.model.int_steps, fine=fine, fixed_mask_w=_fixed_mask(s, s.w_shape, s.w_aff4),
-            fixed_mask_fine=fine_mask, on_level=on_level, seed=s.opts.seed,
+            s.velocity,
+            s.fixed_w[None],
+            s.moving_w[None],
+            levels,
+            smoothness=s.opts.smoothness,
+            int_steps=s.model.int_steps,
+            fine=fine,
+            fixed_mask_w=_fixed_mask(s, s.w_shape, s.w_aff4),
+            fixed_mask_fine=fine_mask,
+            on_level=on_level,
+            seed=s.opts.seed,
         )
 
 
@@ -118,8 +126,11 @@ def deformable_gate(s: State) -> None:
             if c1 < c0 * (1 - IMPROVEMENT):
                 s.keep("deformable", True, f"working-grid feature cost {c0:.4f} -> {c1:.4f}")
             else:
-                s.keep("deformable", False, f"working-grid feature cost {c0:.4f} -> {c1:.4f}: no improvement, "
-                                            "affine only kept")
+                s.keep(
+                    "deformable",
+                    False,
+                    f"working-grid feature cost {c0:.4f} -> {c1:.4f}: no improvement, affine only kept",
+                )
                 s.disp_w = torch.zeros_like(s.disp_w)
                 s.inv_disp_w = torch.zeros_like(s.inv_disp_w)
         else:

@@ -37,21 +37,34 @@ def resample(s: State, inverse_on_grid) -> None:
     s.announce("resample")
     with s.timer("resample"), torch.no_grad():
         out = resample_fixed_grid(
-            s.fixed.spatial_shape, s.fixed.affine, s.w_aff4, s.t_nd, s.disp_w.cpu(), s.jac_w.cpu(), s.moving.data,
-            s.moving.affine, labels=None if s.moving_labels is None else s.moving_labels.data[0],
+            s.fixed.spatial_shape,
+            s.fixed.affine,
+            s.w_aff4,
+            s.t_nd,
+            s.disp_w.cpu(),
+            s.jac_w.cpu(),
+            s.moving.data,
+            s.moving.affine,
+            labels=None if s.moving_labels is None else s.moving_labels.data[0],
         )
         s.outputs["warp_mm"], s.outputs["jacobian"] = out["warp_mm"], out["jacobian"]
         s.outputs["warped"] = Image(out["warped"], s.fixed.affine.copy(), None)
         s.outputs["inverse_warp_mm"] = inverse_on_grid(s.moving.spatial_shape, s.moving.affine)
-        s.outputs["warped_labels"] = None if out["labels"] is None else Image(out["labels"][None], s.fixed.affine.copy(), None)
+        s.outputs["warped_labels"] = (
+            None if out["labels"] is None else Image(out["labels"][None], s.fixed.affine.copy(), None)
+        )
 
 
 def versions() -> dict:
     """Versions of what produced the result; an optional package that is absent reads ``None``."""
     from .. import __version__
 
-    out = {"unireg": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "python": platform.python_version()}
+    out: dict[str, str | None] = {
+        "unireg": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     for dist in ("nibabel", "SimpleITK"):
         try:
             out[dist] = metadata.version(dist)
@@ -83,7 +96,8 @@ def report(s: State, t_start: float) -> Report:
         "smoothness": float(s.opts.smoothness),
         "working_grid": {"shape": list(s.w_shape), "spacing_mm": float(np.linalg.norm(s.w_aff4[:3, 0]))},
         "native_grid": {"shape": list(s.f_shape), "spacing_mm": float(np.linalg.norm(s.f_aff4[:3, 0]))}
-        if any(lv["level"] == "native" for lv in s.refine_levels) else None,
+        if any(lv["level"] == "native" for lv in s.refine_levels)
+        else None,
         "device": str(s.device),
         "threads": torch.get_num_threads(),
         "seed": s.opts.seed,
@@ -99,7 +113,7 @@ def report(s: State, t_start: float) -> Report:
     if not s.model.trained:
         rep["warning"] = "untrained (randomly initialised) UNet: the deformation comes from instance optimisation"
     warped_labels = s.outputs.get("warped_labels")
-    if s.fixed_labels is not None and warped_labels is not None:
+    if s.fixed_labels is not None and s.moving_labels is not None and warped_labels is not None:
         f_lab = s.fixed_labels.data[0]
         before = warp_labels(s.moving_labels.data[0], s.moving.affine, s.fixed.spatial_shape, s.fixed.affine, None)
         rep["dice"] = {str(k): v for k, v in dice(f_lab, warped_labels.data[0]).items()}

@@ -42,7 +42,7 @@ def prepare(s: State) -> None:
         check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
         s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4).to(s.device)
         w_spacing = float(np.linalg.norm(s.w_aff4[:3, 0]))
-        s.fine_factor = native_factor(s.fixed.spacing[: s.nd], w_spacing, s.w_shape, s.opts.native_budget_voxels)
+        s.fine_factor = native_factor(list(s.fixed.spacing[: s.nd]), w_spacing, s.w_shape, s.opts.native_budget_voxels)
         s.f_shape, s.f_aff4 = subdivided_grid(s.w_shape, s.w_aff4, s.fine_factor)
 
 

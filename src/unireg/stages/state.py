@@ -70,36 +70,32 @@ class State:
     device: torch.device
     moving_labels: Optional[Image] = None
     fixed_labels: Optional[Image] = None
-    timer: Timer = None  # type: ignore[assignment]
-    # prepare
-    fixed_n: Optional[np.ndarray] = None  # normalised intensities, native grids
-    moving_n: Optional[np.ndarray] = None
-    w_shape: tuple = ()
-    w_aff4: Optional[np.ndarray] = None  # working grid voxel -> world (4x4)
-    fixed_w: Optional[torch.Tensor] = None  # (1, *S_w) on device
+    timer: Timer = field(init=False)
+    # filled by the stages (unset until their stage has run)
+    fixed_n: np.ndarray = field(init=False)  # normalised intensities, native grids
+    moving_n: np.ndarray = field(init=False)
+    w_shape: tuple = field(init=False)
+    w_aff4: np.ndarray = field(init=False)  # working grid voxel -> world (4x4)
+    fixed_w: torch.Tensor = field(init=False)  # (1, *S_w) on the device
     fine_factor: int = 1  # native (fine) grid = working grid subdivided by this
-    f_shape: tuple = ()
-    f_aff4: Optional[np.ndarray] = None
-    # affine
-    t_nd: Optional[np.ndarray] = None  # (n+1)-square fixed world -> moving world
-    moving_w: Optional[torch.Tensor] = None  # (1, *S_w) moving through the affine, on device
-    # features / network / refine
-    ff: Optional[torch.Tensor] = None
-    fm: Optional[torch.Tensor] = None
-    velocity: Optional[torch.Tensor] = None
+    f_shape: tuple = field(init=False)
+    f_aff4: np.ndarray = field(init=False)
+    t_nd: np.ndarray = field(init=False)  # (n+1)-square fixed world -> moving world
+    moving_w: torch.Tensor = field(init=False)  # (1, *S_w) moving through the affine, on the device
+    ff: torch.Tensor = field(init=False)  # the model's features of fixed_w / moving_w
+    fm: torch.Tensor = field(init=False)
+    velocity: torch.Tensor = field(init=False)
     refine_levels: list = field(default_factory=list)
-    # integrate
-    disp_w: Optional[torch.Tensor] = None  # (1, n, *S_w) working voxels
-    inv_disp_w: Optional[torch.Tensor] = None
-    jac_w: Optional[torch.Tensor] = None
+    disp_w: torch.Tensor = field(init=False)  # (1, n, *S_w) working voxels
+    inv_disp_w: torch.Tensor = field(init=False)
+    jac_w: torch.Tensor = field(init=False)
     fold: dict = field(default_factory=dict)
     qc: dict = field(default_factory=lambda: {"qc_score": None, "qc_flag": None})
     stages: dict = field(default_factory=dict)  # name -> {"kept": bool, "reason": str}
     outputs: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.timer is None:
-            self.timer = Timer(self.device)
+        self.timer = Timer(self.device)
 
     @property
     def nd(self) -> int:

@@ -6,4 +6,3 @@ maps, exact forward and inverse), :mod:`.intensity` (contrast maps, bias, noise)
 Everything is seeded from constants committed in :mod:`.cases`; training code must never import this
 package (``tests/evaluation/test_suite_isolation.py``).
 """
-

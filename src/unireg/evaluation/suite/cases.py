@@ -24,8 +24,19 @@ from .grids import GRID_FAMILIES, Grid, moving_grid, world_to_voxel
 from .intensity import INTENSITY_FAMILIES, apply_map, bias_field_world, draw_intensity
 from .phantoms import ANATOMY_FAMILIES, make_anatomy
 
-__all__ = ["SUITE_SEED", "HELD_OUT", "DEFORMATIONS", "INTENSITIES", "GRIDS", "ANATOMIES", "DEFAULT_PAIRS",
-           "CaseSpec", "case_list", "build_case", "write_case"]
+__all__ = [
+    "SUITE_SEED",
+    "HELD_OUT",
+    "DEFORMATIONS",
+    "INTENSITIES",
+    "GRIDS",
+    "ANATOMIES",
+    "DEFAULT_PAIRS",
+    "CaseSpec",
+    "case_list",
+    "build_case",
+    "write_case",
+]
 
 SUITE_SEED = 20261126  # frozen: changing it changes every pair
 HELD_OUT = frozenset({"bspline", "radial", "piecewise", "ct"})  # never drawn by training code
@@ -49,7 +60,9 @@ class CaseSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.ndim}d_{self.deformation}_{self.index:02d}_{self.anatomy}_{self.intensity}_{self.grid}" + ("_tiny" if self.tiny else "")
+        return f"{self.ndim}d_{self.deformation}_{self.index:02d}_{self.anatomy}_{self.intensity}_{self.grid}" + (
+            "_tiny" if self.tiny else ""
+        )
 
     @property
     def families(self) -> tuple[str, str, str, str]:
@@ -60,8 +73,9 @@ class CaseSpec:
         return bool(HELD_OUT & set(self.families))
 
     def rng(self, part: int) -> np.random.Generator:
-        return np.random.default_rng([SUITE_SEED, self.ndim, DEFORMATIONS.index(self.deformation), self.index, part,
-                                      int(self.tiny)])
+        return np.random.default_rng(
+            [SUITE_SEED, self.ndim, DEFORMATIONS.index(self.deformation), self.index, part, int(self.tiny)]
+        )
 
 
 def case_list(dims=(2, 3), pairs: dict | int | None = None, families=None, tiny: bool = False) -> list[CaseSpec]:
@@ -76,15 +90,24 @@ def case_list(dims=(2, 3), pairs: dict | int | None = None, families=None, tiny:
     for nd in dims:
         for di, d in enumerate(DEFORMATIONS):
             for i in range(int(pairs.get(nd, 0))):
-                out.append(CaseSpec(nd, i, d, INTENSITIES[(2 * di + i) % len(INTENSITIES)], GRIDS[(di + i) % len(GRIDS)],
-                                    ANATOMIES[(2 * di + i) % len(ANATOMIES)], tiny))
+                out.append(
+                    CaseSpec(
+                        nd,
+                        i,
+                        d,
+                        INTENSITIES[(2 * di + i) % len(INTENSITIES)],
+                        GRIDS[(di + i) % len(GRIDS)],
+                        ANATOMIES[(2 * di + i) % len(ANATOMIES)],
+                        tiny,
+                    )
+                )
     if families:
         fam = set(families)
         unknown = fam - set(DEFORMATIONS) - set(INTENSITIES) - set(GRIDS) - set(ANATOMIES)
         if unknown:
             raise ValueError(f"unknown families {sorted(unknown)}")
         kinds = [set(DEFORMATIONS), set(INTENSITIES), set(GRIDS), set(ANATOMIES)]
-        out = [c for c in out if all(not (fam & k) or f in fam for f, k in zip(c.families, kinds))]
+        out = [c for c in out if all(not (fam & k) or f in fam for f, k in zip(c.families, kinds, strict=False))]
     return out
 
 
@@ -96,13 +119,15 @@ def _sample_world(arr: np.ndarray, affine: np.ndarray, points: np.ndarray, mode:
     return sample(img, vox, mode=mode)[0, 0].reshape(-1).numpy()
 
 
-def _render_moving(fixed_img, fixed_lab, f_aff, tmap: TrueMap, grid: Grid, knots) -> tuple[np.ndarray, np.ndarray, float]:
+def _render_moving(
+    fixed_img, fixed_lab, f_aff, tmap: TrueMap, grid: Grid, knots
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Moving image and labels on ``grid``: each moving voxel at world ``y`` shows the (intensity-mapped)
     fixed image at ``T^{-1}(y)``, averaged over the voxel's extent when the voxel is thicker than the
     fixed one (partial volume of thick slices); labels are taken at the voxel centre."""
     nd = grid.ndim
     f_sp = np.linalg.norm(f_aff[:nd, :nd], axis=0)
-    sub = [max(1, int(round(s / fs))) for s, fs in zip(grid.spacing, f_sp)]
+    sub = [max(1, int(round(s / fs))) for s, fs in zip(grid.spacing, f_sp, strict=False)]
     offs = np.stack(np.meshgrid(*[(np.arange(k) + 0.5) / k - 0.5 for k in sub], indexing="ij"), -1).reshape(-1, nd)
     lin = grid.affine[:nd, :nd]
     img = np.zeros(int(np.prod(grid.shape)), np.float32)
@@ -124,8 +149,10 @@ def _render_moving(fixed_img, fixed_lab, f_aff, tmap: TrueMap, grid: Grid, knots
         acc /= len(offs)
         if xc is None:
             xc = tmap.inverse(pts)
-        lab[n0:n0 + len(pts)] = np.rint(_sample_world(fixed_lab.astype(np.float32), f_aff, xc, "nearest")).astype(np.uint8)
-        img[n0:n0 + len(pts)] = acc
+        lab[n0 : n0 + len(pts)] = np.rint(_sample_world(fixed_lab.astype(np.float32), f_aff, xc, "nearest")).astype(
+            np.uint8
+        )
+        img[n0 : n0 + len(pts)] = acc
     return img.reshape(grid.shape), lab.reshape(grid.shape), worst
 
 
@@ -152,13 +179,32 @@ def build_case(spec: CaseSpec) -> dict:
     m_img = m_img * bias_field_world(pts, rng, bias).reshape(m_grid.shape)
     m_img = np.clip(m_img + noise * rng.standard_normal(m_img.shape).astype(np.float32), 0, None).astype(np.float32)
     true = tmap.displacement_on(fixed)
-    meta = {"name": spec.name, "spec": asdict(spec), "held_out": spec.held_out, "suite_seed": SUITE_SEED,
-            **anat["desc"], **dinfo, **iinfo, **ginfo, "bias_strength": round(bias, 3), "noise_sigma": round(noise, 4),
-            "fixed_shape": list(fixed.shape), "moving_shape": list(m_grid.shape),
-            "inverse_residual_mm": resid}
-    return {"spec": spec, "fixed": (f_img.astype(np.float32), f_aff), "moving": (m_img, m_grid.affine),
-            "fixed_labels": (f_lab.astype(np.uint8), f_aff), "moving_labels": (m_lab, m_grid.affine),
-            "mask": f_lab > 0, "true_warp_mm": true, "true_map": tmap, "meta": meta}
+    meta = {
+        "name": spec.name,
+        "spec": asdict(spec),
+        "held_out": spec.held_out,
+        "suite_seed": SUITE_SEED,
+        **anat["desc"],
+        **dinfo,
+        **iinfo,
+        **ginfo,
+        "bias_strength": round(bias, 3),
+        "noise_sigma": round(noise, 4),
+        "fixed_shape": list(fixed.shape),
+        "moving_shape": list(m_grid.shape),
+        "inverse_residual_mm": resid,
+    }
+    return {
+        "spec": spec,
+        "fixed": (f_img.astype(np.float32), f_aff),
+        "moving": (m_img, m_grid.affine),
+        "fixed_labels": (f_lab.astype(np.uint8), f_aff),
+        "moving_labels": (m_lab, m_grid.affine),
+        "mask": f_lab > 0,
+        "true_warp_mm": true,
+        "true_map": tmap,
+        "meta": meta,
+    }
 
 
 def write_case(case: dict, out_dir) -> dict[str, Path]:

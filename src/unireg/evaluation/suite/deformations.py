@@ -28,8 +28,13 @@ __all__ = ["TrueMap", "make_deformation", "DEFORMATION_FAMILIES", "SMOOTH_SIGMAS
 DEFORMATION_FAMILIES = ("aligned", "smooth", "bspline", "radial", "affine")
 SMOOTH_SIGMAS_MM = (4.0, 8.0, 16.0)
 # the max |u| (deformable part, inside the field of view) each family draws from
-MAX_DISP_RANGE_MM = {"aligned": (0.0, 0.0), "smooth": (4.0, 12.0), "bspline": (3.0, 10.0), "radial": (4.0, 10.0),
-                     "affine": (3.0, 6.0)}
+MAX_DISP_RANGE_MM = {
+    "aligned": (0.0, 0.0),
+    "smooth": (4.0, 12.0),
+    "bspline": (3.0, 10.0),
+    "radial": (4.0, 10.0),
+    "affine": (3.0, 6.0),
+}
 _SMOOTH_MAX = {4.0: (4.0, 6.0), 8.0: (5.0, 9.0), 16.0: (6.0, 12.0)}
 _CHUNK = 2_000_000
 
@@ -46,8 +51,15 @@ class TrueMap:
     matrix : ``(ndim+1, ndim+1)`` homogeneous world affine ``A`` (identity by default).
     """
 
-    def __init__(self, origin, spacing: float, disp_mm: torch.Tensor, inv_guess_mm: torch.Tensor, matrix=None,
-                 inv_guess_spacing: float | None = None):
+    def __init__(
+        self,
+        origin,
+        spacing: float,
+        disp_mm: torch.Tensor,
+        inv_guess_mm: torch.Tensor,
+        matrix=None,
+        inv_guess_spacing: float | None = None,
+    ):
         self.origin = np.asarray(origin, np.float64)
         self.spacing = float(spacing)
         self.inv_guess_spacing = float(inv_guess_spacing or spacing)
@@ -68,11 +80,11 @@ class TrueMap:
         spacing = spacing or self.spacing
         out = np.empty_like(points)
         for s in range(0, len(points), _CHUNK):
-            p = points[s:s + _CHUNK]
+            p = points[s : s + _CHUNK]
             vox = torch.from_numpy(((p - self.origin) / spacing).T.astype(np.float32))
             coords = vox.reshape(1, nd, -1, *([1] * (nd - 1)))
             val = sample(field[None], coords, padding_mode="zeros")[0].reshape(nd, -1)
-            out[s:s + _CHUNK] = val.T.double().numpy()
+            out[s : s + _CHUNK] = val.T.double().numpy()
         return out
 
     def deformable(self, points: np.ndarray) -> np.ndarray:
@@ -124,7 +136,7 @@ class TrueMap:
 def _field_grid(fixed: Grid, spacing: float, margin: float):
     lo = fixed.corners_world().min(0) - margin
     hi = fixed.corners_world().max(0) + margin
-    shape = tuple(int(np.ceil((h - l) / spacing)) + 1 for l, h in zip(lo, hi))
+    shape = tuple(int(np.ceil((h - lo_) / spacing)) + 1 for lo_, h in zip(lo, hi, strict=False))
     return lo, shape
 
 
@@ -144,7 +156,9 @@ def _integrate(v_mm: np.ndarray, spacing: float, steps: int = 7) -> torch.Tensor
     return integrate_velocity(v, steps=steps)[0] * spacing
 
 
-def _scaled(v_unit: np.ndarray, spacing: float, target_mm: float, inside: tuple) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _scaled(
+    v_unit: np.ndarray, spacing: float, target_mm: float, inside: tuple
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Scale a velocity so that max |exp(v)| over the fixed field of view (``inside`` slices) is about
     ``target_mm`` (scale found on a 2x coarser copy, cheap).  Returns ``exp(v)`` on the full grid,
     ``exp(-v)`` on the 2x coarser grid (only a starting point for the inverse) and the measured max
@@ -165,8 +179,9 @@ def _smooth_velocity(rng, shape, spacing, sigma_mm) -> np.ndarray:
     from scipy import ndimage
 
     nd = len(shape)
-    return np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), sigma_mm / spacing, mode="constant")
-                     for _ in range(nd)])
+    return np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal(shape), sigma_mm / spacing, mode="constant") for _ in range(nd)]
+    )
 
 
 def _bspline_velocity(rng, shape, spacing, ctrl_mm) -> np.ndarray:
@@ -175,21 +190,30 @@ def _bspline_velocity(rng, shape, spacing, ctrl_mm) -> np.ndarray:
     nd = len(shape)
     n_ctrl = [int(np.ceil((n - 1) * spacing / ctrl_mm)) + 4 for n in shape]
     coords = np.meshgrid(*[np.arange(n) * spacing / ctrl_mm + 1.5 for n in shape], indexing="ij")
-    return np.stack([ndimage.map_coordinates(rng.standard_normal(n_ctrl), coords, order=3, prefilter=False, mode="nearest")
-                     for _ in range(nd)])
+    return np.stack(
+        [
+            ndimage.map_coordinates(rng.standard_normal(n_ctrl), coords, order=3, prefilter=False, mode="nearest")
+            for _ in range(nd)
+        ]
+    )
 
 
 def _radial_velocity(shape, origin, spacing, centre, radius_mm, sign) -> np.ndarray:
-    nd = len(shape)
+    len(shape)
     axes = [origin[i] + np.arange(n) * spacing - centre[i] for i, n in enumerate(shape)]
     rel = np.meshgrid(*axes, indexing="ij")
     r2 = sum(g * g for g in rel)
-    bump = np.exp(-r2 / (2 * radius_mm ** 2))
+    bump = np.exp(-r2 / (2 * radius_mm**2))
     return sign * np.stack([g * bump for g in rel])
 
 
-def make_deformation(family: str, fixed: Grid, rng: np.random.Generator, centres: np.ndarray | None = None,
-                     field_spacing: float | None = None) -> tuple[TrueMap, dict]:
+def make_deformation(
+    family: str,
+    fixed: Grid,
+    rng: np.random.Generator,
+    centres: np.ndarray | None = None,
+    field_spacing: float | None = None,
+) -> tuple[TrueMap, dict]:
     """Draw one true map of ``family`` for the fixed grid; ``centres`` (K, nd) are candidate structure
     centres (world mm) for ``radial``.  Returns the map and a description (incl. ``max_disp_mm``)."""
     nd = fixed.ndim
@@ -221,8 +245,11 @@ def make_deformation(family: str, fixed: Grid, rng: np.random.Generator, centres
         target = float(min(rng.uniform(*MAX_DISP_RANGE_MM["radial"]), 0.4 * radius))
         target = max(target, MAX_DISP_RANGE_MM["radial"][0])
         v = _radial_velocity(shape, origin, h, c, radius, sign)
-        info.update(centre_mm=np.round(c, 2).tolist(), radius_mm=round(radius, 2),
-                    kind="expansion" if sign > 0 else "shrinkage (atrophy-like)")
+        info.update(
+            centre_mm=np.round(c, 2).tolist(),
+            radius_mm=round(radius, 2),
+            kind="expansion" if sign > 0 else "shrinkage (atrophy-like)",
+        )
     elif family == "affine":
         target = float(rng.uniform(*MAX_DISP_RANGE_MM["affine"]))
         v = _smooth_velocity(rng, shape, h, 8.0)
@@ -234,15 +261,18 @@ def make_deformation(family: str, fixed: Grid, rng: np.random.Generator, centres
             axis /= np.linalg.norm(axis)
             ang = list(ang_mag * axis)  # small-angle split of the rotation over the Euler angles
         t = rng.uniform(-1, 1, size=nd)
-        t = t / max(np.linalg.norm(t), 1e-9) * rng.uniform(5.0, 20.0)
+        t = t / max(float(np.linalg.norm(t)), 1e-9) * rng.uniform(5.0, 20.0)
         scale = rng.uniform(0.9, 1.1, size=nd)
         lin = rotation(nd, ang) @ np.diag(scale)
         c = fixed.centre_world()
         matrix = np.eye(nd + 1)
         matrix[:nd, :nd] = lin
         matrix[:nd, nd] = c + t - lin @ c
-        info.update(angles_deg=np.round(ang, 2).tolist(), translation_mm=np.round(t, 2).tolist(),
-                    scale=np.round(scale, 4).tolist())
+        info.update(
+            angles_deg=np.round(ang, 2).tolist(),
+            translation_mm=np.round(t, 2).tolist(),
+            scale=np.round(scale, 4).tolist(),
+        )
     else:
         raise ValueError(f"unknown deformation family {family!r}; choose from {DEFORMATION_FAMILIES}")
     fwd, inv, peak = _scaled(v * taper, h, target, inside)

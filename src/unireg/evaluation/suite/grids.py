@@ -73,9 +73,11 @@ def rotation(ndim: int, angles_deg) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _grid_from(centre: np.ndarray, extent_mm: np.ndarray, spacing: np.ndarray, rot: np.ndarray, z_offset: float) -> Grid:
+def _grid_from(
+    centre: np.ndarray, extent_mm: np.ndarray, spacing: np.ndarray, rot: np.ndarray, z_offset: float
+) -> Grid:
     nd = len(centre)
-    shape = tuple(int(max(8, np.ceil(e / s))) + 1 for e, s in zip(extent_mm, spacing))
+    shape = tuple(int(max(8, np.ceil(e / s))) + 1 for e, s in zip(extent_mm, spacing, strict=False))
     lin = rot @ np.diag(spacing)
     origin = centre - lin @ ((np.array(shape, np.float64) - 1) / 2)
     aff = np.eye(4)
@@ -86,7 +88,9 @@ def _grid_from(centre: np.ndarray, extent_mm: np.ndarray, spacing: np.ndarray, r
     return Grid(shape, aff)
 
 
-def moving_grid(fixed: Grid, family: str, rng: np.random.Generator, centre: np.ndarray | None = None) -> tuple[Grid, dict]:
+def moving_grid(
+    fixed: Grid, family: str, rng: np.random.Generator, centre: np.ndarray | None = None
+) -> tuple[Grid, dict]:
     """The moving image's grid for a grid family, around world ``centre`` (default: the fixed centre).
 
     ``native``: the fixed grid itself.  ``aniso``: thick slices along the last axis (1x1x3 or 2x2x3 mm;
@@ -101,7 +105,10 @@ def moving_grid(fixed: Grid, family: str, rng: np.random.Generator, centre: np.n
     if family == "native" and centre is None:
         return fixed, {"grid": "native", "spacing_mm": fixed.spacing.round(3).tolist()}
     if family == "native":
-        return _grid_from(c, extent, fixed.spacing, np.eye(nd), z), {"grid": "native", "spacing_mm": fixed.spacing.tolist()}
+        return _grid_from(c, extent, fixed.spacing, np.eye(nd), z), {
+            "grid": "native",
+            "spacing_mm": fixed.spacing.tolist(),
+        }
     if family == "aniso":
         sp = np.ones(nd) * (1.0 if rng.random() < 0.5 else 2.0)
         sp[-1] = 3.0
@@ -114,15 +121,22 @@ def moving_grid(fixed: Grid, family: str, rng: np.random.Generator, centre: np.n
             axis = rng.normal(size=3)
             ang = list(mag * np.abs(axis) / np.abs(axis).sum() * np.sign(axis))
         rot = rotation(nd, ang)
-        return _grid_from(c, extent * 1.05, np.ones(nd), rot, z), {"grid": "oblique", "angles_deg": np.round(ang, 2).tolist(),
-                                                                   "spacing_mm": [1.0] * nd}
+        return _grid_from(c, extent * 1.05, np.ones(nd), rot, z), {
+            "grid": "oblique",
+            "angles_deg": np.round(ang, 2).tolist(),
+            "spacing_mm": [1.0] * nd,
+        }
     if family == "crop":
         ext = extent.copy()
         axes = rng.choice(nd, size=min(2, nd), replace=False)
         frac = rng.uniform(0.10, 0.25, size=len(axes))
         ext[axes] = ext[axes] * (1 - frac)
         shift = rng.uniform(-10, 10, size=nd)
-        return _grid_from(c + shift, ext, np.ones(nd), np.eye(nd), z), {"grid": "crop", "cut_axes": axes.tolist(),
-                                                                        "cut_fraction": np.round(frac, 3).tolist(),
-                                                                        "shift_mm": np.round(shift, 2).tolist(), "spacing_mm": [1.0] * nd}
+        return _grid_from(c + shift, ext, np.ones(nd), np.eye(nd), z), {
+            "grid": "crop",
+            "cut_axes": axes.tolist(),
+            "cut_fraction": np.round(frac, 3).tolist(),
+            "shift_mm": np.round(shift, 2).tolist(),
+            "spacing_mm": [1.0] * nd,
+        }
     raise ValueError(f"unknown grid family {family!r}; choose from {GRID_FAMILIES}")

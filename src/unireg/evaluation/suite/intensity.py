@@ -32,10 +32,13 @@ def draw_intensity(family: str, rng: np.random.Generator) -> tuple[tuple, dict]:
     if family == "gamma":
         g = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
         xs = np.linspace(0, 1, 65)
-        return (xs.tolist(), (xs ** g).tolist()), {"intensity": "gamma", "gamma": round(g, 3)}
+        return (xs.tolist(), (xs**g).tolist()), {"intensity": "gamma", "gamma": round(g, 3)}
     if family == "inverted":
         knee = float(rng.uniform(0.04, 0.1))
-        return ([0.0, knee, 1.0], [0.0, 1.0, float(rng.uniform(0.05, 0.2))]), {"intensity": "inverted", "knee": round(knee, 3)}
+        return ([0.0, knee, 1.0], [0.0, 1.0, float(rng.uniform(0.05, 0.2))]), {
+            "intensity": "inverted",
+            "knee": round(knee, 3),
+        }
     if family == "piecewise":
         while True:  # non-monotonic by construction: at least one rise and one fall between the knots
             n = int(rng.integers(5, 9))
@@ -46,13 +49,13 @@ def draw_intensity(family: str, rng: np.random.Generator) -> tuple[tuple, dict]:
                 break
         return (xs.tolist(), ys.tolist()), {"intensity": "piecewise", "knots": int(n)}
     if family in ("t2", "pd", "flair"):
-        xs, ys = CONTRASTS[family]
-        ys = np.clip(np.asarray(ys) + np.r_[0.0, rng.uniform(-0.05, 0.05, len(ys) - 1)], 0, 1)
-        return (list(xs), ys.tolist()), {"intensity": family}
+        cx, cy = CONTRASTS[family]
+        jit = np.clip(np.asarray(cy) + np.r_[0.0, rng.uniform(-0.05, 0.05, len(cy) - 1)], 0, 1)
+        return (list(cx), jit.tolist()), {"intensity": family}
     if family == "ct":
-        xs, ys = _CT_KNOTS
-        ys = np.clip(np.asarray(ys) + np.r_[0.0, rng.uniform(-0.03, 0.03, len(ys) - 1)], 0, 1)
-        return (list(xs), ys.tolist()), {"intensity": "ct"}
+        cx, cy = _CT_KNOTS
+        jit = np.clip(np.asarray(cy) + np.r_[0.0, rng.uniform(-0.03, 0.03, len(cy) - 1)], 0, 1)
+        return (list(cx), jit.tolist()), {"intensity": "ct"}
     raise ValueError(f"unknown intensity family {family!r}; choose from {INTENSITY_FAMILIES}")
 
 
@@ -60,9 +63,9 @@ def bias_field_world(points: np.ndarray, rng: np.random.Generator, strength: flo
     """``exp(strength * s(p))`` at world points ``(N, nd)``, ``s`` a sum of 4 random plane waves
     (wavelengths 150-400 mm), normalised to [-1, 1]."""
     nd = points.shape[1]
-    s = np.zeros(len(points))
+    s: np.ndarray = np.zeros(len(points))
     for _ in range(4):
         k = rng.normal(size=nd)
-        k = k / np.linalg.norm(k) * 2 * np.pi / rng.uniform(150, 400)
+        k = k / float(np.linalg.norm(k)) * 2 * np.pi / rng.uniform(150, 400)
         s += np.cos(points @ k + rng.uniform(0, 2 * np.pi))
     return np.exp(strength * s / 4.0).astype(np.float32)

@@ -71,41 +71,53 @@ def _mni(ndim: int, rng: np.random.Generator, tiny: bool = False) -> dict:
     from .grids import voxel_to_world
 
     centres = voxel_to_world(pick.astype(np.float64), aff) if len(pick) else np.empty((0, ndim))
-    return {"image": np.asarray(img, np.float32), "labels": labels.astype(np.uint8), "affine": aff, "centres": centres,
-            "desc": {"anatomy": "mni", "resolution_mm": 1.0, **({"slice_z": centres_vox} if ndim == 2 else {})}}
+    return {
+        "image": np.asarray(img, np.float32),
+        "labels": labels.astype(np.uint8),
+        "affine": aff,
+        "centres": centres,
+        "desc": {"anatomy": "mni", "resolution_mm": 1.0, **({"slice_z": centres_vox} if ndim == 2 else {})},
+    }
 
 
 def _labels_phantom(ndim: int, rng: np.random.Generator, tiny: bool = False) -> dict:
     """SynthMorph-style: argmax of smooth random fields inside an irregular body outline."""
     from scipy import ndimage
 
-    shape = (112, 128, 104) if ndim == 3 else (192, 176)
-    shape = tuple(s // 3 for s in shape) if tiny else shape
+    full: tuple[int, ...] = (112, 128, 104) if ndim == 3 else (192, 176)
+    shape = tuple(s // 3 for s in full) if tiny else full
     n_labels = int(rng.integers(6, 12))
     coarse = [max(3, s // 14) for s in shape]
-    fields = [ndimage.zoom(rng.standard_normal(coarse), [s / c for s, c in zip(shape, coarse)], order=3)
-              for _ in range(n_labels)]
+    fields = [
+        ndimage.zoom(rng.standard_normal(coarse), [s / c for s, c in zip(shape, coarse, strict=False)], order=3)
+        for _ in range(n_labels)
+    ]
     lab = (np.argmax(np.stack(fields), 0) + 1).astype(np.uint8)
     grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    r = np.sqrt(sum(g ** 2 for g in grids))
+    r = np.sqrt(sum(g**2 for g in grids))
     wobble = ndimage.zoom(rng.standard_normal([5] * ndim), [s / 5 for s in shape], order=3)
     lab[r + 0.1 * wobble >= 0.85] = 0
     aff = _centred_affine(shape)
-    return {"image": _render(lab, rng), "labels": lab, "affine": aff, "centres": _centroids(lab, aff, range(1, n_labels + 1)),
-            "desc": {"anatomy": "labels", "n_labels": n_labels}}
+    return {
+        "image": _render(lab, rng),
+        "labels": lab,
+        "affine": aff,
+        "centres": _centroids(lab, aff, range(1, n_labels + 1)),
+        "desc": {"anatomy": "labels", "n_labels": n_labels},
+    }
 
 
 def _body_phantom(ndim: int, rng: np.random.Generator, tiny: bool = False) -> dict:
     """A torso-like body: an outer ellipsoid (fat/skin ring, muscle) with 4-7 random ellipsoidal organs."""
-    shape = (176, 128, 112) if ndim == 3 else (224, 160)
-    shape = tuple(s // 3 for s in shape) if tiny else shape
+    full: tuple[int, ...] = (176, 128, 112) if ndim == 3 else (224, 160)
+    shape = tuple(s // 3 for s in full) if tiny else full
     grids = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij")
 
     def ellipsoid(c, radii, rot=None):
-        d = [g - ci for g, ci in zip(grids, c)]
+        d = [g - ci for g, ci in zip(grids, c, strict=False)]
         if rot is not None:
             d = [sum(rot[i, j] * d[j] for j in range(ndim)) for i in range(ndim)]
-        return sum((di / ri) ** 2 for di, ri in zip(d, radii)) <= 1.0
+        return sum((di / ri) ** 2 for di, ri in zip(d, radii, strict=False)) <= 1.0
 
     from .grids import rotation
 
@@ -121,8 +133,13 @@ def _body_phantom(ndim: int, rng: np.random.Generator, tiny: bool = False) -> di
         m = ellipsoid(c, rr, rot) & (lab >= 2)
         lab[m] = 3 + k
     aff = _centred_affine(shape)
-    return {"image": _render(lab, rng, blur_vox=0.6), "labels": lab, "affine": aff,
-            "centres": _centroids(lab, aff, range(3, 3 + n_org)), "desc": {"anatomy": "body", "n_organs": n_org}}
+    return {
+        "image": _render(lab, rng, blur_vox=0.6),
+        "labels": lab,
+        "affine": aff,
+        "centres": _centroids(lab, aff, range(3, 3 + n_org)),
+        "desc": {"anatomy": "body", "n_organs": n_org},
+    }
 
 
 def make_anatomy(family: str, ndim: int, rng: np.random.Generator, tiny: bool = False) -> dict:

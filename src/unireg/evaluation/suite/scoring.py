@@ -93,9 +93,14 @@ def score_map(case: dict, disp_mm: np.ndarray, inverse: tuple[np.ndarray, np.nda
     err = np.linalg.norm(u - case["_true_in"], axis=1)
     det = jacobian_det(disp_mm, f_aff, mask)
     logdet = np.log(np.clip(det, 1e-3, None))
-    out = {"dice": float(d), "epe_mm": float(err.mean()), "epe_p95_mm": float(np.percentile(err, 95)),
-           "folded_pct": float(100.0 * np.mean(det <= 0)), "logjac_err": float(np.mean(np.abs(logdet - case["_logdet_true"]))),
-           "ic_mm": math.nan}
+    out = {
+        "dice": float(d),
+        "epe_mm": float(err.mean()),
+        "epe_p95_mm": float(np.percentile(err, 95)),
+        "folded_pct": float(100.0 * np.mean(det <= 0)),
+        "logjac_err": float(np.mean(np.abs(logdet - case["_logdet_true"]))),
+        "ic_mm": math.nan,
+    }
     if inverse is not None:
         w, inside = _sample_field(inverse[0], inverse[1], q)
         if inside.any():
