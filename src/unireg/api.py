@@ -43,27 +43,48 @@ def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Imag
     raise UniRegError(f"{name}: expected a path, an Image or (array, affine), got {type(x).__name__}")
 
 
-def load_model(model: str | os.PathLike | Registrar | None = None, ndim: int = 3, extractor: str | None = None) -> Registrar:
+def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
+    """A mask (nonzero = use) on ``image``'s grid, or None."""
+    if mask is None:
+        return None
+    m = as_image(mask, labels=True, name=name)
+    if m.spatial_shape != image.spatial_shape:
+        raise UniRegError(f"{name.replace('_', ' ')} shape {m.spatial_shape} differs from its image's {image.spatial_shape}",
+                          m.path)
+    return m
+
+
+def load_model(
+    model: str | os.PathLike | Registrar | None = None,
+    ndim: int = 3,
+    extractor: str | None = None,
+    extractor_weights: str | os.PathLike | None = None,
+) -> Registrar:
     """Load a registrar.
 
     ``model``: a :class:`Registrar`, a checkpoint path, or ``None``/``"default"`` for the shipped model
     of that dimensionality.  Where no trained model is shipped (or ``extractor`` asks for one the
     shipped model was not trained on), a randomly initialised UNet on that extractor is returned with
-    ``trained=False``; callers then rely on ``refine`` iterations.
+    ``trained=False``; callers then rely on ``refine`` iterations.  ``extractor_weights``: a local
+    weights file for the extractor (``imagenet``: a torchvision ResNet-18 state dict; ``local``:
+    another pre-trained encoder), given to the extractor as ``weights=``.
     """
     if isinstance(model, Registrar):
         return model
+    ext_kw = {"weights": str(extractor_weights)} if extractor_weights is not None else None
     if model in (None, "default"):
         path = default_model_path(ndim)
         if path is not None:
             reg = load_registrar(path)
             if extractor is None or extractor == reg.extractor_name:
+                if ext_kw is not None:
+                    reg = load_registrar(path, extractor_kwargs=ext_kw)
                 reg.meta.setdefault("name", f"unireg_{ndim}d (shipped)")
                 return reg
-        reg = Registrar(ndim, extractor=extractor or "mind", trained=False)
+        reg = Registrar(ndim, extractor=extractor or "mind", extractor_kwargs=ext_kw, trained=False)
         reg.meta["name"] = f"untrained-{extractor or 'mind'}-{ndim}d"
         return reg
-    return load_registrar(model)
+    return load_registrar(model, extractor_kwargs=ext_kw)
 
 
 def register(
@@ -80,6 +101,11 @@ def register(
     device: str = "cpu",
     seed: int = 0,
     qc: bool = True,
+    progress=None,
+    extractor_weights: str | os.PathLike | None = None,
+    fixed_mask: ImageLike | None = None,
+    moving_mask: ImageLike | None = None,
+    initial_transform: str | os.PathLike | np.ndarray | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``.
 
@@ -96,6 +122,13 @@ def register(
     smoothness : regularisation weight in [0.1, 10]; larger is smoother.
     device : "cpu" or "cuda".
     qc : compute the failure score without ground truth (``qc_score``/``qc_flag`` in the report).
+    progress : optional callable ``progress(stage: str)``, called as each stage starts.
+    extractor_weights : local weights file for the extractor (``imagenet``: ResNet-18 state dict).
+    fixed_mask, moving_mask : optional masks (nonzero = use) on the fixed / moving grid: the
+        similarity is measured only there (affine, refinement, failure score); images are not zeroed.
+    initial_transform : 4x4 RAS fixed-world -> moving-world matrix, or an ITK/ANTs affine file
+        (``.mat``/``.txt``, fixed->moving as ANTs stores it): the affine stage starts from it, and
+        with ``affine=False`` it is the affine.
 
     Returns
     -------
@@ -112,12 +145,26 @@ def register(
         )
     if not 0.1 <= float(smoothness) <= 10.0:
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
+    if refine is not None and int(refine) < 0:
+        raise UniRegError(f"refine must be >= 0 iterations, got {refine}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UniRegError("--device cuda asked for, but no CUDA device is available")
-    reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor)
+    fmask = _as_mask(fixed_mask, fixed_img, "fixed_mask")
+    mmask = _as_mask(moving_mask, moving_img, "moving_mask")
+    init = None
+    if initial_transform is not None:
+        if isinstance(initial_transform, (str, os.PathLike)):
+            from .io.transform import read_affine
+
+            init = read_affine(initial_transform)
+        else:
+            init = np.asarray(initial_transform, dtype=np.float64)
+            if init.shape != (4, 4) or not np.all(np.isfinite(init)):
+                raise UniRegError(f"initial_transform must be a finite 4x4 matrix, got shape {init.shape}")
+    reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
     if refine is None:  # a shipped model may recommend a few refine steps (its model card says why)
         refine = int(reg.meta.get("default_refine", 0)) if reg.trained else DEFAULT_UNTRAINED_REFINE
-    return register_images(
+    result = register_images(
         fixed_img,
         moving_img,
         reg,
@@ -130,7 +177,16 @@ def register(
         seed=seed,
         qc_score=qc,
         model_name=reg.meta.get("name") or ("in-memory registrar" if isinstance(model, Registrar) else str(model)),
+        progress=progress,
+        fixed_mask=fmask,
+        moving_mask=mmask,
+        initial_transform=init,
     )
+    from .verdict import judge
+
+    # failed or not, said in the report (and by the CLI's exit status 3), not only in a score
+    result.report["verdict"] = judge(result.report, result.warped.data)
+    return result
 
 
 def apply(

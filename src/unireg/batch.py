@@ -242,9 +242,9 @@ def _write_marker(pair_dir: Path, h: str, row: dict) -> None:
 
 def _our_files(pair_dir: Path) -> bool:
     """Whether every entry of ``pair_dir`` is something a batch run writes (safe to wipe)."""
-    from .outputs import OUTPUT_NAMES
+    from .outputs import FORMATS, IMAGE_OUTPUTS, OUTPUT_NAMES, output_names
 
-    ours = set(OUTPUT_NAMES.values()) | {MARKER}
+    ours = set(OUTPUT_NAMES.values()) | {output_names(f)[k] for f in FORMATS for k in IMAGE_OUTPUTS} | {MARKER}
     for e in pair_dir.iterdir():
         if e.is_dir() or not (e.name in ours or e.name.startswith(".tmp-")):
             return False

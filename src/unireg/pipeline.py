@@ -24,6 +24,7 @@ from .align.affine import center_of_mass_init, optimize_affine, pool
 from .align.refine import refine_velocity
 from .errors import UniRegError
 from .io.image import Image
+from .masks import mask_on_grid
 from .models.registrar import Registrar
 from .preprocess import normalize_intensity, to_working_grid
 from .spatial.grid import apply_matrix, sample
@@ -35,11 +36,14 @@ __all__ = ["RegistrationResult", "register_images", "FixedToMoving"]
 
 
 class _Timer:
-    def __init__(self):
+    def __init__(self, progress=None):
         self.times: dict[str, float] = {}
+        self.progress = progress  # progress(stage) at the START of each stage (CLI display)
 
     @contextmanager
     def __call__(self, name: str):
+        if self.progress is not None:
+            self.progress(name)
         t0 = time.perf_counter()
         try:
             yield
@@ -145,11 +149,12 @@ class RegistrationResult:
             self.before = pull(m, self.moving.affine, self.fixed.spatial_shape, self.fixed.affine)[0].numpy()
         return self.before
 
-    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True) -> dict[str, Path]:
-        """Write every output into ``out_dir`` atomically; returns name -> path."""
+    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True, fmt: str | None = None) -> dict[str, Path]:
+        """Write every output into ``out_dir`` atomically; returns name -> path.  ``fmt``: image format
+        (``nii.gz``, ``mha``, ``nrrd``; default: the fixed image's)."""
         from .outputs import save_result
 
-        return save_result(self, out_dir, qc=qc, html=html)
+        return save_result(self, out_dir, qc=qc, html=html, fmt=fmt)
 
 
 def _versions() -> dict:
@@ -182,12 +187,20 @@ def register_images(
     seed: int = 0,
     model_name: str = "",
     qc_score: bool = True,
+    progress=None,
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    initial_transform: np.ndarray | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both :class:`Image`) with a :class:`Registrar`.
 
     ``qc_score=False`` skips the failure score (report.json then holds ``qc_score: null``).
+    ``progress``: optional callable ``progress(stage: str)`` called at the start of each stage.
+    ``fixed_mask``/``moving_mask``: Images (nonzero = use) on their image's grid; the similarity is
+    measured only inside them (affine, failure score).  ``initial_transform``: 4x4 RAS fixed-world ->
+    moving-world matrix, the affine stage's start (and the affine itself when ``affine=False``).
     """
-    timer = _Timer()
+    timer = _Timer(progress)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     nd = fixed.ndim
@@ -211,12 +224,13 @@ def register_images(
         fixed_w = to_working_grid(fixed_n, fixed.affine, fixed.spacing, w_shape, w_aff4)
 
     with timer("affine"):
-        t_nd = np.eye(nd + 1)
+        t_nd = np.eye(nd + 1) if initial_transform is None else affine_nd(initial_transform, nd)
         if affine:
             m_shape, m_aff4 = working_grid(moving.spatial_shape, moving.affine, **model.working)
             _check_working_size(m_shape, m_aff4, moving.path, "moving")
             moving_w0 = to_working_grid(moving_n, moving.affine, moving.spacing, m_shape, m_aff4)
-            t_nd = center_of_mass_init(fixed_w[0], w_aff4, moving_w0[0], m_aff4)
+            if initial_transform is None:
+                t_nd = center_of_mass_init(fixed_w[0], w_aff4, moving_w0[0], m_aff4)
             with torch.no_grad():
                 # the affine is optimised at 8 and 4 mm: MIND of the 2x-pooled working images is
                 # enough and 8x cheaper than full-resolution features
@@ -226,14 +240,19 @@ def register_images(
                 ff_a = mind(pool(fixed_w[None].to(dev), 2))
                 fm_a = mind(pool(moving_w0[None].to(dev), 2))
             with torch.enable_grad():
+                fm_mask = None if fixed_mask is None else mask_on_grid(fixed_mask, ff_a.shape[2:], pooled_affine(w_aff4, nd, 2))
+                mm_mask = None if moving_mask is None else mask_on_grid(moving_mask, fm_a.shape[2:], pooled_affine(m_aff4, nd, 2))
                 t_nd = optimize_affine(ff_a, pooled_affine(w_aff4, nd, 2), fm_a, pooled_affine(m_aff4, nd, 2), t_nd,
-                                       levels=((2, 60), (1, 12)))
+                                       levels=((2, 60), (1, 12)), fixed_mask=fm_mask, moving_mask=mm_mask)
         t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
 
         def affine_map(world, rows=None):
             return apply_matrix(t_mat, world)
 
         moving_w = to_working_grid(moving_n, moving.affine, moving.spacing, w_shape, w_aff4, world_map=affine_map)
+        # masks on the working grid (the moving one seen through the affine), for the lead's refinement and QC
+        fmask_w = None if fixed_mask is None else mask_on_grid(fixed_mask, w_shape, w_aff4)
+        mmask_w = None if moving_mask is None else mask_on_grid(moving_mask, w_shape, w_aff4, world_map=affine_map)
 
     with timer("features"), torch.no_grad():
         ff = model.extract(fixed_w[None].to(dev))
@@ -257,7 +276,8 @@ def register_images(
         with timer("qc"), torch.no_grad():  # failure score without ground truth (docs/qc.md)
             from .evaluation.qc_score import score_registration
 
-            qc = score_registration(fixed_w, moving_w, disp_w, jac_w, *((ff, fm) if model.extractor_name == "mind" else ()))
+            qc = score_registration(fixed_w, moving_w, disp_w, jac_w, *((ff, fm) if model.extractor_name == "mind" else ()),
+                                    fixed_mask=fmask_w, moving_mask=mmask_w)
 
     mapping = FixedToMoving(nd, affine_nd(w_aff4, nd), t_nd, disp_w, inv_disp_w)
 
@@ -283,6 +303,9 @@ def register_images(
         "model": model_name or ("trained" if model.trained else "untrained"),
         "model_trained": bool(model.trained),
         "affine": bool(affine),
+        "initial_transform": initial_transform is not None,
+        "fixed_mask": None if fixed_mask is None else (str(Path(fixed_mask.path).resolve()) if fixed_mask.path else "in memory"),
+        "moving_mask": None if moving_mask is None else (str(Path(moving_mask.path).resolve()) if moving_mask.path else "in memory"),
         "affine_matrix": embed_nd(t_nd, nd).tolist(),
         "refine_iterations": int(refine),
         "smoothness": float(smoothness),

@@ -54,6 +54,8 @@ def optimize_affine(
     init: np.ndarray,
     levels: tuple[tuple[int, int], ...] = ((4, 60), (2, 12)),
     lr: float = 0.02,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
@@ -61,6 +63,9 @@ def optimize_affine(
     voxel-to-world affines are ``fixed_grid4`` / ``moving_grid4``.  ``levels`` lists (pooling factor,
     iterations), coarse to fine.  The affine is parameterised about the fixed field-of-view centre,
     translation scaled by the field-of-view size so one learning rate fits every image size.
+    ``fixed_mask`` / ``moving_mask``: optional boolean ``(*S)`` masks on the two feature grids; the
+    feature MSE then counts only fixed voxels inside ``fixed_mask`` whose mapped position falls
+    inside ``moving_mask`` (as ANTs/elastix masks do: the features themselves are not zeroed).
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
@@ -96,13 +101,20 @@ def optimize_affine(
         structure = ((ff.amax(1, keepdim=True) - ff.amin(1, keepdim=True)) > 0.05).float()
         if structure.mean() < 0.01:
             structure = torch.ones_like(structure)
+        if fixed_mask is not None:
+            fmask = (pool(fixed_mask.to(dev).float()[None, None], factor) >= 0.5).float()
+            structure = structure * fmask if (structure * fmask).sum() > 0 else fmask
+        mov_in = torch.ones_like(fm[:, :1])
+        if moving_mask is not None:
+            mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).to(fm.dtype)
         for _ in range(iters):
             opt.zero_grad()
             coords = apply_matrix(wm_l_inv @ matrix() @ wf_l, ident)
             warped = sample(fm, coords.unsqueeze(0).float())
-            ones = torch.ones_like(fm[:, :1])
-            mask = sample(ones, coords.unsqueeze(0).float()).detach()
-            loss = feature_mse(ff, warped, mask=(mask > 0.99).float() * structure)
+            inside = sample(torch.ones_like(fm[:, :1]), coords.unsqueeze(0).float()).detach() > 0.99
+            if moving_mask is not None:
+                inside = inside & (sample(mov_in, coords.unsqueeze(0).float()).detach() >= 0.5)
+            loss = feature_mse(ff, warped, mask=inside.float() * structure)
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()

@@ -42,7 +42,7 @@ def is_result_dir(path: str | os.PathLike) -> bool:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for ext in (".nii.gz", ".nii"):
+    for ext in (".nii.gz", ".nii", ".mha", ".nrrd"):  # images follow the input's format (--format)
         if (folder / f"{stem}{ext}").is_file():
             return folder / f"{stem}{ext}"
     return None
