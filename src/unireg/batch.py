@@ -62,7 +62,8 @@ __all__ = [
     "CRASH_ENV",
 ]
 
-SUMMARY_COLUMNS = ["id", "status", "error", "runtime_s", "folded_percent", "sdlogj", "dice_mean", "qc_score", "out_dir"]
+SUMMARY_COLUMNS = ["id", "status", "error", "runtime_s", "folded_percent", "sdlogj", "dice_mean", "qc_score", "qc_flag",
+                   "verdict", "reason", "out_dir"]
 MARKER = ".done"
 #: test hook: ``UNIREG_BATCH_CRASH_AFTER=k`` makes a process die (exit status 3, no marker written)
 #: right after *saving* the outputs of its (k+1)-th newly registered pair, i.e. mid-pair.
@@ -90,10 +91,15 @@ class BatchOptions:
     device: str = "cpu"
     seed: int = 0
     qc: bool = True
+    extractor_weights: str | None = None
+    fmt: str | None = None
 
     def key(self) -> dict:
         """What goes into the resume hash (the model path resolved; a Registrar object by name)."""
         d = asdict(self)
+        for k in ("extractor_weights", "fmt"):  # later options: absent when unset, so older runs still resume
+            if d[k] is None:
+                d.pop(k)
         if d["model"] not in (None, "default"):
             m = d["model"]
             d["model"] = str(Path(m).resolve()) if isinstance(m, (str, os.PathLike)) else repr(m)
@@ -281,8 +287,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _summary_row(pair: Pair, report: dict, runtime: float, out_dir: Path) -> dict:
+    from .verdict import judge
+
     dice = report.get("dice")
     dice_mean = dice.get("mean") if isinstance(dice, dict) else None
+    verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else judge(report)
     return {
         "id": pair.id,
         "status": "ok",
@@ -293,13 +302,16 @@ def _summary_row(pair: Pair, report: dict, runtime: float, out_dir: Path) -> dic
         "dice_mean": dice_mean,
         "qc_score": report.get("qc_score"),
         "qc_flag": report.get("qc_flag"),
+        "verdict": verdict["status"],
+        "reason": "; ".join(verdict["reasons"]),
         "out_dir": str(out_dir),
     }
 
 
 def _failed_row(pair: Pair, error: str, runtime: float) -> dict:
     return {"id": pair.id, "status": "failed", "error": error, "runtime_s": round(runtime, 3), "folded_percent": None,
-            "sdlogj": None, "dice_mean": None, "qc_score": None, "qc_flag": None, "out_dir": ""}
+            "sdlogj": None, "dice_mean": None, "qc_score": None, "qc_flag": None, "verdict": "failed", "reason": error,
+            "out_dir": ""}
 
 
 class _Models:
@@ -337,8 +349,9 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
         fixed, moving, model=models.get(fixed.ndim), extractor=options.extractor, labels=pair.labels,
         fixed_labels=pair.fixed_labels, affine=options.affine, refine=options.refine,
         smoothness=options.smoothness, device=options.device, seed=options.seed,
+        extractor_weights=options.extractor_weights,
     )
-    result.save(pair_dir, qc=options.qc, html=options.qc)
+    result.save(pair_dir, qc=options.qc, html=options.qc, fmt=options.fmt)
     crash()
     return _summary_row(pair, result.report, time.perf_counter() - t0, pair_dir.resolve())
 
@@ -347,6 +360,8 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
 def _fmt(v) -> str:
     if v is None:
         return ""
+    if isinstance(v, bool):  # qc_flag: what CSV readers (pandas, R) parse as booleans
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
@@ -528,6 +543,10 @@ def run_batch(
                     row = _failed_row(q, _one_line(exc), time.perf_counter() - t0)
                     if pair_dir.is_dir() and _read_marker(pair_dir) is None and _our_files(pair_dir):
                         shutil.rmtree(pair_dir, ignore_errors=True)  # no half-written results left behind
+                except KeyboardInterrupt:  # Ctrl-C: the pair in progress leaves no folder behind
+                    if pair_dir.is_dir() and _read_marker(pair_dir) is None and _our_files(pair_dir):
+                        shutil.rmtree(pair_dir, ignore_errors=True)
+                    raise
                 row["resumed"] = False
             rows.append(row)
             if rank_file is not None:
