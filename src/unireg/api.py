@@ -241,6 +241,9 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
 
     With ``warp.nii.gz`` (on the fixed grid) this maps fixed-space points to the moving image;
     with ``inverse_warp.nii.gz`` it maps moving-space points (e.g. landmarks) onto the fixed image.
+    Points outside the field's grid (beyond half a voxel from its edge voxels) get ``u = 0`` and stay
+    where they are, as ITK's ``DisplacementFieldTransform`` (SimpleITK, ANTs) does; a
+    :class:`PointsOutsideWarning` says how many.
     """
     from .io.warp import read_displacement_field
     from .spatial.grid import sample
@@ -258,4 +261,19 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
     vox = pts @ inv[:nd, :nd].T + inv[:nd, nd]
     coords = torch.from_numpy(vox.T.copy()).view(1, nd, len(pts), *([1] * (nd - 1)))
     u = sample(torch.from_numpy(np.ascontiguousarray(disp, dtype=np.float64))[None], coords, padding_mode="border")
-    return pts + u[0].reshape(nd, len(pts)).T.numpy()
+    u = u[0].reshape(nd, len(pts)).T.numpy()
+    # ITK's buffer test for linear interpolation: continuous index within [-0.5, n - 0.5] on every axis
+    size = np.asarray(disp.shape[1:], dtype=np.float64)
+    inside = np.all((vox >= -0.5) & (vox <= size - 0.5), axis=1)
+    u[~inside] = 0.0
+    if not inside.all():
+        import warnings
+
+        warnings.warn(PointsOutsideWarning(
+            f"{int((~inside).sum())} of {len(pts)} points lie outside the warp's grid and are left where they "
+            "are (zero displacement, as ITK/SimpleITK/ANTs do)"), stacklevel=2)
+    return pts + u
+
+
+class PointsOutsideWarning(UserWarning):
+    """Some points fell outside a displacement field's grid (they were left in place)."""

@@ -278,8 +278,15 @@ def apply_points(
     from ..outputs import _guard_inputs
 
     _guard_inputs({"out": out}, [str(warp), str(points)])
+    import warnings
+
     pts, table = read_points(points, lps=lps)
-    mapped = api.apply_points(warp, pts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", api.PointsOutsideWarning)
+        mapped = api.apply_points(warp, pts)
+    for w in caught:
+        if issubclass(w.category, api.PointsOutsideWarning):
+            typer.echo(f"unireg: warning: {w.message}", err=True)
     write_points(out, mapped, table, lps=lps)
     typer.echo(str(out))
 
