@@ -195,16 +195,37 @@ def apply(
     ref: ImageLike,
     *,
     labels: bool = False,
+    interpolation: str | None = None,
 ) -> Image:
     """Apply a saved warp (ITK displacement field, as written by ``register``) to ``image``.
 
     The result lives on ``ref``'s grid: each reference voxel at world ``x`` takes the value of
     ``image`` at ``x + u(x)``, with ``u`` read from the warp (linearly interpolated when the warp's
     grid differs from ``ref``'s).  ``labels=True`` keeps integer labels (label-wise interpolation).
+
+    ``warp`` may also be a *list* of transforms in ``antsApplyTransforms -t`` order (field files,
+    affine ``.mat``/``.txt`` files, 4x4 matrices, ``(item, invert)`` pairs or ANTs' ``"[file,1]"``),
+    e.g. ``["deformable_warp.nii.gz", "affine.mat"]``; see :mod:`unireg.transforms`.
+    ``interpolation``: ``linear`` (default for images), ``bspline`` (cubic), ``nearest`` or
+    ``labelwise`` (default with ``labels=True``).
     """
     from .io.warp import read_displacement_field
     from .pipeline import warp_labels
     from .spatial.world import pull
+    from .transforms import INTERPOLATIONS, chain_map, load_chain, pull_bspline
+
+    interp = interpolation or ("labelwise" if labels else "linear")
+    if interp not in INTERPOLATIONS:
+        raise UniRegError(f"unknown interpolation {interp!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    if isinstance(warp, list):
+        chain = load_chain(warp)
+        img = as_image(image, labels=labels or interp == "labelwise", name="image")
+        ref_img = as_image(ref, name="ref")
+        nd = ref_img.ndim
+        if img.ndim != nd:
+            raise UniRegError(f"dimensionality mismatch: image {img.ndim}-D, reference {nd}-D", img.path)
+        world_map = chain_map(chain, nd)
+        return _resample(img, ref_img, world_map, interp)
 
     if isinstance(warp, tuple):
         disp, w_aff = warp
@@ -226,14 +247,29 @@ def apply(
         field = pull(disp_t, w_aff, ref_img.spatial_shape, ref_img.affine, padding_mode="border")
 
     def world_map(world, rows):
-        return world + field[(slice(None), rows)]
+        return world + field[(slice(None), rows)].to(world.dtype)
 
-    if labels:
-        out = warp_labels(img.data[0], img.affine, ref_img.spatial_shape, ref_img.affine, world_map)[None]
+    return _resample(img, ref_img, world_map, interp)
+
+
+def _resample(img: Image, ref_img: Image, world_map, interp: str) -> Image:
+    """``img`` onto ``ref_img``'s grid through ``world_map`` with one interpolation method."""
+    from .pipeline import warp_labels
+    from .spatial.world import pull
+    from .transforms import pull_bspline
+
+    shape, aff = ref_img.spatial_shape, ref_img.affine
+    if interp == "labelwise":
+        out = warp_labels(img.data[0], img.affine, shape, aff, world_map)[None]
+    elif interp == "bspline":
+        out = pull_bspline(img.data[0], img.affine, shape, aff, world_map)[None]
     else:
-        out = pull(torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32)), img.affine,
-                   ref_img.spatial_shape, ref_img.affine, world_map=world_map).numpy()
-    return Image(out, ref_img.affine.copy(), None)
+        data = torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32))
+        out = pull(data, img.affine, shape, aff, world_map=world_map,
+                   mode="nearest" if interp == "nearest" else "bilinear").numpy()
+        if interp == "nearest" and img.data.dtype.kind in "iu":
+            out = out.round().astype(img.data.dtype)
+    return Image(out, aff.copy(), None)
 
 
 def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> np.ndarray:

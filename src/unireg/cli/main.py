@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -245,22 +245,41 @@ def register(
 @app.command()
 @guarded
 def apply(
-    warp: Path = typer.Argument(..., help="warp.nii.gz written by `unireg register`."),
-    image: Path = typer.Argument(..., help="Image or label map on the moving image's world space."),
-    ref: Path = typer.Option(..., "--ref", help="Reference (fixed) image defining the output grid."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
-    labels: bool = typer.Option(False, "--labels", help="IMAGE is a label map (integers kept)."),
+    paths: List[Path] = typer.Argument(..., metavar="[WARP] IMAGE",
+                                       help="warp.nii.gz written by `unireg register`, then the image or label map "
+                                            "on the moving image's world space; with -t only IMAGE."),
+    ref: Path = typer.Option(..., "--ref", "-r", help="Reference (fixed) image defining the output grid."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.nii.gz, .nii, .mha, .nrrd)."),
+    transform: Optional[List[str]] = typer.Option(
+        None, "--transform", "-t", metavar="FILE|[FILE,1]",
+        help="Transform, repeatable, in antsApplyTransforms order: e.g. -t deformable_warp.nii.gz -t affine.mat "
+             "(= warp.nii.gz); '[affine.mat,1]' inverts an affine."),
+    interpolation: Optional[str] = typer.Option(
+        None, "--interpolation", "-n", metavar="linear|bspline|nearest|labelwise",
+        help="Interpolation (default: linear, labelwise with --labels)."),
+    labels: bool = typer.Option(False, "--labels", help="IMAGE is a label map (integers kept; label-wise interpolation)."),
 ):
-    """Apply a saved warp to another image or label map."""
+    """Apply a saved warp, or a chain of transforms (-t, as antsApplyTransforms), to another image or label map."""
     import numpy as np
 
     from .. import api
+    from ..errors import UniRegError
     from ..io.image import write_image
     from ..outputs import _guard_inputs
 
-    _guard_inputs({"out": out}, [str(warp), str(image), str(ref)])
-    res = api.apply(warp, image, ref, labels=labels)
-    write_image(out, res.data, res.affine, dtype=None if labels else np.float32)
+    if transform:
+        if len(paths) != 1:
+            raise UniRegError("with -t give only IMAGE (the transforms come from -t)")
+        image, chain = paths[0], list(transform)
+    else:
+        if len(paths) != 2:
+            raise UniRegError("give WARP IMAGE, or IMAGE with one or more -t transforms")
+        chain, image = None, paths[1]
+    warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
+    _guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
+    res = api.apply(chain if chain is not None else paths[0], image, ref, labels=labels, interpolation=interpolation)
+    keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"
+    write_image(out, res.data, res.affine, dtype=None if keep_int else np.float32)
     typer.echo(str(out))
 
 
