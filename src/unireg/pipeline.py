@@ -217,8 +217,8 @@ def register_images(
     model = model.to(dev).eval()
 
     with timer("preprocess"):
-        fixed_n = normalize_intensity(fixed.data[0])
-        moving_n = normalize_intensity(moving.data[0])
+        fixed_n = normalize_intensity(fixed.data[0], mask=None if fixed_mask is None else fixed_mask.data[0])
+        moving_n = normalize_intensity(moving.data[0], mask=None if moving_mask is None else moving_mask.data[0])
         w_shape, w_aff4 = working_grid(fixed.spatial_shape, fixed.affine, **model.working)
         _check_working_size(w_shape, w_aff4, fixed.path, "fixed")
         fixed_w = to_working_grid(fixed_n, fixed.affine, fixed.spacing, w_shape, w_aff4)
@@ -229,8 +229,10 @@ def register_images(
             m_shape, m_aff4 = working_grid(moving.spatial_shape, moving.affine, **model.working)
             _check_working_size(m_shape, m_aff4, moving.path, "moving")
             moving_w0 = to_working_grid(moving_n, moving.affine, moving.spacing, m_shape, m_aff4)
-            if initial_transform is None:
-                t_nd = center_of_mass_init(fixed_w[0], w_aff4, moving_w0[0], m_aff4)
+            if initial_transform is None:  # centroids inside the masks (an artefact outside must not pull)
+                fm0 = 1.0 if fixed_mask is None else mask_on_grid(fixed_mask, w_shape, w_aff4).float()
+                mm0 = 1.0 if moving_mask is None else mask_on_grid(moving_mask, m_shape, m_aff4).float()
+                t_nd = center_of_mass_init(fixed_w[0] * fm0, w_aff4, moving_w0[0] * mm0, m_aff4)
             with torch.no_grad():
                 # the affine is optimised at 8 and 4 mm: MIND of the 2x-pooled working images is
                 # enough and 8x cheaper than full-resolution features

@@ -11,11 +11,20 @@ from .spatial.world import pull
 __all__ = ["normalize_intensity", "to_working_grid"]
 
 
-def normalize_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Robust min-max: the ``low``/``high`` percentiles of the non-zero voxels go to 0/1, clipped."""
+def normalize_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5, mask: np.ndarray | None = None) -> np.ndarray:
+    """Robust min-max: the ``low``/``high`` percentiles of the non-zero voxels go to 0/1, clipped.
+
+    ``mask`` (same shape, nonzero = use): percentiles from the voxels inside it only, so a bright
+    artefact outside a user's mask does not squash the anatomy's intensity range.
+    """
     x = np.asarray(data, dtype=np.float32)
     # percentiles of a regular subsample (~1 M voxels): same figures to ~0.1 %, 8x less sorting
-    sub = x.ravel()[:: max(1, x.size // 1_000_000)]
+    step = max(1, x.size // 1_000_000)
+    sub = x.ravel()[::step]
+    if mask is not None:
+        keep = np.asarray(mask).ravel()[::step] != 0
+        if keep.any():
+            sub = sub[keep]
     vals = sub[sub != 0] if np.count_nonzero(sub) > 0.01 * sub.size else sub
     lo, hi = np.percentile(vals, [low, high]) if vals.size else (0.0, 1.0)
     if hi <= lo:
