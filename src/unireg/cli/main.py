@@ -315,9 +315,10 @@ def apply_points(
 def demo(
     out: Path = typer.Option(Path("unireg-demo"), "--out", "-o", help="Output folder."),
     contrast: str = typer.Option("t2", "--contrast", help="Moving contrast: t1, t2, pd, flair, ct."),
-    refine: Optional[int] = typer.Option(None, "--refine"),
-    smoothness: float = typer.Option(1.0, "--smoothness"),
+    refine: Optional[int] = options.REFINE,
+    smoothness: float = options.SMOOTHNESS,
     seed: int = options.SEED,
+    allow_flagged: bool = options.ALLOW_FLAGGED,
 ):
     """Register the MNI T1 against a deformed copy in another contrast; print Dice and runtime."""
     from ..data.synth import CONTRASTS
@@ -327,10 +328,19 @@ def demo(
 
     if contrast not in CONTRASTS:
         raise UniRegError(f"unknown contrast '{contrast}'; choose one of {', '.join(CONTRASTS)}")
+    from .progress import StageProgress
+
     check_output_dir(out)
-    rep = run_demo(out, contrast=contrast, refine=refine, smoothness=smoothness, seed=seed)
+    try:
+        with StageProgress() as prog:
+            rep = run_demo(out, contrast=contrast, refine=refine, smoothness=smoothness, seed=seed, progress=prog)
+    except KeyboardInterrupt:
+        typer.echo(f"unireg: interrupted during {prog.current or 'start-up'}; files already in {out}/ are complete "
+                   "(each is written atomically)", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     _print_summary(rep, out)
     typer.echo(f"outputs in {out}/ (qc.png, report.html, warped.nii.gz, warp.nii.gz, ...)")
+    _exit_for_verdict(rep, allow_flagged)
 
 
 def _register_optional_commands():
