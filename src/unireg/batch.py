@@ -71,7 +71,8 @@ CRASH_ENV = "UNIREG_BATCH_CRASH_AFTER"
 _HASH_VERSION = "unireg-batch-1"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _RESERVED = {"summary.csv", "index.html"}
-_COLUMNS = ("fixed", "moving", "labels", "fixed_labels", "id")
+_COLUMNS = ("fixed", "moving", "labels", "fixed_labels", "id", "fixed_mask", "moving_mask", "initial_transform")
+_EXTRA = ("fixed_mask", "moving_mask", "initial_transform")  # optional per-pair inputs (ANTs-style)
 
 
 class InjectedCrash(BaseException):
@@ -117,9 +118,13 @@ class Pair:
     labels: str | None = None
     fixed_labels: str | None = None
     line: int = 0
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
+    initial_transform: str | None = None
 
     def inputs(self) -> list[str]:
-        return [p for p in (self.fixed, self.moving, self.labels, self.fixed_labels) if p]
+        return [p for p in (self.fixed, self.moving, self.labels, self.fixed_labels, self.fixed_mask,
+                            self.moving_mask, self.initial_transform) if p]
 
 
 def _safe_stem(path: str) -> str:
@@ -193,7 +198,8 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
             raise UniRegError(f"line {line}: duplicate id {pid!r} (also on line {seen[pid]})", p)
         seen[pid] = line
         pairs.append(Pair(len(pairs), pid, res(row["fixed"]), res(row["moving"]), res(row.get("labels", "")),
-                          res(row.get("fixed_labels", "")), line))
+                          res(row.get("fixed_labels", "")), line,
+                          **{k: res(row.get(k, "")) for k in _EXTRA}))
     if not pairs:
         raise UniRegError("manifest has no pairs", p)
     return pairs
@@ -203,7 +209,8 @@ def pair_hash(pair: Pair, options: BatchOptions) -> str:
     """SHA-256 of the pair's row (absolute paths, id) and the options: what ``.done`` must hold."""
     payload = {
         "v": _HASH_VERSION,
-        "row": {k: getattr(pair, k) for k in ("id", "fixed", "moving", "labels", "fixed_labels")},
+        "row": {**{k: getattr(pair, k) for k in ("id", "fixed", "moving", "labels", "fixed_labels")},
+                **{k: getattr(pair, k) for k in _EXTRA if getattr(pair, k)}},  # absent when unset: old runs resume
         "options": options.key(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -349,7 +356,8 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
         fixed, moving, model=models.get(fixed.ndim), extractor=options.extractor, labels=pair.labels,
         fixed_labels=pair.fixed_labels, affine=options.affine, refine=options.refine,
         smoothness=options.smoothness, device=options.device, seed=options.seed,
-        extractor_weights=options.extractor_weights,
+        extractor_weights=options.extractor_weights, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+        initial_transform=pair.initial_transform,
     )
     result.save(pair_dir, qc=options.qc, html=options.qc, fmt=options.fmt)
     crash()

@@ -166,3 +166,24 @@ def test_imagenet_extractor_takes_weights(data, tmp_path):
              "--extractor", "imagenet", "--extractor-weights", w, "--refine", 1, "--no-qc")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "o" / "report.json").read_text())["extractor"] == "imagenet"
+
+
+def test_batch_manifest_takes_masks_and_initial_transform(data, tmp_path):
+    from unireg.io.image import read_image
+    from unireg.io.transform import write_affine
+
+    f = read_image(data / "fixed.nii.gz")
+    write_image(tmp_path / "mask.nii.gz", (f.data[0] > 0.1).astype(np.uint8), f.affine)
+    t = np.eye(4)
+    t[0, 3] = 400.0
+    write_affine(tmp_path / "init.mat", t)
+    man = tmp_path / "m.csv"
+    man.write_text("id,fixed,moving,fixed_mask,moving_mask,initial_transform\n"
+                   f"far,{data / 'fixed.nii.gz'},{data / 'far.nii.gz'},{tmp_path / 'mask.nii.gz'},,{tmp_path / 'init.mat'}\n")
+    out = tmp_path / "b"
+    r = _run("batch", man, "--out", out, "--model", data / "tiny.pt", "--refine", 1, "--no-progress", "--no-qc",
+             "--no-affine")
+    assert r.exit_code == 0, r.output  # the initial transform brings the 400 mm away pair into overlap
+    rep = json.loads((out / "far" / "report.json").read_text())
+    assert rep["fixed_mask"].endswith("mask.nii.gz") and rep["initial_transform"] is True
+    assert np.allclose(rep["affine_matrix"], t, atol=1e-6)

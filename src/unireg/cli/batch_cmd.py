@@ -19,7 +19,7 @@ def add_to(app: typer.Typer, guarded) -> None:
     @app.command()
     @guarded
     def batch(
-        manifest: Path = typer.Argument(..., help="CSV with columns fixed,moving[,labels,fixed_labels,id]; "
+        manifest: Path = typer.Argument(..., help="CSV with columns fixed,moving[,labels,fixed_labels,id,fixed_mask,moving_mask,initial_transform]; "
                                                   "relative paths are relative to the manifest's folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per pair, summary.csv, index.html."),
         model: Optional[str] = options.MODEL,
