@@ -156,6 +156,16 @@ def test_nii_and_mha_twins_give_the_same_warp_and_outputs_follow_the_format(tmp_
 # ----------------------------------------------------------------------------------------- DICOM
 def _write_dicom_series(folder, vol_xyz, affine):
     """A CT-like int16 series, one file per slice, with the geometry tags ImageSeriesReader reads."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer resets the C locale
+    try:
+        _write_dicom_slices(folder, vol_xyz, affine)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(folder, vol_xyz, affine):
     folder.mkdir()
     lps = np.diag([-1.0, -1.0, 1.0])
     img = sitk.GetImageFromArray(np.ascontiguousarray(vol_xyz.transpose(2, 1, 0)))
@@ -188,7 +198,11 @@ def test_dicom_series_registers_like_its_nifti_twin(tmp_path):
     _write_dicom_series(tmp_path / "dicom", mi, fa)
     write_image(tmp_path / "m.nii.gz", mi, fa)
     write_image(tmp_path / "f.nii.gz", f, fa)
+    import locale
+
+    before = locale.getpreferredencoding(False)
     d = read_image(tmp_path / "dicom")
+    assert locale.getpreferredencoding(False) == before  # reading DICOM leaves the process's locale alone
     n = read_image(tmp_path / "m.nii.gz")
     assert d.meta["format"] == "dicom" and d.spatial_shape == n.spatial_shape
     assert np.allclose(d.affine, n.affine, atol=1e-3) and np.array_equal(d.data, n.data)

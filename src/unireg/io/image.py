@@ -109,6 +109,18 @@ def _read_sitk(p: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
 def _read_dicom_series(p: Path) -> tuple[np.ndarray, np.ndarray]:
     """The one DICOM series in folder ``p``, read with SimpleITK's ImageSeriesReader (GDCM sorts the
     slices by position; spacing, direction and origin come from the headers)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _read_dicom_series_gdcm(p)
+    finally:
+        # GDCM resets the C locale to "C": Python's default text encoding would turn ASCII for the
+        # rest of the process (report.json, CSVs with non-ASCII paths)
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _read_dicom_series_gdcm(p: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
     try:
