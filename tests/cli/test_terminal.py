@@ -187,3 +187,27 @@ def test_batch_manifest_takes_masks_and_initial_transform(data, tmp_path):
     rep = json.loads((out / "far" / "report.json").read_text())
     assert rep["fixed_mask"].endswith("mask.nii.gz") and rep["initial_transform"] is True
     assert np.allclose(rep["affine_matrix"], t, atol=1e-6)
+
+
+def test_batch_ctrl_c_keeps_finished_pairs_and_removes_the_one_in_progress(data, tmp_path, monkeypatch):
+    import unireg.batch as batch_mod
+
+    real = batch_mod._register_pair
+    calls = []
+
+    def second_pair_interrupted(pair, pair_dir, *a, **k):
+        calls.append(pair.id)
+        if len(calls) == 2:
+            (pair_dir / "warped.nii.gz").write_bytes(b"half")  # a half-written output
+            raise KeyboardInterrupt
+        return real(pair, pair_dir, *a, **k)
+
+    monkeypatch.setattr(batch_mod, "_register_pair", second_pair_interrupted)
+    man = tmp_path / "m.csv"
+    man.write_text(f"id,fixed,moving\na,{data / 'fixed.nii.gz'},{data / 'moving.nii.gz'}\n"
+                   f"b,{data / 'fixed.nii.gz'},{data / 'moving.nii.gz'}\n")
+    out = tmp_path / "b"
+    r = _run("batch", man, "--out", out, "--model", data / "tiny.pt", "--refine", 1, "--no-progress", "--no-qc")
+    assert r.exit_code == 130
+    assert "interrupted after 1 pair(s); finished pairs are kept" in r.stderr
+    assert (out / "a" / ".done").is_file() and not (out / "b").exists()
