@@ -158,14 +158,16 @@ def _say_interrupted(stage: str | None, out: Path, created: list[Path]) -> None:
     typer.echo(f"unireg: interrupted{where}: {what}", err=True)
 
 
-def _untrained_warning(reg, extractor: str | None, refine: int | None) -> str | None:
+def _untrained_warning(reg, extractor: str | None, refine: int | None, model=None) -> str | None:
     if reg.trained:
         return None
     from ..api import DEFAULT_UNTRAINED_REFINE
 
     n = DEFAULT_UNTRAINED_REFINE if refine is None else refine
+    what = (f"the model {model} is untrained" if model not in (None, "default") else
+            f"no trained model for extractor '{extractor or reg.extractor_name}' in {reg.ndim}-D")
     return (
-        f"unireg: warning: no trained model for extractor '{extractor or reg.extractor_name}' in {reg.ndim}-D; "
+        f"unireg: warning: {what}; "
         f"the UNet is untrained, so the deformation comes from {n} refinement (instance-optimisation) steps"
         + (" -- with --refine 0 there is no deformable registration" if n == 0 else "")
     )
@@ -221,7 +223,7 @@ def register(
         if model not in (None, "default"):
             reg.meta.setdefault("name", str(model))
         # said when the registration starts, i.e. once every input has been validated
-        prog.warning = _untrained_warning(reg, extractor, refine)
+        prog.warning = _untrained_warning(reg, extractor, refine, model)
         with prog:
             result = api.register(
                 fixed_img, moving_img, model=reg, extractor=extractor, labels=labels,
