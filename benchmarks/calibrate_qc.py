@@ -1,7 +1,13 @@
 """Calibrate and measure UniReg's ground-truth-free failure flag (``unireg.evaluation.qc_score``).
 
-Pairs: 2-D axial slices of the MNI T1 (1 mm), the moving image a deformed (3-10 mm), contrast-changed
-(t1/t2/pd/flair/ct), bias- and noise-corrupted copy (``unireg.data.synth.make_moving``).
+Pairs, per dimensionality (``--ndim 2``, ``3`` or ``both``):
+
+* 2-D: axial slices of the MNI T1 (1 mm);
+* 3-D: random 64^3 blocks of the MNI T1 at 2 mm (128 mm cubes, most of the brain), so that 100+
+  3-D pairs stay affordable on a CPU.
+
+The moving image is a deformed (3-10 mm), contrast-changed (t1/t2/pd/flair/ct), bias- and
+noise-corrupted copy (``unireg.data.synth.make_moving``).
 
 * real registration of the pair by ``unireg.api.register`` (the default 2-D model; the score is read
   from the report's figures, i.e. computed inside the pipeline), labelled by the known true warp:
@@ -11,18 +17,23 @@ Pairs: 2-D axial slices of the MNI T1 (1 mm), the moving image a deformed (3-10 
 * broken, each from the same pair, on the working grid, with the real registration's displacement:
   ``translation`` (5-15 mm added, random direction), ``flip`` (moving flipped front-back; the MNI
   template is left-right symmetric, so a left-right flip is no failure), ``random_deformation`` (a
-  smooth random field of 10-20 mm added), ``swapped`` (moving replaced by another slice, 25-45 mm away,
+  smooth random field of 10-20 mm added), ``swapped`` (moving replaced by another slice/block, 25-45 mm away,
   with its own deformation and contrast), ``folding_noise`` (noise of 2-3 voxels added to the field).
 * broken, registered for real: ``registered_flipped`` (the pipeline run on the front-back flipped
-  moving, even pairs) or ``registered_unrelated`` (the pipeline run with a coronal slice as moving,
-  odd pairs): the optimiser does its best on an impossible pair.
+  moving, even pairs) or ``registered_unrelated`` (the pipeline run with a coronal slice, in 3-D the
+  block turned 90 degrees about x, as moving, odd pairs): the optimiser does its best on an impossible pair.
 
 Calibration pairs use seeds 0..N-1, held-out pairs seeds 1000..1000+M-1 (disjoint slices, deformations,
-contrasts).  A logistic model over the score's components is fitted on the calibration pairs (classes
-weighted equally), the threshold is the one maximising TPR - FPR on the calibration scores, and both
-are then frozen and measured on the held-out pairs.
+contrasts).  One logistic model over the score's components (its figures are dimension-free ratios
+and fractions) is fitted on the calibration pairs of every dimensionality asked for (classes weighted
+equally), the threshold is the one maximising TPR - FPR on the calibration scores, and both are then
+frozen and measured on the held-out pairs, TPR and FPR printed per dimensionality (and, for
+comparison, those of the constants shipped in qc_score.py).
 
-    python benchmarks/calibrate_qc.py --cache /tmp/qc_components.json   # about 6 min on 2 busy cores
+    # the full recalibration: 100 calibration + 100 held-out pairs per dimensionality (hours on a CPU)
+    python benchmarks/calibrate_qc.py --ndim both --cal 100 --test 100 --cache /tmp/qc_components.json
+    # a quick check of the script itself (minutes)
+    python benchmarks/calibrate_qc.py --ndim both --cal 2 --test 2
 """
 
 from __future__ import annotations
@@ -49,7 +60,18 @@ from unireg.spatial.world import working_grid
 
 CONTRASTS = ["t1", "t2", "pd", "flair", "ct"]
 FEATURES = ["shift_ratio", "mismatch_fraction", "log1p_folded_percent", "mind_distance"]
-AFF = np.eye(4)
+AFF = np.eye(4)  # 2-D slices: 1 mm voxels
+SPACING_3D = 2.0
+AFF3 = np.diag([SPACING_3D, SPACING_3D, SPACING_3D, 1.0])  # 3-D blocks: 2 mm voxels
+BLOCK_3D = 64
+
+
+def _aff(nd: int) -> np.ndarray:
+    return AFF if nd == 2 else AFF3
+
+
+def _vox_mm(nd: int) -> float:
+    return 1.0 if nd == 2 else SPACING_3D
 
 
 def _feat_vector(c: dict) -> list[float]:
@@ -64,15 +86,17 @@ def _smooth_field(shape, max_mm: float, seed: int) -> torch.Tensor:
 
 
 def _working_images(fixed: np.ndarray, moving: np.ndarray, affine_matrix: np.ndarray):
-    """The pipeline's working-grid images for 2-D arrays with identity affines (see pipeline.py)."""
-    w_shape, w_aff4 = working_grid(fixed.shape, AFF, **DEFAULT_WORKING[2])
-    fixed_w = to_working_grid(normalize_intensity(fixed), AFF, np.ones(2), w_shape, w_aff4)
-    t = torch.as_tensor(affine_matrix, dtype=torch.float32)  # 3x3: fixed world -> moving world
+    """The pipeline's working-grid images for arrays on :func:`_aff`'s grid (see pipeline.py)."""
+    nd = fixed.ndim
+    aff, sp = _aff(nd), np.full(nd, _vox_mm(nd))
+    w_shape, w_aff4 = working_grid(fixed.shape, aff, **DEFAULT_WORKING[nd])
+    fixed_w = to_working_grid(normalize_intensity(fixed), aff, sp, w_shape, w_aff4)
+    t = torch.as_tensor(affine_matrix, dtype=torch.float32)  # (nd+1)^2: fixed world -> moving world
 
     def amap(world, rows=None):
-        return torch.einsum("ij,j...->i...", t[:2, :2], world) + t[:2, 2].view(2, 1, 1)
+        return torch.einsum("ij,j...->i...", t[:nd, :nd], world) + t[:nd, nd].view(nd, *([1] * nd))
 
-    moving_w = to_working_grid(normalize_intensity(moving), AFF, np.ones(2), w_shape, w_aff4, world_map=amap)
+    moving_w = to_working_grid(normalize_intensity(moving), aff, sp, w_shape, w_aff4, world_map=amap)
     return fixed_w, moving_w
 
 
@@ -91,6 +115,35 @@ def real_label(epe: float, epe0: float) -> tuple[str, bool | None]:
     if epe >= epe0:
         return "failed_registration", True
     return "ambiguous", None
+
+
+def _block(vol: np.ndarray, corner) -> np.ndarray:
+    c = [int(np.clip(v, 0, n - BLOCK_3D)) for v, n in zip(corner, vol.shape)]
+    return vol[c[0]:c[0] + BLOCK_3D, c[1]:c[1] + BLOCK_3D, c[2]:c[2] + BLOCK_3D].copy()
+
+
+def make_pair_3d(t1: np.ndarray, seed: int):
+    """A 3-D pair: a 64^3 block of the 2 mm template, its deformed copy, another block 25-45 mm away,
+    and the block turned 90 degrees about x (the 'unrelated' moving)."""
+    rng = np.random.default_rng(seed)
+    corner = [int(rng.integers(0, max(n - BLOCK_3D, 0) + 1)) for n in t1.shape]
+    fixed = _block(t1, corner)
+    contrast = CONTRASTS[seed % len(CONTRASTS)]
+    max_mm = float(rng.uniform(3, 10))
+    sl = torch.from_numpy(fixed)
+    v = random_velocity(coarse_shape(sl.shape, 4), max_mm / SPACING_3D / 4, seed=seed)
+    moving = make_moving(sl, v, contrast=contrast, seed=seed).numpy()
+    true_disp = deform_pair_field(v, sl.shape)[0][0].numpy() * SPACING_3D  # fixed->moving, mm
+    off = np.zeros(3)
+    ax = int(rng.integers(3))
+    off[ax] = rng.choice([-1, 1]) * rng.uniform(25, 46) / SPACING_3D
+    other0 = _block(t1, np.array(corner) + off)
+    v2 = random_velocity(coarse_shape(sl.shape, 4), float(rng.uniform(3, 10)) / SPACING_3D / 4, seed=seed + 50_000)
+    other = make_moving(torch.from_numpy(other0), v2, contrast=CONTRASTS[int(rng.integers(5))],
+                        seed=seed + 50_000).numpy()
+    coronal = np.ascontiguousarray(np.rot90(fixed, 1, axes=(1, 2)))
+    return dict(z=corner[2], z_other=int(corner[ax] + off[ax]), contrast=contrast, max_mm=max_mm, fixed=fixed,
+                moving=moving, other=other, coronal=coronal, true_disp=true_disp, rng=rng)
 
 
 def make_pair(t1: np.ndarray, seed: int):
@@ -114,15 +167,17 @@ def make_pair(t1: np.ndarray, seed: int):
                 coronal=coronal, true_disp=true_disp, rng=rng)
 
 
-def run_pair(t1: np.ndarray, seed: int) -> list[dict]:
-    p = make_pair(t1, seed)
+def run_pair(t1: np.ndarray, seed: int, nd: int = 2) -> list[dict]:
+    p = make_pair_3d(t1, seed) if nd == 3 else make_pair(t1, seed)
     rng = p["rng"]
     rows = []
+    aff = _aff(nd)
+    w_mm = DEFAULT_WORKING[nd]["spacing"]  # working-grid voxel size: the displacements below are in its voxels
 
     def add(kind, comp, broken=True, **extra):
-        rows.append(dict(seed=seed, kind=kind, broken=broken, **comp, **extra))
+        rows.append(dict(seed=seed, ndim=nd, kind=kind, broken=broken, **comp, **extra))
 
-    res = api.register((p["fixed"], AFF), (p["moving"], AFF), seed=0)
+    res = api.register((p["fixed"], aff), (p["moving"], aff), seed=0)
     rep = res.report
     fixed_w, moving_w = _working_images(p["fixed"], p["moving"], res.mapping.affine_matrix)
     disp = res.mapping.disp_vox.float()
@@ -138,40 +193,49 @@ def run_pair(t1: np.ndarray, seed: int) -> list[dict]:
         epe_mm=epe, epe0_mm=epe0)
     shape = tuple(disp.shape[2:])
 
-    ang = rng.uniform(0, 2 * np.pi)
-    mag = rng.uniform(5, 15)  # mm == voxels on the 1 mm working grid
-    t = torch.tensor([mag * np.cos(ang), mag * np.sin(ang)], dtype=torch.float32).view(1, 2, 1, 1)
-    add("translation", _components(fixed_w, moving_w, disp + t), mm=mag)
-    add("flip", _components(fixed_w, moving_w.flip(-1), disp))
+    if nd == 2:
+        ang = rng.uniform(0, 2 * np.pi)
+        direction = np.array([np.cos(ang), np.sin(ang)])
+    else:
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+    mag = rng.uniform(5, 15)  # mm
+
+    def shift(mm):
+        return torch.tensor(direction * mm / w_mm, dtype=torch.float32).view(1, nd, *([1] * nd))
+
+    add("translation", _components(fixed_w, moving_w, disp + shift(mag)), mm=mag)
+    add("flip", _components(fixed_w, moving_w.flip(-1 if nd == 2 else 2), disp))  # front-back
     for mm in (1, 2, 3):  # not counted: how small a uniform misalignment already raises the score
-        dt = torch.tensor([mm * np.cos(ang), mm * np.sin(ang)], dtype=torch.float32).view(1, 2, 1, 1)
-        add(f"sensitivity_{mm}mm", _components(fixed_w, moving_w, disp + dt), broken=None)
+        add(f"sensitivity_{mm}mm", _components(fixed_w, moving_w, disp + shift(mm)), broken=None)
     big = float(rng.uniform(10, 20))
-    add("random_deformation", _components(fixed_w, moving_w, disp + _smooth_field(shape, big, seed + 70_000)), mm=big)
+    add("random_deformation", _components(fixed_w, moving_w, disp + _smooth_field(shape, big / w_mm, seed + 70_000)),
+        mm=big)
     _, other_w = _working_images(p["fixed"], p["other"], res.mapping.affine_matrix)
     add("swapped", _components(fixed_w, other_w, disp))
     g = torch.Generator().manual_seed(seed + 90_000)
-    noise = torch.randn((1, 2) + shape, generator=g)
+    noise = torch.randn((1, nd) + shape, generator=g)
     from scipy import ndimage
 
-    noise = torch.from_numpy(ndimage.gaussian_filter(noise.numpy(), (0, 0, 1.0, 1.0))).float()
+    noise = torch.from_numpy(ndimage.gaussian_filter(noise.numpy(), (0, 0) + (1.0,) * nd)).float()
     amp = float(rng.uniform(2, 3))
     add("folding_noise", _components(fixed_w, moving_w, disp + noise * (amp / noise.std())), amp_vox=amp)
 
     if seed % 2 == 0:
-        r2 = api.register((p["fixed"], AFF), (p["moving"][:, ::-1].copy(), AFF), seed=0)
+        flipped = (p["moving"][:, ::-1] if nd == 2 else p["moving"][:, ::-1, :]).copy()  # front-back
+        r2 = api.register((p["fixed"], aff), (flipped, aff), seed=0)
         add("registered_flipped", r2.report["qc_components"])
     else:
-        r2 = api.register((p["fixed"], AFF), (p["coronal"], AFF), seed=0)
+        r2 = api.register((p["fixed"], aff), (p["coronal"], aff), seed=0)
         add("registered_unrelated", r2.report["qc_components"])
     return rows
 
 
-def collect(seeds, t1, label) -> list[dict]:
+def collect(seeds, t1, label, nd: int = 2) -> list[dict]:
     rows = []
     t0 = time.perf_counter()
     for i, s in enumerate(seeds):
-        rows += run_pair(t1, s)
+        rows += run_pair(t1, s, nd)
         print(f"  [{label}] pair {i + 1}/{len(seeds)} (seed {s}) {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
@@ -222,23 +286,30 @@ def rates(rows, weights, thr):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cal", type=int, default=25, help="calibration pairs (seeds 0..N-1)")
-    ap.add_argument("--test", type=int, default=20, help="held-out pairs (seeds 1000..)")
+    ap.add_argument("--cal", type=int, default=100, help="calibration pairs per dimensionality (seeds 0..N-1)")
+    ap.add_argument("--test", type=int, default=100, help="held-out pairs per dimensionality (seeds 1000..)")
+    ap.add_argument("--ndim", choices=["2", "3", "both"], default="both", help="dimensionalities of the pairs")
     ap.add_argument("--cache", type=Path, default=None, help="JSON of components: reused if present, else written")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
+    dims = [2, 3] if a.ndim == "both" else [int(a.ndim)]
     cal_seeds, test_seeds = list(range(a.cal)), list(range(1000, 1000 + a.test))
     if a.cache is not None and a.cache.is_file():
         data = json.loads(a.cache.read_text())
     else:
-        t1 = load_mni(None)["t1"].data[0]
-        data = {"cal": collect(cal_seeds, t1, "cal"), "test": collect(test_seeds, t1, "test")}
+        data = {"cal": [], "test": []}
+        for nd in dims:
+            t1 = load_mni(None if nd == 2 else SPACING_3D)["t1"].data[0]
+            data["cal"] += collect(cal_seeds, t1, f"{nd}-D cal", nd)
+            data["test"] += collect(test_seeds, t1, f"{nd}-D test", nd)
         if a.cache is not None:
             a.cache.write_text(json.dumps(data))
     cal, test = data["cal"], data["test"]
-    assert not {r["seed"] for r in cal} & {r["seed"] for r in test}
+    for r in cal + test:
+        r.setdefault("ndim", 2)  # caches written before 3-D pairs existed
+    assert not {(r["ndim"], r["seed"]) for r in cal} & {(r["ndim"], r["seed"]) for r in test}
 
     amb = [r for r in cal + test if r["broken"] is None]
     cal = [r for r in cal if r["broken"] is not None]
@@ -265,13 +336,21 @@ def main():
         print(f"  {k:21s} n={len(rs):3d}  {txt}")
     print("\nQC_WEIGHTS =", json.dumps(weights))
     print(f"QC_THRESHOLD = {thr}")
-    for name, rows in (("calibration", cal), ("held-out", test)):
-        r = rates(rows, weights, thr)
+    summary = []
+
+    def _rate_line(label, rows, w, th):
+        r = rates(rows, w, th)
         (fp, ng), (tp, nb) = r["fpr"], r["tpr"]
-        print(f"\n{name} ({len({q['seed'] for q in rows})} pairs): TPR {tp}/{nb} = {tp / nb:.3f}   "
-              f"FPR {fp}/{ng} = {fp / ng:.3f}")
-        for k, (n_flag, n, lo, hi) in r["by_kind"].items():
-            print(f"  {k:21s} flagged {n_flag:3d}/{n:3d}   score range [{lo:.3f}, {hi:.3f}]")
+        return r, (f"{label} ({len({q['seed'] for q in rows})} pairs): TPR {tp}/{nb} = {tp / max(nb, 1):.3f}   "
+                   f"FPR {fp}/{ng} = {fp / max(ng, 1):.3f}")
+
+    for name, rows_all in (("calibration", cal), ("held-out", test)):
+        for nd in sorted({q["ndim"] for q in rows_all}):
+            r, line = _rate_line(f"{name} {nd}-D", [q for q in rows_all if q["ndim"] == nd], weights, thr)
+            summary.append(line)
+            print("\n" + line)
+            for k, (n_flag, n, lo, hi) in r["by_kind"].items():
+                print(f"  {k:21s} flagged {n_flag:3d}/{n:3d}   score range [{lo:.3f}, {hi:.3f}]")
     goods = sorted((r for r in cal + test + amb if "epe_mm" in r), key=lambda r: -Q.combine(r, weights))
     print("\nsensitivity (not counted): real registration + a uniform shift, both sets")
     for k in sorted({r["kind"] for r in amb if r["kind"].startswith("sensitivity")}):
@@ -284,6 +363,10 @@ def main():
               f"  true EPE {r['epe_mm']:.2f} mm (before {r['epe0_mm']:.2f})")
     epes = np.array([r["epe_mm"] for r in goods])
     print(f"  all {len(goods)}: true EPE median {np.median(epes):.2f} mm, max {epes.max():.2f} mm")
+    for nd in sorted({q["ndim"] for q in test}):  # what the constants shipped in qc_score.py give
+        summary.append(_rate_line(f"shipped QC_WEIGHTS, held-out {nd}-D", [q for q in test if q["ndim"] == nd],
+                                  Q.QC_WEIGHTS, Q.QC_THRESHOLD)[1])
+    print("\nsummary:\n  " + "\n  ".join(summary))
     if weights != {k: round(v, 3) for k, v in Q.QC_WEIGHTS.items()} or thr != Q.QC_THRESHOLD:
         print("\nnote: these differ from the constants in unireg/evaluation/qc_score.py")
 

@@ -43,7 +43,7 @@ PEER = ROOT / "benchmarks" / "held_out_peer.py"
 UNIREG_CLI = "import sys; from unireg.cli.main import app; sys.argv[0] = 'unireg'; app()"
 FIELDS = ["case", "dim", "deformation", "intensity", "grid", "anatomy", "held_out", "method", "status", "dice",
           "dice_true_map", "epe_mm", "epe_p95_mm", "folded_pct", "logjac_err", "ic_mm", "seconds", "registration_s",
-          "peak_rss_mb", "fallback", "fallback_stages", "ants_metric", "max_disp_mm", "load1"]
+          "peak_rss_mb", "fallback", "fallback_stages", "qc_flag", "ants_metric", "max_disp_mm", "load1"]
 
 
 def child_env(threads: int) -> dict:
@@ -142,7 +142,9 @@ def evaluate_pair(spec, args, work: Path, writer, fh) -> list[dict]:
             row.update(extra)
             r = run_child(cmd, env, d / f"{method}.log", args.timeout)
             row.update(seconds=round(r["seconds"], 2), peak_rss_mb=round(r["peak_rss_mb"], 1))
-            if r["rc"] != 0 or not (out / "warp.nii.gz").is_file():
+            # unireg's exit status 3 = registration flagged as failed, outputs written: scored as it is
+            ok_rc = (0, 3) if method == "unireg" else (0,)
+            if r["rc"] not in ok_rc or not (out / "warp.nii.gz").is_file():
                 tail = (d / f"{method}.log").read_text(errors="replace").strip().splitlines()[-3:]
                 row["status"] = "timeout" if r["timed_out"] else f"failed rc={r['rc']}: {' | '.join(tail)[-300:]}"
                 print(f"    {method}: {row['status']}", flush=True)
@@ -156,6 +158,7 @@ def evaluate_pair(spec, args, work: Path, writer, fh) -> list[dict]:
                     fb = fallbacks(rep)
                     row.update(fallback=int(bool(fb)), fallback_stages=";".join(fb))
                     row["registration_s"] = (rep.get("runtime_s") or {}).get("total")
+                    row["qc_flag"] = int(bool(rep.get("qc_flag")))
                 else:
                     row["registration_s"] = rep.get("registration_s")
                 row.update(status="ok", **score_map(case, disp, inv))

@@ -233,8 +233,8 @@ def test_batch_cli_and_crash_env(tmp_path, tiny_model_path):
         CliRunner().invoke(app, args, env={batch_mod.CRASH_ENV: "1"})
     assert (out / "p00" / ".done").is_file() and not (out / "p01" / ".done").exists()
     r = CliRunner().invoke(app, args, env={batch_mod.CRASH_ENV: ""})
-    assert r.exit_code == 0, r.output
-    assert "3 ok, 1 failed" in r.stderr
+    assert r.exit_code == 3, r.output  # one pair failed: said by the exit status, not only in summary.csv
+    assert "3 ok, 0 flagged as failed, 1 failed with an error (errors: gone)" in r.stderr
     assert [row["status"] for row in _summary(out)] == ["ok", "ok", "ok", "failed"]
     # a bad manifest / bad --model: one line, exit 2
     r = CliRunner().invoke(app, ["batch", str(tmp_path / "none.csv"), "--out", str(out)])

@@ -14,6 +14,7 @@ from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
 from .pipeline import RegistrationResult, register_images
 from .resample import warp_labels
+from .spatial.frames import world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
 
 __all__ = ["register", "apply", "apply_points", "load_model", "RegistrationResult", "as_image"]
@@ -43,27 +44,48 @@ def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Imag
     raise UniRegError(f"{name}: expected a path, an Image or (array, affine), got {type(x).__name__}")
 
 
-def load_model(model: str | os.PathLike | Registrar | None = None, ndim: int = 3, extractor: str | None = None) -> Registrar:
+def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
+    """A mask (nonzero = use) on ``image``'s grid, or None."""
+    if mask is None:
+        return None
+    m = as_image(mask, labels=True, name=name)
+    if m.spatial_shape != image.spatial_shape:
+        raise UniRegError(f"{name.replace('_', ' ')} shape {m.spatial_shape} differs from its image's {image.spatial_shape}",
+                          m.path)
+    return m
+
+
+def load_model(
+    model: str | os.PathLike | Registrar | None = None,
+    ndim: int = 3,
+    extractor: str | None = None,
+    extractor_weights: str | os.PathLike | None = None,
+) -> Registrar:
     """Load a registrar.
 
     ``model``: a :class:`Registrar`, a checkpoint path, or ``None``/``"default"`` for the shipped model
     of that dimensionality.  Where no trained model is shipped (or ``extractor`` asks for one the
     shipped model was not trained on), a randomly initialised UNet on that extractor is returned with
-    ``trained=False``; callers then rely on ``refine`` iterations.
+    ``trained=False``; callers then rely on ``refine`` iterations.  ``extractor_weights``: a local
+    weights file for the extractor (``imagenet``: a torchvision ResNet-18 state dict; ``local``:
+    another pre-trained encoder), given to the extractor as ``weights=``.
     """
     if isinstance(model, Registrar):
         return model
+    ext_kw = {"weights": str(extractor_weights)} if extractor_weights is not None else None
     if model in (None, "default"):
         path = default_model_path(ndim)
         if path is not None:
             reg = load_registrar(path)
             if extractor is None or extractor == reg.extractor_name:
+                if ext_kw is not None:
+                    reg = load_registrar(path, extractor_kwargs=ext_kw)
                 reg.meta.setdefault("name", f"unireg_{ndim}d (shipped)")
                 return reg
-        reg = Registrar(ndim, extractor=extractor or "mind", trained=False)
+        reg = Registrar(ndim, extractor=extractor or "mind", extractor_kwargs=ext_kw, trained=False)
         reg.meta["name"] = f"untrained-{extractor or 'mind'}-{ndim}d"
         return reg
-    return load_registrar(model)
+    return load_registrar(model, extractor_kwargs=ext_kw)
 
 
 def register(
@@ -83,6 +105,10 @@ def register(
     fast: bool = False,
     do_no_harm: bool = True,
     progress=None,
+    extractor_weights: str | os.PathLike | None = None,
+    fixed_mask: ImageLike | None = None,
+    moving_mask: ImageLike | None = None,
+    initial_transform: str | os.PathLike | np.ndarray | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``.
 
@@ -103,6 +129,13 @@ def register(
     smoothness : regularisation weight in [0.1, 10]; larger is smoother.
     device : "cpu" or "cuda".
     qc : compute the failure score without ground truth (``qc_score``/``qc_flag`` in the report).
+    progress : optional callable ``progress(stage: str)``, called as each stage starts.
+    extractor_weights : local weights file for the extractor (``imagenet``: ResNet-18 state dict).
+    fixed_mask, moving_mask : optional masks (nonzero = use) on the fixed / moving grid: the
+        similarity is measured only there (affine, refinement, failure score); images are not zeroed.
+    initial_transform : 4x4 RAS fixed-world -> moving-world matrix, or an ITK/ANTs affine file
+        (``.mat``/``.txt``, fixed->moving as ANTs stores it): the affine stage starts from it, and
+        with ``affine=False`` it is the affine.
 
     Returns
     -------
@@ -119,12 +152,24 @@ def register(
         )
     if not 0.1 <= float(smoothness) <= 10.0:
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UniRegError("--device cuda asked for, but no CUDA device is available")
     if refine is not None and int(refine) < 0:
         raise UniRegError(f"refine must be >= 0 iterations, got {refine}")
-    reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor)
-    return register_images(
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UniRegError("--device cuda asked for, but no CUDA device is available")
+    fmask = _as_mask(fixed_mask, fixed_img, "fixed_mask")
+    mmask = _as_mask(moving_mask, moving_img, "moving_mask")
+    init = None
+    if initial_transform is not None:
+        if isinstance(initial_transform, (str, os.PathLike)):
+            from .io.transform import read_affine
+
+            init = read_affine(initial_transform)
+        else:
+            init = np.asarray(initial_transform, dtype=np.float64)
+            if init.shape != (4, 4) or not np.all(np.isfinite(init)):
+                raise UniRegError(f"initial_transform must be a finite 4x4 matrix, got shape {init.shape}")
+    reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
+    result = register_images(
         fixed_img,
         moving_img,
         reg,
@@ -140,7 +185,15 @@ def register(
         seed=seed,
         qc_score=qc,
         model_name=reg.meta.get("name") or ("in-memory registrar" if isinstance(model, Registrar) else str(model)),
+        fixed_mask=fmask,
+        moving_mask=mmask,
+        initial_transform=init,
     )
+    from .verdict import judge
+
+    # failed or not, said in the report (and by the CLI's exit status 3), not only in a score
+    result.report["verdict"] = judge(result.report, result.warped.data)
+    return result
 
 
 def apply(
@@ -149,13 +202,35 @@ def apply(
     ref: ImageLike,
     *,
     labels: bool = False,
+    interpolation: str | None = None,
 ) -> Image:
     """Apply a saved warp (ITK displacement field, as written by ``register``) to ``image``.
 
     The result lives on ``ref``'s grid: each reference voxel at world ``x`` takes the value of
     ``image`` at ``x + u(x)``, with ``u`` read from the warp (linearly interpolated when the warp's
     grid differs from ``ref``'s).  ``labels=True`` keeps integer labels (label-wise interpolation).
+
+    ``warp`` may also be a *list* of transforms in ``antsApplyTransforms -t`` order (field files,
+    affine ``.mat``/``.txt`` files, 4x4 matrices, ``(item, invert)`` pairs or ANTs' ``"[file,1]"``),
+    e.g. ``["deformable_warp.nii.gz", "affine.mat"]``; see :mod:`unireg.transforms`.
+    ``interpolation``: ``linear`` (default for images), ``bspline`` (cubic), ``nearest`` or
+    ``labelwise`` (default with ``labels=True``).
     """
+    from .transforms import INTERPOLATIONS, chain_map, load_chain
+
+    interp = interpolation or ("labelwise" if labels else "linear")
+    if interp not in INTERPOLATIONS:
+        raise UniRegError(f"unknown interpolation {interp!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    if isinstance(warp, list):
+        chain = load_chain(warp)
+        img = as_image(image, labels=labels or interp == "labelwise", name="image")
+        ref_img = as_image(ref, name="ref")
+        nd = ref_img.ndim
+        if img.ndim != nd:
+            raise UniRegError(f"dimensionality mismatch: image {img.ndim}-D, reference {nd}-D", img.path)
+        world_map = chain_map(chain, nd)
+        return _resample(img, ref_img, world_map, interp)
+
     if isinstance(warp, tuple):
         disp, w_aff = warp
     else:
@@ -171,14 +246,27 @@ def apply(
     field = field_on_grid(disp, w_aff, ref_img.spatial_shape, ref_img.affine)
 
     def world_map(world, rows):
-        return world + field[(slice(None), rows)]
+        return world + field[(slice(None), rows)].to(world.dtype)
 
-    if labels:
-        out = warp_labels(img.data[0], img.affine, ref_img.spatial_shape, ref_img.affine, world_map)[None]
+    return _resample(img, ref_img, world_map, interp)
+
+
+def _resample(img: Image, ref_img: Image, world_map, interp: str) -> Image:
+    """``img`` onto ``ref_img``'s grid through ``world_map`` with one interpolation method."""
+    from .transforms import pull_bspline
+
+    shape, aff = ref_img.spatial_shape, ref_img.affine
+    if interp == "labelwise":
+        out = warp_labels(img.data[0], img.affine, shape, aff, world_map)[None]
+    elif interp == "bspline":
+        out = pull_bspline(img.data[0], img.affine, shape, aff, world_map)[None]
     else:
-        out = pull(torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32)), img.affine,
-                   ref_img.spatial_shape, ref_img.affine, world_map=world_map).numpy()
-    return Image(out, ref_img.affine.copy(), None)
+        data = torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32))
+        out = pull(data, img.affine, shape, aff, world_map=world_map,
+                   mode="nearest" if interp == "nearest" else "bilinear").numpy()
+        if interp == "nearest" and img.data.dtype.kind in "iu":
+            out = out.round().astype(img.data.dtype)
+    return Image(out, aff.copy(), None)
 
 
 def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> np.ndarray:
@@ -186,6 +274,9 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
 
     With ``warp.nii.gz`` (on the fixed grid) this maps fixed-space points to the moving image;
     with ``inverse_warp.nii.gz`` it maps moving-space points (e.g. landmarks) onto the fixed image.
+    Points outside the field's grid (beyond half a voxel from its edge voxels) get ``u = 0`` and stay
+    where they are, as ITK's ``DisplacementFieldTransform`` (SimpleITK, ANTs) does; a
+    :class:`PointsOutsideWarning` says how many.
     """
     if isinstance(warp, tuple):
         disp, w_aff = warp
@@ -195,4 +286,20 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
     nd = disp.shape[0]
     if pts.ndim != 2 or pts.shape[1] != nd:
         raise UniRegError(f"points must be (N, {nd}) for a {nd}-D warp, got {pts.shape}")
-    return warp_points(disp, w_aff, pts)
+    mapped = warp_points(disp, w_aff, pts)
+    vox = world_to_voxel(pts, w_aff)
+    # ITK's buffer test for linear interpolation: continuous index within [-0.5, n - 0.5] on every axis
+    size = np.asarray(disp.shape[1:], dtype=np.float64)
+    inside = np.all((vox >= -0.5) & (vox <= size - 0.5), axis=1)
+    mapped[~inside] = pts[~inside]
+    if not inside.all():
+        import warnings
+
+        warnings.warn(PointsOutsideWarning(
+            f"{int((~inside).sum())} of {len(pts)} points lie outside the warp's grid and are left where they "
+            "are (zero displacement, as ITK/SimpleITK/ANTs do)"), stacklevel=2)
+    return mapped
+
+
+class PointsOutsideWarning(UserWarning):
+    """Some points fell outside a displacement field's grid (they were left in place)."""

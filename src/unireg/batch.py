@@ -56,7 +56,7 @@ from . import api
 from .errors import UniRegError
 from .io.atomic import atomic_path, check_output_dir
 from .io.image import read_image
-from .outputs import OUTPUT_NAMES
+from .outputs import FORMATS, IMAGE_OUTPUTS, OUTPUT_NAMES, output_names
 from .reports.html import build_index
 
 __all__ = [
@@ -72,7 +72,8 @@ __all__ = [
     "CRASH_ENV",
 ]
 
-SUMMARY_COLUMNS = ["id", "status", "error", "runtime_s", "folded_percent", "sdlogj", "dice_mean", "qc_score", "out_dir"]
+SUMMARY_COLUMNS = ["id", "status", "error", "runtime_s", "folded_percent", "sdlogj", "dice_mean", "qc_score", "qc_flag",
+                   "verdict", "reason", "out_dir"]
 MARKER = ".done"
 #: test hook: ``UNIREG_BATCH_CRASH_AFTER=k`` makes a process die (exit status 3, no marker written)
 #: right after *saving* the outputs of its (k+1)-th newly registered pair, i.e. mid-pair.
@@ -80,7 +81,8 @@ CRASH_ENV = "UNIREG_BATCH_CRASH_AFTER"
 _HASH_VERSION = "unireg-batch-1"
 _ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 _RESERVED = {"summary.csv", "index.html"}
-_COLUMNS = ("fixed", "moving", "labels", "fixed_labels", "id")
+_COLUMNS = ("fixed", "moving", "labels", "fixed_labels", "id", "fixed_mask", "moving_mask", "initial_transform")
+_EXTRA = ("fixed_mask", "moving_mask", "initial_transform")  # optional per-pair inputs (ANTs-style)
 
 
 class InjectedCrash(BaseException):
@@ -100,10 +102,15 @@ class BatchOptions:
     device: str = "cpu"
     seed: int = 0
     qc: bool = True
+    extractor_weights: str | None = None
+    fmt: str | None = None
 
     def key(self) -> dict:
         """What goes into the resume hash (the model path resolved; a Registrar object by name)."""
         d = asdict(self)
+        for k in ("extractor_weights", "fmt"):  # later options: absent when unset, so older runs still resume
+            if d[k] is None:
+                d.pop(k)
         if d["model"] not in (None, "default"):
             m = d["model"]
             d["model"] = str(Path(m).resolve()) if isinstance(m, (str, os.PathLike)) else repr(m)
@@ -121,9 +128,13 @@ class Pair:
     labels: str | None = None
     fixed_labels: str | None = None
     line: int = 0
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
+    initial_transform: str | None = None
 
     def inputs(self) -> list[str]:
-        return [p for p in (self.fixed, self.moving, self.labels, self.fixed_labels) if p]
+        return [p for p in (self.fixed, self.moving, self.labels, self.fixed_labels, self.fixed_mask,
+                            self.moving_mask, self.initial_transform) if p]
 
 
 def _safe_stem(path: str) -> str:
@@ -197,7 +208,8 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
             raise UniRegError(f"line {line}: duplicate id {pid!r} (also on line {seen[pid]})", p)
         seen[pid] = line
         pairs.append(Pair(len(pairs), pid, res(row["fixed"]), res(row["moving"]), res(row.get("labels", "")),
-                          res(row.get("fixed_labels", "")), line))
+                          res(row.get("fixed_labels", "")), line,
+                          **{k: res(row.get(k, "")) for k in _EXTRA}))
     if not pairs:
         raise UniRegError("manifest has no pairs", p)
     return pairs
@@ -207,7 +219,8 @@ def pair_hash(pair: Pair, options: BatchOptions) -> str:
     """SHA-256 of the pair's row (absolute paths, id) and the options: what ``.done`` must hold."""
     payload = {
         "v": _HASH_VERSION,
-        "row": {k: getattr(pair, k) for k in ("id", "fixed", "moving", "labels", "fixed_labels")},
+        "row": {**{k: getattr(pair, k) for k in ("id", "fixed", "moving", "labels", "fixed_labels")},
+                **{k: getattr(pair, k) for k in _EXTRA if getattr(pair, k)}},  # absent when unset: old runs resume
         "options": options.key(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -250,7 +263,7 @@ def _write_marker(pair_dir: Path, h: str, row: dict) -> None:
 
 def _our_files(pair_dir: Path) -> bool:
     """Whether every entry of ``pair_dir`` is something a batch run writes (safe to wipe)."""
-    ours = set(OUTPUT_NAMES.values()) | {MARKER}
+    ours = set(OUTPUT_NAMES.values()) | {output_names(f)[k] for f in FORMATS for k in IMAGE_OUTPUTS} | {MARKER}
     for e in pair_dir.iterdir():
         if e.is_dir() or not (e.name in ours or e.name.startswith(".tmp-")):
             return False
@@ -287,8 +300,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _summary_row(pair: Pair, report: dict, runtime: float, out_dir: Path) -> dict:
+    from .verdict import judge
+
     dice = report.get("dice")
     dice_mean = dice.get("mean") if isinstance(dice, dict) else None
+    verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else judge(report)
     return {
         "id": pair.id,
         "status": "ok",
@@ -299,13 +315,16 @@ def _summary_row(pair: Pair, report: dict, runtime: float, out_dir: Path) -> dic
         "dice_mean": dice_mean,
         "qc_score": report.get("qc_score"),
         "qc_flag": report.get("qc_flag"),
+        "verdict": verdict["status"],
+        "reason": "; ".join(verdict["reasons"]),
         "out_dir": str(out_dir),
     }
 
 
 def _failed_row(pair: Pair, error: str, runtime: float) -> dict:
     return {"id": pair.id, "status": "failed", "error": error, "runtime_s": round(runtime, 3), "folded_percent": None,
-            "sdlogj": None, "dice_mean": None, "qc_score": None, "qc_flag": None, "out_dir": ""}
+            "sdlogj": None, "dice_mean": None, "qc_score": None, "qc_flag": None, "verdict": "failed", "reason": error,
+            "out_dir": ""}
 
 
 class _Models:
@@ -338,8 +357,10 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
         fixed, moving, model=models.get(fixed.ndim), extractor=options.extractor, labels=pair.labels,
         fixed_labels=pair.fixed_labels, affine=options.affine, refine=options.refine,
         smoothness=options.smoothness, device=options.device, seed=options.seed,
+        extractor_weights=options.extractor_weights, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+        initial_transform=pair.initial_transform,
     )
-    result.save(pair_dir, qc=options.qc, html=options.qc)
+    result.save(pair_dir, qc=options.qc, html=options.qc, fmt=options.fmt)
     crash()
     return _summary_row(pair, result.report, time.perf_counter() - t0, pair_dir.resolve())
 
@@ -348,6 +369,8 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
 def _fmt(v) -> str:
     if v is None:
         return ""
+    if isinstance(v, bool):  # qc_flag: what CSV readers (pandas, R) parse as booleans
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
@@ -522,6 +545,10 @@ def run_batch(
                     row = _failed_row(q, _one_line(exc), time.perf_counter() - t0)
                     if pair_dir.is_dir() and _read_marker(pair_dir) is None and _our_files(pair_dir):
                         shutil.rmtree(pair_dir, ignore_errors=True)  # no half-written results left behind
+                except KeyboardInterrupt:  # Ctrl-C: the pair in progress leaves no folder behind
+                    if pair_dir.is_dir() and _read_marker(pair_dir) is None and _our_files(pair_dir):
+                        shutil.rmtree(pair_dir, ignore_errors=True)
+                    raise
                 row["resumed"] = False
             rows.append(row)
             if rank_file is not None:

@@ -51,17 +51,22 @@ def make_demo_pair(out_dir: Path, contrast: str = "t2", max_disp_mm: float = 8.0
     return paths
 
 
-def run_demo(out_dir: Path, contrast: str = "t2", refine: int | None = None, smoothness: float = 1.0, seed: int = 0, console=None) -> dict:
+def run_demo(out_dir: Path, contrast: str = "t2", refine: int | None = None, smoothness: float = 1.0, seed: int = 0, console=None,
+             progress=None) -> dict:
     """Make the pair, register it, write every output, and return the report."""
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
+    if progress is not None:
+        progress("make pair")
     paths = make_demo_pair(out_dir / "inputs", contrast=contrast, seed=seed)
     t_pair = time.perf_counter() - t0
     result = api.register(
         paths["fixed"], paths["moving"], labels=paths["moving_labels"], fixed_labels=paths["fixed_labels"],
-        refine=refine, smoothness=smoothness,
+        refine=refine, smoothness=smoothness, progress=progress,
     )
     t_reg = time.perf_counter()
+    if progress is not None:
+        progress("write")
     result.save(out_dir)
     t_save = time.perf_counter() - t_reg
     rep = dict(result.report)

@@ -85,9 +85,26 @@ def percentile_rescale(
     return out
 
 
-def normalize_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+def normalize_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5,
+                        mask: np.ndarray | None = None) -> np.ndarray:
     """NumPy wrapper: ``low``/``high`` percentiles of the non-zero voxels of ``data`` (any shape) go to
-    0/1, clipped; float32 of the same shape (a constant image gives zeros)."""
+    0/1, clipped; float32 of the same shape (a constant image gives zeros).
+
+    ``mask`` (same shape, nonzero = use): percentiles from the voxels inside it only, so a bright
+    artefact outside a user's mask does not squash the anatomy's intensity range.
+    """
     x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if mask is not None:
+        inside = torch.from_numpy(np.asarray(mask).reshape(x.shape) != 0)
+        if bool(inside.any()):
+            ref = x[inside]
+            lo_hi = percentile_rescale(ref.reshape(1, 1, -1), low, high, nonzero=True, clip=False)
+            # the mask's percentile map (affine, unclipped), read off two of its values, applied to all
+            i_min, i_max = int(torch.argmin(ref)), int(torch.argmax(ref))
+            a, b = float(ref[i_min]), float(ref[i_max])
+            fa, fb = float(lo_hi.reshape(-1)[i_min]), float(lo_hi.reshape(-1)[i_max])
+            if b > a and fb != fa:
+                scale = (fb - fa) / (b - a)
+                return ((x - a) * scale + fa).clamp_(0.0, 1.0).numpy()
     out = percentile_rescale(x.reshape(1, 1, -1), low, high, nonzero=True)
     return out.reshape(x.shape).numpy()

@@ -19,12 +19,46 @@ OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
     "warp": "warp.nii.gz",
     "inverse_warp": "inverse_warp.nii.gz",
+    "affine": "affine.mat",
+    "deformable_warp": "deformable_warp.nii.gz",
+    "deformable_inverse_warp": "deformable_inverse_warp.nii.gz",
     "jacobian": "jacobian.nii.gz",
     "warped_labels": "warped_labels.nii.gz",
     "report": "report.json",
     "qc": "qc.png",
     "html": "report.html",
 }
+# images (not the warps: ITK/ANTs displacement fields stay NIfTI) follow the input's format
+IMAGE_OUTPUTS = ("warped", "jacobian", "warped_labels")
+FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "mha": ".mha", "nrrd": ".nrrd"}
+_FROM_INPUT = {".nii.gz": ".nii.gz", ".nii": ".nii.gz", ".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd",
+               "nifti": ".nii.gz", "mha": ".mha", "mhd": ".mha", "nrrd": ".nrrd", "nhdr": ".nrrd"}
+
+
+def image_suffix(fmt: str | None, fixed=None) -> str:
+    """Suffix of the image outputs: ``fmt`` (``nii.gz``, ``nii``, ``mha``, ``nrrd``) or, when None, the
+    fixed image's format (a path or an Image; DICOM, PNG and in-memory arrays give ``.nii.gz``)."""
+    if fmt is not None:
+        key = str(fmt).lower().lstrip(".")
+        if key not in FORMATS:
+            raise UniRegError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        return FORMATS[key]
+    if fixed is None:
+        return ".nii.gz"
+    if isinstance(fixed, (str, os.PathLike)):
+        from .io.image import image_ext
+
+        return _FROM_INPUT.get(image_ext(fixed), ".nii.gz")
+    return _FROM_INPUT.get(str(getattr(fixed, "meta", {}).get("format", "")), ".nii.gz")
+
+
+def output_names(fmt: str | None = None, fixed=None) -> dict[str, str]:
+    """File name of every output, images with :func:`image_suffix`."""
+    suf = image_suffix(fmt, fixed)
+    names = dict(OUTPUT_NAMES)
+    for k in IMAGE_OUTPUTS:
+        names[k] = names[k].removesuffix(".nii.gz") + suf
+    return names
 
 
 def guard_inputs(paths: dict[str, Path], inputs: list[str | None]) -> None:
@@ -40,10 +74,14 @@ def write_json(path: Path, obj: dict) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
-def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True) -> dict[str, Path]:
-    """Write warped image, warps, Jacobian, labels, report.json, qc.png and report.html into ``out_dir``."""
+def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True, fmt: str | None = None) -> dict[str, Path]:
+    """Write warped image, warps, affine.mat, Jacobian, labels, report.json, qc.png and report.html into ``out_dir``.
+
+    ``fmt``: format of the image outputs (``nii.gz``, ``nii``, ``mha``, ``nrrd``; default: the fixed image's).
+    """
+    names = output_names(fmt, result.fixed)
     out = check_output_dir(out_dir)
-    paths = {k: out / v for k, v in OUTPUT_NAMES.items()}
+    paths = {k: out / v for k, v in names.items()}
     if result.warped_labels is None:
         paths.pop("warped_labels")
     if not qc:
@@ -69,6 +107,7 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
     write_image(paths["warped"], result.warped.data, fixed.affine, dtype=np.float32)
     write_displacement_field(paths["warp"], result.warp_mm, fixed.affine)
     write_displacement_field(paths["inverse_warp"], result.inverse_warp_mm, moving.affine)
+    _write_ants_split(result, paths)
     write_image(paths["jacobian"], result.jacobian.astype(np.float32), fixed.affine, dtype=np.float32)
     if result.warped_labels is not None:
         write_image(paths["warped_labels"], result.warped_labels.data, fixed.affine)
@@ -99,3 +138,23 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
             "warp": (result.warp_mm, fixed.affine), "jacobian": result.jacobian,
             "before": result.before_image(),  # the array qc.png shows, computed once
         })
+
+
+def _write_ants_split(result, paths: dict[str, Path]) -> None:
+    """``affine.mat`` + ``deformable_warp.nii.gz`` (+ its inverse), the ANTs/elastix way of storing a result.
+
+    With ``T`` the affine (fixed world -> moving world) and ``D(x) = x + d(x)`` the deformable part
+    on the fixed grid, the whole map is ``T(D(x))``, i.e. the ANTs chain
+    ``-t deformable_warp.nii.gz -t affine.mat`` (``transformlist=[deformable_warp, affine]``).  The
+    inverse, moving -> fixed, is ``D^-1(T^-1(y))``: ``-t [affine.mat,1] -t deformable_inverse_warp.nii.gz``.
+    Both deformable fields live on the fixed grid, as antsRegistration's ``1Warp``/``1InverseWarp`` do.
+    """
+    from .io.transform import write_affine
+    from .pipeline import displacement_on_grid
+
+    fixed, mapping = result.fixed, result.mapping
+    write_affine(paths["affine"], result.affine_matrix, ndim=fixed.ndim)
+    fwd = displacement_on_grid(lambda x: mapping._through(x, mapping.disp_vox), fixed.spatial_shape, fixed.affine)
+    write_displacement_field(paths["deformable_warp"], fwd, fixed.affine)
+    inv = displacement_on_grid(lambda x: mapping._through(x, mapping.inv_disp_vox), fixed.spatial_shape, fixed.affine)
+    write_displacement_field(paths["deformable_inverse_warp"], inv, fixed.affine)

@@ -96,11 +96,12 @@ class RegistrationResult:
             self.before = pull(m, self.moving.affine, self.fixed.spatial_shape, self.fixed.affine)[0].numpy()
         return self.before
 
-    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True) -> dict[str, Path]:
-        """Write every output into ``out_dir`` atomically; returns name -> path."""
+    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True, fmt: str | None = None) -> dict[str, Path]:
+        """Write every output into ``out_dir`` atomically; returns name -> path.  ``fmt``: image format
+        (``nii.gz``, ``mha``, ``nrrd``; default: the fixed image's)."""
         from .outputs import save_result
 
-        return save_result(self, out_dir, qc=qc, html=html)
+        return save_result(self, out_dir, qc=qc, html=html, fmt=fmt)
 
 
 def register_images(

@@ -66,7 +66,8 @@ class Report(_Required, total=False):
     qc_components: dict
     fixed_mask: Optional[str]
     moving_mask: Optional[str]
-    initial_transform: Optional[str]
+    initial_transform: bool
+    verdict: dict
 
 
 REPORT_KEYS = frozenset(_Required.__annotations__) | frozenset(Report.__annotations__)

@@ -125,3 +125,32 @@ def test_cli_evaluate_after_register(tmp_path):
     # a bad option is one line and exit 2
     r = runner.invoke(app, ["evaluate", str(tmp_path / "out"), "--fixed-points", str(tmp_path / "nope.csv")])
     assert r.exit_code == 2
+
+
+def test_epe_inside_the_object_by_default_with_before_column(tmp_path):
+    """A field exact inside the object and 10 mm off in the background: EPE 0 inside by default
+    (labels, then the fixed image's foreground), the background only with --mask all."""
+    lab = _labels()
+    obj = lab != 0
+    write_image(tmp_path / "fixed_labels.nii.gz", lab[None], AFF)
+    img = np.where(obj, 1.0, 0.0).astype(np.float32) + 0.001 * np.arange(lab.size).reshape(lab.shape) / lab.size
+    write_image(tmp_path / "fixed.nii.gz", img[None], AFF)
+    true = np.zeros((3,) + lab.shape, np.float32)
+    true[1] = 3.0
+    est = true.copy()
+    est[0][~obj] = 10.0  # wrong only where there is no object
+    write_displacement_field(tmp_path / "true.nii.gz", true, AFF)
+    res = _result(tmp_path / "r", est, report={"fixed": str(tmp_path / "fixed.nii.gz")})
+    row = evaluate_result(res, fixed_labels=tmp_path / "fixed_labels.nii.gz", true_warp=tmp_path / "true.nii.gz")
+    assert row["epe_mean"] == pytest.approx(0.0, abs=1e-5) and row["epe_region"] == "fixed labels"
+    assert row["epe_before_mean"] == pytest.approx(3.0)
+    row = evaluate_result(res, true_warp=tmp_path / "true.nii.gz")  # no labels: the fixed image's foreground
+    assert row["epe_mean"] == pytest.approx(0.0, abs=1e-5) and row["epe_region"] == "fixed image foreground"
+    row = evaluate_result(res, true_warp=tmp_path / "true.nii.gz", epe_mask="all")
+    assert row["epe_mean"] > 5.0
+    from unireg.cli.main import app
+
+    r = CliRunner().invoke(app, ["evaluate", str(res), "--true-warp", str(tmp_path / "true.nii.gz"),
+                                 "--mask", str(tmp_path / "fixed_labels.nii.gz"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "epe_before_mean" in r.stdout and "mask fixed_labels.nii.gz" in r.stdout

@@ -56,7 +56,8 @@ def optimize_affine(
     init: np.ndarray,
     levels: tuple[tuple[int, int], ...] = ((4, 60), (2, 12)),
     lr: float = 0.02,
-    mask: torch.Tensor | None = None,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
@@ -64,12 +65,12 @@ def optimize_affine(
     voxel-to-world affines are ``fixed_grid4`` / ``moving_grid4``.  ``levels`` lists (pooling factor,
     iterations), coarse to fine.  The affine is parameterised about the fixed field-of-view centre,
     translation scaled by the field-of-view size so one learning rate fits every image size.
-    ``mask`` ``(1, 1, *S)`` on the fixed features' grid: where the similarity counts (default: the
-    fixed voxels with structure).
+    ``fixed_mask`` / ``moving_mask``: optional boolean ``(*S)`` masks on the two feature grids; the
+    feature MSE then counts only fixed voxels inside ``fixed_mask`` whose mapped position falls
+    inside ``moving_mask`` (as ANTs/elastix masks do: the features themselves are not zeroed).
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
-    fixed_mask = mask
     wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
     t0 = torch.as_tensor(init, dtype=torch.float64, device=dev)
     shape = fixed_feat.shape[2:]
@@ -99,14 +100,21 @@ def optimize_affine(
         # Count only voxels where the fixed features have structure: in flat background MIND is
         # constant, and a shrinking/shifting affine could otherwise "match" background to
         # background (seen on CT-like images, where it converged to 0.79 scaling).
-        structure = structure_mask(ff) if fixed_mask is None else (pool(fixed_mask, factor) > 0.5).float()
+        structure = structure_mask(ff)
+        if fixed_mask is not None:
+            fmask = (pool(fixed_mask.to(dev).float()[None, None], factor) >= 0.5).float()
+            structure = structure * fmask if (structure * fmask).sum() > 0 else fmask
+        mov_in = torch.ones_like(fm[:, :1])
+        if moving_mask is not None:
+            mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).to(fm.dtype)
         for _ in range(iters):
             opt.zero_grad()
             coords = apply_matrix(wm_l_inv @ matrix() @ wf_l, ident)
             warped = sample(fm, coords.unsqueeze(0).float())
-            ones = torch.ones_like(fm[:, :1])
-            inside = sample(ones, coords.unsqueeze(0).float()).detach()
-            loss = feature_mse(ff, warped, mask=(inside > 0.99).float() * structure)
+            inside = sample(torch.ones_like(fm[:, :1]), coords.unsqueeze(0).float()).detach() > 0.99
+            if moving_mask is not None:
+                inside = inside & (sample(mov_in, coords.unsqueeze(0).float()).detach() >= 0.5)
+            loss = feature_mse(ff, warped, mask=inside.float() * structure)
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()

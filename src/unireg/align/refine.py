@@ -60,7 +60,7 @@ class RefineLevel:
 
 # Iterations per level of the default schedule; ``fast`` stops after the coarse level.
 DEFAULT_ITERATIONS = {"coarse": 40, "working": 20, "native": 15}
-POINTS = 40_000  # random fixed points per iteration of the working and native levels
+POINTS = 40_000  # random points per iteration of the working and native levels
 # Squarings inside the refinement loops (the final integration uses the model's own, 7 by default):
 # the velocity is optimised smooth and small per step, 5 squarings differ from 7 by < 0.01 voxel
 # there and cost 30 % less per iteration.
@@ -149,32 +149,39 @@ def _point_refine(
     level: RefineLevel,
     lam: float,
     int_steps: int,
-    candidates: torch.Tensor,
+    weight: torch.Tensor,
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Velocity on its own (control) grid, similarity on a finer grid's features (same corners) at
-    random points drawn every iteration from ``candidates`` (flat voxel indices; see module doc)."""
+    random points drawn every iteration uniformly in the bounding box of ``weight`` (flat, 1 inside the
+    object or mask, 0 outside) and weighted by it.  The draws are continuous positions scaled to the
+    box, so two near-identical inputs (a .nii.gz and its .mha twin) get the same points."""
     nd = v.shape[1]
     f_shape = fixed_fine.shape[2:]
     # fine voxel -> velocity-grid voxel, per axis (same corners)
     to_v = torch.tensor([(a - 1) / max(b - 1, 1) for a, b in zip(v.shape[2:], f_shape, strict=False)], device=v.device)
     to_v = to_v.view(1, nd, 1, *([1] * (nd - 1)))
-    n_pts = min(POINTS, candidates.numel())
+    n_pts = POINTS
+    inside = weight.view(f_shape) > 0
+    nz = inside.nonzero()
+    lo, hi = nz.amin(0).to(v.dtype), nz.amax(0).to(v.dtype)  # the object's bounding box
     ff_flat = fixed_fine.flatten(2)  # (1, C, N)
     strides = torch.tensor([int(torch.tensor(f_shape[i + 1:]).prod()) for i in range(nd)], device=v.device)
     v = v.detach().clone().requires_grad_(True)
     opt = Adam([v], lr=level.lr)
     for _ in range(level.iterations):
-        draw = torch.randint(0, candidates.numel(), (n_pts,), generator=generator, device="cpu")
-        pick = candidates[draw.to(v.device)]
-        idx = torch.stack([(pick // strides[i]) % f_shape[i] for i in range(nd)]).to(v.dtype)  # (n, N)
+        u = torch.rand((nd, n_pts), generator=generator, dtype=v.dtype).to(v.device)
+        idx = torch.round(lo.view(nd, 1) + u * (hi - lo).view(nd, 1))  # (n, N) fine voxels in the box
+        pick = (idx.long() * strides.view(nd, 1)).sum(0)
         pts_f = idx.view(1, nd, n_pts, *([1] * (nd - 1)))
         opt.zero_grad()
         disp = integrate_velocity(v, int_steps)
         d_pts = sample(disp, pts_f * to_v, padding_mode="border")  # (1, n, N, 1[, 1]) velocity voxels
         moved = sample(moving_fine, pts_f + d_pts / to_v)  # (1, C, N, 1[, 1])
         target = ff_flat[:, :, pick].view_as(moved)
-        loss = (moved - target).pow(2).mean() + lam * gradient_l2(disp)
+        w = weight[pick].view(1, 1, n_pts, *([1] * (nd - 1)))
+        err = ((moved - target).pow(2).mean(1, keepdim=True) * w).sum() / w.sum().clamp_min(1.0)
+        loss = err + lam * gradient_l2(disp)
         loss.backward()
         opt.step()
     return v.detach()
@@ -225,11 +232,11 @@ def refine_multilevel(
                 fixed_l, moving_l, _ = fine
                 mask_l = fixed_mask_fine
             inside = fixed_l[0, 0] > 0.02 if mask_l is None else mask_l[0, 0] > 0.5
-            candidates = inside.flatten().nonzero().flatten()
-            if candidates.numel() < 100:
-                candidates = torch.arange(inside.numel(), device=inside.device)
+            if int(inside.sum()) < 100:
+                inside = torch.ones_like(inside)
             g = torch.Generator().manual_seed(int(seed) + len(level.name))
-            v = _point_refine(v, mind_ssc(fixed_l), mind_ssc(moving_l), level, lam, int_steps, candidates, g)
+            v = _point_refine(v, mind_ssc(fixed_l), mind_ssc(moving_l), level, lam, int_steps,
+                              inside.flatten().float(), g)
         else:
             raise ValueError(f"unknown refinement level {level.name!r}")
     return v

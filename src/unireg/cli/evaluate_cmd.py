@@ -20,15 +20,22 @@ def add_to(app: typer.Typer, guarded) -> None:
         moving_points: Optional[Path] = typer.Option(None, "--moving-points", help="Moving landmarks CSV, same rows."),
         label: Optional[List[int]] = typer.Option(None, "--label", help="Score only these labels (repeatable)."),
         jacobian: str = typer.Option("auto", "--jacobian", help="auto | file (jacobian.nii.gz) | warp (recompute from warp.nii.gz)."),
+        mask: Optional[str] = typer.Option(
+            None, "--mask", metavar="FILE|all",
+            help="Where EPE is scored: a mask on the fixed grid (non-zero = scored) or 'all'.  Default: inside the "
+                 "object (the fixed labels, else the fixed image's foreground); the background, where every "
+                 "method extrapolates, would swamp the figure."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where metrics.json/metrics.csv go (default: RESULTS)."),
     ):
-        """Dice, HD95, EPE, TRE, folding, SDlogJ, runtime and peak memory; writes metrics.json and metrics.csv."""
+        """Dice, HD95, EPE (before and after, inside the object), TRE, folding, SDlogJ, runtime and peak
+        memory; writes metrics.json and metrics.csv."""
         # lazy: evaluation imports torch and scipy (~2.5 s), which `unireg --help` must not pay
         from ..evaluation.evaluate import evaluate_path, format_table, write_metrics
 
         rows = evaluate_path(
             results, fixed_labels=fixed_labels, moving_labels=moving_labels, true_warp=true_warp,
             fixed_points=fixed_points, moving_points=moving_points, labels=label or None, jacobian=jacobian,
+            epe_mask=mask or "auto",
         )
         typer.echo(format_table(rows))
         paths = write_metrics(rows, out if out is not None else results)

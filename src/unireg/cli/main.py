@@ -1,5 +1,9 @@
-"""``unireg`` command line.  Every user error is one line on stderr and exit code 2 (``--debug``
-shows the traceback instead)."""
+"""``unireg`` command line.
+
+Exit status (README "Exit status"): 0 success; 2 bad input (one line on stderr naming the file);
+3 registration flagged as failed (outputs still written, for inspection; ``--allow-flagged`` keeps
+0); 1 internal error (one line; ``--debug`` shows the traceback); 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,40 @@ import functools
 import importlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from ..errors import UniRegError
-from . import options
 
 # Imports of numpy, torch and the rest of the package stay inside the commands: `unireg --help`
 # imports only typer and this package's light modules (measured with
 # `python -X importtime -c "import unireg.cli.main"`: ~0.06 s here, versus ~2 s once torch loads).
+from ..verdict import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED
+from . import options
+from .group import UniRegGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="UniReg: universal deformable image registration.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=UniRegGroup,
+                  help="UniReg: universal deformable image registration.  Exit status: 0 ok, 2 bad input, "
+                       "3 registration flagged as failed (outputs written), 1 internal error.")
 
 _STATE = {"debug": False}
+
+
+def _version(value: bool):
+    if value:
+        from .. import __version__
+
+        typer.echo(f"unireg {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="torch CPU threads (default: torch's choice); also accepted after the command."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ):
     _STATE["debug"] = debug
     if threads is not None:
@@ -42,7 +60,8 @@ def _setup_threads():
 
 
 def guarded(fn):
-    """Turn UniRegError (and other input errors) into one stderr line + exit 2."""
+    """Turn UniRegError (and other input errors) into one stderr line + exit 2; anything else
+    unexpected into one line + exit 1 (``--debug``: the traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -53,20 +72,27 @@ def guarded(fn):
             if _STATE["debug"]:
                 raise
             typer.echo(f"unireg: error: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_BAD_INPUT)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except MemoryError:
             if _STATE["debug"]:
                 raise
             typer.echo("unireg: error: out of memory (try a coarser working grid or --device cuda)", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_BAD_INPUT)
         except OSError as exc:
             if _STATE["debug"]:
                 raise
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             typer.echo(f"unireg: error: {where}{exc.strerror or exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_BAD_INPUT)
+        except Exception as exc:  # a bug, not the user's input: say so in one line, exit 1
+            if _STATE["debug"]:
+                raise
+            msg = " ".join(str(exc).split())[:300]
+            typer.echo(f"unireg: internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
+                       err=True)
+            raise typer.Exit(EXIT_INTERNAL)
 
     return wrapper
 
@@ -74,6 +100,8 @@ def guarded(fn):
 def _print_summary(report: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from ..verdict import describe, judge
 
     con = Console(stderr=False)
     t = Table(title=f"UniReg -> {out}", show_header=True)
@@ -84,76 +112,174 @@ def _print_summary(report: dict, out: Path) -> None:
         t.add_row("Dice after (mean)", f"{report['dice']['mean']:.4f}")
     t.add_row("folded voxels %", f"{report['folded_percent']:.4f}")
     t.add_row("SDlogJ", f"{report['sdlogj']:.4f}")
+    if report.get("qc_score") is not None:
+        t.add_row("failure score (flag >= %g)" % report.get("qc_threshold", 0.5), f"{report['qc_score']:.3f}")
     for k, v in report["runtime_s"].items():
         t.add_row(f"time {k} (s)", f"{v:.2f}")
     t.add_row("model", str(report.get("model")))
     con.print(t)
     if report.get("warning"):
         con.print(f"[yellow]note:[/yellow] {report['warning']}")
+    v = report.get("verdict") if isinstance(report.get("verdict"), dict) else judge(report)
+    for n in v.get("notes", []):
+        con.print(f"[yellow]note:[/yellow] {n}")
+    colour = "red" if v.get("failed") else ("green" if v.get("qc_score") is not None else "yellow")
+    # plain text after the markup so that a log or a grep sees one line: "verdict: FAILED (...): reason"
+    con.print(f"[bold {colour}]verdict:[/bold {colour}] {describe(v)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def _exit_for_verdict(report: dict, allow_flagged: bool) -> None:
+    v = report.get("verdict") or {}
+    if v.get("failed") and not allow_flagged:
+        typer.echo("unireg: registration flagged as failed (exit status 3; outputs written for inspection; "
+                   "--allow-flagged exits 0)", err=True)
+        raise typer.Exit(EXIT_FLAGGED)
+
+
+def _cleanup_created(created: list[Path]) -> list[Path]:
+    """Remove the folders this run created (deepest first) if they are empty; returns those removed."""
+    removed = []
+    for p in created:
+        try:
+            p.rmdir()
+            removed.append(p)
+        except OSError:
+            break
+    return removed
+
+
+def _say_interrupted(stage: str | None, out: Path, created: list[Path]) -> None:
+    removed = _cleanup_created(created)
+    kept = sorted(q.name for q in out.iterdir()) if out.is_dir() else []
+    where = f" during {stage}" if stage else ""
+    if kept:
+        what = f"kept in {out}: {', '.join(kept)} (files written before; nothing of this run is half-written)"
+    else:
+        what = "no outputs written" + (f"; removed the empty folder {removed[-1]}" if removed else "")
+    typer.echo(f"unireg: interrupted{where}: {what}", err=True)
+
+
+def _untrained_warning(reg, extractor: str | None, refine: int | None, model=None) -> str | None:
+    if reg.trained:
+        return None
+    what = (f"the model {model} is untrained" if model not in (None, "default") else
+            f"no trained model for extractor '{extractor or reg.extractor_name}' in {reg.ndim}-D")
+    how = ("the default multi-resolution refinement" if refine is None else
+           f"{refine} refinement (instance-optimisation) steps per level")
+    return (
+        f"unireg: warning: {what}; the UNet is untrained and not used, so the deformation comes from {how}"
+        + (" -- with --refine 0 there is no deformable registration" if refine == 0 else "")
+    )
 
 
 @app.command()
 @guarded
 def register(
-    fixed: Path = typer.Argument(..., help="Fixed (reference) image."),
-    moving: Path = typer.Argument(..., help="Moving image, resampled onto the fixed grid."),
+    fixed: Path = typer.Argument(..., help="Fixed (reference) image: a file or a DICOM series folder."),
+    moving: Path = typer.Argument(..., help="Moving image, resampled onto the fixed grid (file or DICOM folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the moving grid to warp."),
     fixed_labels: Optional[Path] = typer.Option(None, "--fixed-labels", help="Fixed label map: Dice before/after."),
     model: Optional[str] = options.MODEL,
     extractor: Optional[str] = options.EXTRACTOR,
+    extractor_weights: Optional[Path] = options.EXTRACTOR_WEIGHTS,
     no_affine: bool = options.NO_AFFINE,
+    initial_transform: Optional[Path] = options.INITIAL_TRANSFORM,
+    fixed_mask: Optional[Path] = options.FIXED_MASK,
+    moving_mask: Optional[Path] = options.MOVING_MASK,
     refine: Optional[int] = options.REFINE,
     smoothness: float = options.SMOOTHNESS,
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = options.SEED,
     no_qc: bool = typer.Option(False, "--no-qc", help="Skip the failure score, qc.png and report.html."),
+    allow_flagged: bool = options.ALLOW_FLAGGED,
+    fmt: Optional[str] = options.FORMAT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ):
-    """Register MOVING onto FIXED and write warped image, warps, Jacobian, report and QC."""
+    """Register MOVING onto FIXED and write warped image, warps, affine.mat, Jacobian, report and QC.
+
+    Exit status 3 when the registration is flagged as failed (outputs are still written).
+    """
     from .. import api
+    from ..errors import UniRegError
     from ..io.atomic import check_output_dir
-    from ..outputs import OUTPUT_NAMES, guard_inputs
+    from ..outputs import guard_inputs, output_names
+    from .progress import StageProgress
 
     created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     check_output_dir(out)
+    prog = StageProgress(enabled=not quiet)
     try:
         # refuse an --out that would overwrite an input before the (long) registration, not after it
-        guard_inputs({k: out / v for k, v in OUTPUT_NAMES.items()}, [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
-        result = api.register(
-            fixed, moving, model=model, extractor=extractor, labels=labels, fixed_labels=fixed_labels,
-            affine=not no_affine, refine=refine, smoothness=smoothness, device=device, seed=seed, qc=not no_qc,
-        )
-        result.save(out, qc=not no_qc, html=not no_qc)
+        guard_inputs({k: out / v for k, v in output_names(fmt, fixed).items()},
+                      [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
+        fixed_img = api.as_image(fixed, name="fixed")
+        moving_img = api.as_image(moving, name="moving")
+        if moving_img.ndim != fixed_img.ndim:
+            raise UniRegError(f"moving image is {moving_img.ndim}-D but the fixed image is {fixed_img.ndim}-D", moving)
+        reg = api.load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
+        if model not in (None, "default"):
+            reg.meta.setdefault("name", str(model))
+        # said when the registration starts, i.e. once every input has been validated
+        prog.warning = _untrained_warning(reg, extractor, refine, model)
+        with prog:
+            result = api.register(
+                fixed_img, moving_img, model=reg, extractor=extractor, labels=labels,
+                fixed_labels=fixed_labels, affine=not no_affine, refine=refine, smoothness=smoothness, device=device,
+                seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
+                fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=initial_transform,
+            )
+            prog("write")
+            result.save(out, qc=not no_qc, html=not no_qc, fmt=fmt)
     except (UniRegError, OSError, MemoryError):
         # a failed run leaves nothing behind: not even the --out folders it created (rmdir: only if empty)
-        for p in created:
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        _cleanup_created(created)
         raise
+    except KeyboardInterrupt:
+        _say_interrupted(prog.current, out, created)
+        raise typer.Exit(EXIT_INTERRUPTED)
     _print_summary(result.report, out)
+    _exit_for_verdict(result.report, allow_flagged)
 
 
 @app.command()
 @guarded
 def apply(
-    warp: Path = typer.Argument(..., help="warp.nii.gz written by `unireg register`."),
-    image: Path = typer.Argument(..., help="Image or label map on the moving image's world space."),
-    ref: Path = typer.Option(..., "--ref", help="Reference (fixed) image defining the output grid."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
-    labels: bool = typer.Option(False, "--labels", help="IMAGE is a label map (integers kept)."),
+    paths: List[Path] = typer.Argument(..., metavar="[WARP] IMAGE",
+                                       help="warp.nii.gz written by `unireg register`, then the image or label map "
+                                            "on the moving image's world space; with -t only IMAGE."),
+    ref: Path = typer.Option(..., "--ref", "-r", help="Reference (fixed) image defining the output grid."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.nii.gz, .nii, .mha, .nrrd)."),
+    transform: Optional[List[str]] = typer.Option(
+        None, "--transform", "-t", metavar="FILE|[FILE,1]",
+        help="Transform, repeatable, in antsApplyTransforms order: e.g. -t deformable_warp.nii.gz -t affine.mat "
+             "(= warp.nii.gz); '[affine.mat,1]' inverts an affine."),
+    interpolation: Optional[str] = typer.Option(
+        None, "--interpolation", "-n", metavar="linear|bspline|nearest|labelwise",
+        help="Interpolation (default: linear, labelwise with --labels)."),
+    labels: bool = typer.Option(False, "--labels", help="IMAGE is a label map (integers kept; label-wise interpolation)."),
 ):
-    """Apply a saved warp to another image or label map."""
+    """Apply a saved warp, or a chain of transforms (-t, as antsApplyTransforms), to another image or label map."""
     import numpy as np
 
     from .. import api
+    from ..errors import UniRegError
     from ..io.image import write_image
     from ..outputs import guard_inputs
 
-    guard_inputs({"out": out}, [str(warp), str(image), str(ref)])
-    res = api.apply(warp, image, ref, labels=labels)
-    write_image(out, res.data, res.affine, dtype=None if labels else np.float32)
+    if transform:
+        if len(paths) != 1:
+            raise UniRegError("with -t give only IMAGE (the transforms come from -t)")
+        image, chain = paths[0], list(transform)
+    else:
+        if len(paths) != 2:
+            raise UniRegError("give WARP IMAGE, or IMAGE with one or more -t transforms")
+        chain, image = None, paths[1]
+    warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
+    guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
+    res = api.apply(chain if chain is not None else paths[0], image, ref, labels=labels, interpolation=interpolation)
+    keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"
+    write_image(out, res.data, res.affine, dtype=None if keep_int else np.float32)
     typer.echo(str(out))
 
 
@@ -171,8 +297,15 @@ def apply_points(
     from ..outputs import guard_inputs
 
     guard_inputs({"out": out}, [str(warp), str(points)])
+    import warnings
+
     pts, table = read_points(points, lps=lps)
-    mapped = api.apply_points(warp, pts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", api.PointsOutsideWarning)
+        mapped = api.apply_points(warp, pts)
+    for w in caught:
+        if issubclass(w.category, api.PointsOutsideWarning):
+            typer.echo(f"unireg: warning: {w.message}", err=True)
     write_points(out, mapped, table, lps=lps)
     typer.echo(str(out))
 
@@ -182,9 +315,10 @@ def apply_points(
 def demo(
     out: Path = typer.Option(Path("unireg-demo"), "--out", "-o", help="Output folder."),
     contrast: str = typer.Option("t2", "--contrast", help="Moving contrast: t1, t2, pd, flair, ct."),
-    refine: Optional[int] = typer.Option(None, "--refine"),
-    smoothness: float = typer.Option(1.0, "--smoothness"),
+    refine: Optional[int] = options.REFINE,
+    smoothness: float = options.SMOOTHNESS,
     seed: int = options.SEED,
+    allow_flagged: bool = options.ALLOW_FLAGGED,
 ):
     """Register the MNI T1 against a deformed copy in another contrast; print Dice and runtime."""
     from ..data.synth import CONTRASTS
@@ -193,10 +327,19 @@ def demo(
 
     if contrast not in CONTRASTS:
         raise UniRegError(f"unknown contrast '{contrast}'; choose one of {', '.join(CONTRASTS)}")
+    from .progress import StageProgress
+
     check_output_dir(out)
-    rep = run_demo(out, contrast=contrast, refine=refine, smoothness=smoothness, seed=seed)
+    try:
+        with StageProgress() as prog:
+            rep = run_demo(out, contrast=contrast, refine=refine, smoothness=smoothness, seed=seed, progress=prog)
+    except KeyboardInterrupt:
+        typer.echo(f"unireg: interrupted during {prog.current or 'start-up'}; files already in {out}/ are complete "
+                   "(each is written atomically)", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     _print_summary(rep, out)
     typer.echo(f"outputs in {out}/ (qc.png, report.html, warped.nii.gz, warp.nii.gz, ...)")
+    _exit_for_verdict(rep, allow_flagged)
 
 
 def _register_optional_commands():

@@ -43,7 +43,7 @@ __all__ = ["evaluate_result", "evaluate_path", "summarize", "format_table", "wri
            "jacobian_from_warp", "COLUMNS"]
 
 # Column order of the printed table (others follow alphabetically).
-COLUMNS = ["name", "dice_mean", "hd95_mean", "epe_mean", "epe_max", "tre_before_mean", "tre_mean", "tre_max",
+COLUMNS = ["name", "dice_mean", "hd95_mean", "epe_before_mean", "epe_mean", "epe_max", "epe_region", "tre_before_mean", "tre_mean", "tre_max",
            "folded_percent", "sdlogj", "seconds", "peak_mb"]
 
 
@@ -53,7 +53,7 @@ def is_result_dir(path: str | os.PathLike) -> bool:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for ext in (".nii.gz", ".nii"):
+    for ext in (".nii.gz", ".nii", ".mha", ".nrrd"):  # images follow the input's format (--format)
         if (folder / f"{stem}{ext}").is_file():
             return folder / f"{stem}{ext}"
     return None
@@ -96,7 +96,7 @@ def evaluate_result(
     moving_points: str | os.PathLike | None = None,
     labels: Sequence[int] | None = None,
     jacobian: str = "auto",
-    epe_mask: str | os.PathLike | None = None,
+    epe_mask: str | os.PathLike | None = "auto",
 ) -> dict:
     """Metrics of one result folder as a flat ``{name: value}`` dict (floats in mm, %, s, MiB).
 
@@ -111,7 +111,12 @@ def evaluate_result(
     labels : labels to score (default: every non-zero label present).
     jacobian : ``"file"`` (``jacobian.nii.gz``), ``"warp"`` (recomputed from ``warp.nii.gz`` on the
         fixed grid, the same formula for every method) or ``"auto"`` (file if present, else warp).
-    epe_mask : optional label map on the fixed grid; EPE is scored where it is non-zero.
+    epe_mask : where EPE is scored.  ``"auto"`` (default): inside the object, i.e. the non-zero fixed
+        labels, else the foreground of the fixed image (report.json's ``fixed``): the background is
+        where every method extrapolates, and averaging over it made a good registration look worse
+        than none.  A path: a mask on the fixed grid (non-zero = scored).  ``"all"`` or None: every voxel.
+        ``epe_before_mean`` is the EPE of no registration (the true displacement's magnitude) in the
+        same region; ``epe_region`` says which region was used.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -151,14 +156,12 @@ def evaluate_result(
             raise UniRegError("--true-warp given but the folder has no warp.nii.gz", folder)
         t_disp, t_aff = read_displacement_field(true_warp)
         est = field_on_grid(warp[0], warp[1], t_disp.shape[1:], t_aff).numpy()
-        mask = None
-        if epe_mask is not None:
-            m = read_image(epe_mask, labels=True)
-            if m.spatial_shape != tuple(t_disp.shape[1:]):
-                raise UniRegError("EPE mask is not on the true warp's grid", epe_mask)
-            mask = m.data[0] != 0
+        mask, region = _epe_mask(epe_mask, fixed_labels, report, folder, tuple(t_disp.shape[1:]), t_aff)
         e = endpoint_error(est, t_disp, mask)
+        before = endpoint_error(np.zeros_like(t_disp), t_disp, mask)
+        row["epe_before_mean"] = before["mean"]
         row["epe_mean"], row["epe_max"] = e["mean"], e["max"]
+        row["epe_region"] = region
 
     # --- landmarks -----------------------------------------------------------------------------
     if (fixed_points is None) != (moving_points is None):
@@ -204,6 +207,51 @@ def evaluate_result(
             row["peak_mb"] = float(report[key])
             break
     return row
+
+
+def _mask_on(img, shape, aff) -> np.ndarray:
+    """Non-zero voxels of ``img`` on the grid ``(shape, aff)`` (nearest neighbour when the grids differ)."""
+    m = img.data[0] != 0
+    if img.spatial_shape == tuple(shape) and np.allclose(img.affine, aff, atol=1e-4):
+        return m
+    import torch
+
+    from ..spatial.world import pull
+
+    t = torch.from_numpy(m.astype(np.float32))[None]
+    return pull(t, img.affine, tuple(shape), aff, mode="nearest")[0].numpy() > 0.5
+
+
+def _epe_mask(epe_mask, fixed_labels, report: dict, folder: Path, shape, aff):
+    """(mask or None, region name) for EPE; see :func:`evaluate_result`."""
+    from ..io.image import read_image
+
+    if epe_mask is None or (isinstance(epe_mask, str) and epe_mask == "all"):
+        return None, "all voxels"
+    if not (isinstance(epe_mask, str) and epe_mask == "auto"):
+        return _mask_on(read_image(epe_mask, labels=True), shape, aff), f"mask {Path(epe_mask).name}"
+    if fixed_labels is not None:
+        return _mask_on(read_image(fixed_labels, labels=True), shape, aff), "fixed labels"
+    fixed = _resolve_path(report.get("fixed"), folder)
+    if fixed is not None:
+        from ..preprocess import normalize_intensity
+        from .qc_score import foreground_mask
+
+        img = read_image(fixed)
+        fg = foreground_mask(normalize_intensity(img.data[0])).numpy()
+        from ..io.image import Image
+
+        return _mask_on(Image(fg[None].astype(np.uint8), img.affine), shape, aff), "fixed image foreground"
+    return None, "all voxels (no fixed image or labels found for a mask)"
+
+
+def _resolve_path(p, folder: Path) -> Path | None:
+    if not p:
+        return None
+    q = Path(p)
+    if not q.is_absolute():
+        q = folder / q
+    return q if q.is_file() else None
 
 
 def summarize(rows: list[dict]) -> dict:

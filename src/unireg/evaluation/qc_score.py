@@ -208,6 +208,9 @@ def score_registration(
     jac_w: torch.Tensor | np.ndarray,
     fixed_feat: torch.Tensor | None = None,
     moving_feat: torch.Tensor | None = None,
+    *,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
 ) -> dict:
     """:func:`qc_score` on the working grid, the way :func:`unireg.pipeline.register_images` calls it.
 
@@ -219,10 +222,25 @@ def score_registration(
     jac_w : ``(*S)`` its det J.
     fixed_feat, moving_feat : ``(1, C, *S)`` MIND features of the two images when the registrar
         already computed them; otherwise default MIND-SSC is computed here.
+    fixed_mask : optional boolean ``(*S)`` user mask on the working grid: only voxels inside it
+        (and inside the fixed foreground) are scored.
+    moving_mask : optional boolean ``(*S)`` moving mask already on the working grid through the
+        affine; it is carried through ``disp_w`` and scoring keeps the voxels that land inside it.
     """
     if fixed_feat is None or moving_feat is None:
         fixed_feat = mind_ssc(fixed_w[None].float().cpu())
         moving_feat = mind_ssc(moving_w[None].float().cpu())
     fixed_feat, moving_feat = fixed_feat.float().cpu(), moving_feat.float().cpu()
     warped = warp(moving_feat, disp_w.float().cpu(), padding_mode="border")
-    return qc_score(fixed_feat, warped, jac_w, foreground_mask(fixed_w[0]))
+    mask = foreground_mask(fixed_w[0])
+    user = None
+    if fixed_mask is not None:
+        user = torch.as_tensor(fixed_mask).bool().cpu()
+    if moving_mask is not None:
+        mw = warp(torch.as_tensor(moving_mask).float().cpu()[None, None], disp_w.float().cpu())[0, 0] >= 0.5
+        user = mw if user is None else user & mw
+    if user is not None:
+        both = mask & user
+        # a mask that misses the foreground entirely: score the whole mask rather than nothing
+        mask = both if both.any() else (user if user.any() else mask)
+    return qc_score(fixed_feat, warped, jac_w, mask)

@@ -98,12 +98,53 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_sitk(p: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    raster = image_ext(p) in _RASTER
     try:
         img = sitk.ReadImage(str(p))
         arr = sitk.GetArrayFromImage(img)  # (..., z, y, x[, comp])
     except Exception as e:
         raise UniRegError(f"cannot read image file ({_one_line(e)})", p) from None
+    return _from_sitk(img, arr, image_ext(p) in _RASTER, labels, p)
+
+
+def _read_dicom_series(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The one DICOM series in folder ``p``, read with SimpleITK's ImageSeriesReader (GDCM sorts the
+    slices by position; spacing, direction and origin come from the headers)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _read_dicom_series_gdcm(p)
+    finally:
+        # GDCM resets the C locale to "C": Python's default text encoding would turn ASCII for the
+        # rest of the process (report.json, CSVs with non-ASCII paths)
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _read_dicom_series_gdcm(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+    except Exception as e:
+        raise UniRegError(f"cannot scan folder for DICOM series ({_one_line(e)})", p) from None
+    if not ids:
+        raise UniRegError("folder holds no DICOM series (give an image file or a DICOM series folder)", p)
+    if len(ids) > 1:
+        raise UniRegError(f"folder holds {len(ids)} DICOM series ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}); "
+                          "give a folder with one series", p)
+    try:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), ids[0])
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        img = reader.Execute()
+        arr = sitk.GetArrayFromImage(img)
+    except Exception as e:
+        raise UniRegError(f"cannot read DICOM series ({_one_line(e)})", p) from None
+    return _from_sitk(img, arr, False, False, p)
+
+
+def _from_sitk(img, arr: np.ndarray, raster: bool, labels: bool, p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleITK image (and its array) -> (array in ITK index order, RAS affine)."""
     ncomp = img.GetNumberOfComponentsPerPixel()
     nd = img.GetDimension()
     if ncomp > 1:
@@ -205,7 +246,8 @@ def read_image(path: str | os.PathLike, *, labels: bool = False) -> Image:
     path : path-like
         ``.nii``/``.nii.gz`` (nibabel), ``.mha``/``.mhd``/``.nrrd``/``.nhdr`` (SimpleITK), or
         ``.png``/``.tif``/``.tiff``/``.jpg``/``.jpeg`` 2-D images (SimpleITK; colour is converted to
-        grey by luminance; spacing from the file, ITK's default 1 mm when absent).
+        grey by luminance; spacing from the file, ITK's default 1 mm when absent), or a folder holding
+        one DICOM series (SimpleITK's ImageSeriesReader).
     labels : bool
         Read a label map: keep the integer dtype (float files with integral values become int32).
 
@@ -225,9 +267,16 @@ def read_image(path: str | os.PathLike, *, labels: bool = False) -> Image:
         non-integer or all-zero label map (labels), singular affine.
     """
     p = Path(path)
-    _check_exists(p)
-    ext = image_ext(p)
-    if ext in _NIFTI:
+    if p.is_dir():
+        arr, affine = _read_dicom_series(p)
+        fmt = "dicom"
+        ext = None
+    else:
+        _check_exists(p)
+        ext = image_ext(p)
+    if ext is None:
+        pass
+    elif ext in _NIFTI:
         arr, affine = _read_nifti(p)
         fmt = "nifti"
     elif ext in _ITK or ext in _RASTER:

@@ -349,11 +349,13 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     spacing = [float(s) for s in fixed.spacing]
     fixed_vol = _first_channel_mean(fixed)
 
+    written = report.get("outputs") if isinstance(report.get("outputs"), dict) else {}
+
     def optional(name: str, reader):
         key = {"warped.nii.gz": "warped", "warp.nii.gz": "warp"}.get(name)
         if key and pre.get(key) is not None:
             return pre[key]
-        p = out / name
+        p = out / str(written.get(key) or name)  # images may be .mha/.nrrd (--format)
         if not p.is_file():
             warnings.append(f"{name} not found")
             return None
@@ -372,7 +374,7 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
             raise UniRegError(f"warp grid {field[0].shape[1:]} differs from the fixed image's {shape}",
                               out / "warp.nii.gz")
         disp_world = field[0]
-    jac_img = out / "jacobian.nii.gz"
+    jac_img = out / str(written.get("jacobian") or "jacobian.nii.gz")
     jac_vol = None
     if pre.get("jacobian") is not None:
         jac_vol = np.asarray(pre["jacobian"])

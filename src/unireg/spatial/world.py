@@ -49,6 +49,19 @@ def slab_voxels(shape: Sequence[int], rows: slice, dtype=torch.float32) -> torch
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
 
 
+# Voxel counts within this many voxels of an integer count as that integer.  Images written by
+# different tools (NIfTI vs MetaImage, float32 vs float64 headers) carry affines that differ by
+# ~1e-6..1e-4 mm; when an extent is an exact multiple of the spacing (MNI at 2 mm), a floor with a
+# 1e-6 tolerance dropped an axis by one voxel for one twin and recentred its grid (warps 0.56 mm apart).
+GRID_SNAP_VOX = 1e-3
+
+
+def _steps(n: float) -> int:
+    """``floor(n)``, except that values within :data:`GRID_SNAP_VOX` of an integer snap to it."""
+    r = round(n)
+    return int(r) if abs(n - r) < GRID_SNAP_VOX else int(np.floor(n))
+
+
 def working_grid(
     shape: Sequence[int], affine4: np.ndarray, spacing: float, max_size: int | None = None
 ) -> tuple[tuple[int, ...], np.ndarray]:
@@ -66,7 +79,7 @@ def working_grid(
     extent = hi - lo
     if max_size is not None:
         spacing = max(spacing, float(extent.max()) / max(max_size - 1, 1))
-    out_shape = tuple(int(np.floor(e / spacing + 1e-6)) + 1 for e in extent)
+    out_shape = tuple(_steps(e / spacing) + 1 for e in extent)
     # centre the grid on the field of view
     used = (np.array(out_shape) - 1) * spacing
     origin = lo + (extent - used) / 2.0

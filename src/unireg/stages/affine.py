@@ -22,6 +22,7 @@ from ..align.affine import (
     structure_mask,
 )
 from ..features.mind import mind_ssc
+from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
 from ..spatial.world import affine_nd, pooled_affine, working_grid
 from .prepare import check_working_size, moving_on
@@ -44,10 +45,8 @@ def _start(s: State) -> tuple[np.ndarray, str]:
 
 
 def _mask_on(s: State, mask_img, shape, aff4) -> torch.Tensor | None:
-    if mask_img is None:
-        return None
-    m = (np.asarray(mask_img.data[0]) > 0).astype(np.float32)
-    return (to_working_grid(m, mask_img.affine, mask_img.spacing, shape, aff4) > 0.5).float().to(s.device)
+    """A user mask on a stage's grid as ``(1, *shape)`` float (1 = use), or None."""
+    return None if mask_img is None else mask_on_grid(mask_img, shape, aff4).float()[None].to(s.device)
 
 
 def affine(s: State) -> None:
@@ -74,11 +73,10 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         fm = mind_ssc(pool(moving_w0[None], 2))
     f_grid, m_grid = pooled_affine(s.w_aff4, nd, 2), pooled_affine(m_aff4, nd, 2)
     fmask = _mask_on(s, s.opts.fixed_mask, ff.shape[2:], f_grid)
+    mmask = _mask_on(s, s.opts.moving_mask, fm.shape[2:], m_grid)
     weight = None if fmask is None else fmask[None] * structure_mask(ff)
-    if s.opts.moving_mask is not None:  # moving mask: its voxels count, the rest of the moving image not
-        mm = _mask_on(s, s.opts.moving_mask, fm.shape[2:], m_grid)
-        assert mm is not None
-        fm = fm * mm[None]
+    fixed_b = None if fmask is None else fmask[0] > 0.5
+    moving_b = None if mmask is None else mmask[0] > 0.5
     # 8 mm copies for scoring the starts
     ff8, fm8 = pool(ff, 2), pool(fm, 2)
     f8, m8 = pooled_affine(f_grid, nd, 2), pooled_affine(m_grid, nd, 2)
@@ -106,7 +104,8 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
             break
         tried.add(name)
         with torch.enable_grad():
-            t = optimize_affine(ff, f_grid, fm, m_grid, m, levels=((2, 60), (1, 12)), mask=weight)
+            t = optimize_affine(ff, f_grid, fm, m_grid, m, levels=((2, 60), (1, 12)), fixed_mask=fixed_b,
+                                moving_mask=moving_b)
         c, o = affine_cost(ff, f_grid, fm, m_grid, t, weight)
         if score((c, o)) < best_cost:
             best_cost, best_name, best, best_c, best_o = score((c, o)), name, t, c, o

@@ -13,7 +13,9 @@ import torch
 
 from ..align.refine import mind_cost, pool_to, refine_multilevel, schedule
 from ..features.mind import mind_ssc
+from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
+from ..spatial.grid import apply_matrix
 from ..spatial.jacobian import folding_stats, jacobian_determinant
 from .prepare import moving_on
 from .state import State
@@ -24,11 +26,19 @@ IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must rea
 
 
 def _fixed_mask(s: State, shape, aff4) -> torch.Tensor | None:
-    m = s.opts.fixed_mask
-    if m is None:
+    """Where the similarity counts on a grid of the fixed frame, ``(1, 1, *shape)``: inside the fixed
+    mask and inside the moving mask seen through the affine (the deformation's own share of the
+    moving mask's motion is ignored: it is a few millimetres against the mask's extent)."""
+    fixed, moving = s.opts.fixed_mask, s.opts.moving_mask
+    if fixed is None and moving is None:
         return None
-    arr = (np.asarray(m.data[0]) > 0).astype(np.float32)
-    return (to_working_grid(arr, m.affine, m.spacing, shape, aff4) > 0.5).float()[None].to(s.device)
+    m = torch.ones(tuple(shape), dtype=torch.bool)
+    if fixed is not None:
+        m &= mask_on_grid(fixed, shape, aff4)
+    if moving is not None:
+        t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
+        m &= mask_on_grid(moving, shape, aff4, world_map=lambda world, rows=None: apply_matrix(t_mat, world))
+    return m.float()[None, None].to(s.device)
 
 
 def features(s: State) -> None:

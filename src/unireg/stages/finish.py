@@ -13,8 +13,10 @@ import torch
 from ..evaluation.metrics import dice
 from ..evaluation.qc_score import score_registration
 from ..io.image import Image
+from ..masks import mask_on_grid
 from ..report_schema import REPORT_FORMAT, Report
 from ..resample import resample_fixed_grid, warp_labels
+from ..spatial.grid import apply_matrix
 from ..spatial.world import embed_nd
 from .state import State
 
@@ -27,7 +29,14 @@ def qc(s: State) -> None:
     s.announce("qc")
     with s.timer("qc"), torch.no_grad():  # failure score without ground truth (docs/qc.md)
         feats = (s.ff, s.fm) if s.model.extractor_name == "mind" else ()
-        s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats)
+        fmask = mmask = None
+        if s.opts.fixed_mask is not None:
+            fmask = mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4)
+        if s.opts.moving_mask is not None:
+            t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
+            mmask = mask_on_grid(s.opts.moving_mask, s.w_shape, s.w_aff4,
+                                 world_map=lambda world, rows=None: apply_matrix(t_mat, world))
+        s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 
 def resample(s: State, inverse_on_grid) -> None:
@@ -107,9 +116,9 @@ def report(s: State, t_start: float) -> Report:
         "versions": versions(),
         "runtime_s": {},
     }
+    rep["initial_transform"] = s.opts.initial_transform is not None
     for key, img in (("fixed_mask", s.opts.fixed_mask), ("moving_mask", s.opts.moving_mask)):
-        if img is not None:
-            rep[key] = _path(img)  # type: ignore[literal-required]
+        rep[key] = None if img is None else (_path(img) or "in memory")  # type: ignore[literal-required]
     if not s.model.trained:
         rep["warning"] = "untrained (randomly initialised) UNet: the deformation comes from instance optimisation"
     warped_labels = s.outputs.get("warped_labels")

@@ -36,8 +36,10 @@ def prepare(s: State) -> None:
     """Fill ``fixed_n``, ``moving_n``, the working grid and ``fixed_w``, and the native grid."""
     s.announce("preprocess")
     with s.timer("preprocess"):
-        s.fixed_n = normalize_intensity(s.fixed.data[0])
-        s.moving_n = normalize_intensity(s.moving.data[0])
+        # percentiles inside the masks: a bright artefact outside must not squash the anatomy's range
+        fm, mm = s.opts.fixed_mask, s.opts.moving_mask
+        s.fixed_n = normalize_intensity(s.fixed.data[0], mask=None if fm is None else fm.data[0])
+        s.moving_n = normalize_intensity(s.moving.data[0], mask=None if mm is None else mm.data[0])
         s.w_shape, s.w_aff4 = working_grid(s.fixed.spatial_shape, s.fixed.affine, **s.model.working)
         check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
         s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4).to(s.device)
