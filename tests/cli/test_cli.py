@@ -300,3 +300,15 @@ def test_apply_points_bad_csv_is_user_error(registered, tmp_path):
     res = _run(["apply-points", registered["out"] / "warp.nii.gz", tmp_path / "p.csv", "--out", tmp_path / "q.csv"])
     _assert_user_error(res, ["p.csv", "oops"])
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_fast_and_keep_all_stages_reach_the_pipeline(inputs, tmp_path):
+    """--fast runs the coarse level only; --keep-all-stages turns the do-no-harm checks off."""
+    out = tmp_path / "fast"
+    res = _run(["register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "--out", out, "--no-qc", "--quiet",
+                "--model", inputs / "tiny.pt", "--refine", "2", "--fast", "--keep-all-stages", "--allow-flagged"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["refine_levels"] == [{"level": "coarse", "iterations": 2}]
+    assert "do-no-harm check off" in rep["stages"]["affine"]["reason"]
+    assert rep["stages"]["deformable"] == {"kept": True, "reason": "do-no-harm check off"}

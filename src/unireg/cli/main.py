@@ -188,6 +188,8 @@ def register(
     fixed_mask: Optional[Path] = options.FIXED_MASK,
     moving_mask: Optional[Path] = options.MOVING_MASK,
     refine: Optional[int] = options.REFINE,
+    fast: bool = options.FAST,
+    keep_all_stages: bool = options.KEEP_ALL_STAGES,
     smoothness: float = options.SMOOTHNESS,
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = options.SEED,
@@ -228,6 +230,7 @@ def register(
                 fixed_labels=fixed_labels, affine=not no_affine, refine=refine, smoothness=smoothness, device=device,
                 seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=initial_transform,
+                fast=fast, do_no_harm=not keep_all_stages,
             )
             prog("write")
             result.save(out, qc=not no_qc, html=not no_qc, fmt=fmt)

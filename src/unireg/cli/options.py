@@ -20,7 +20,12 @@ FIXED_MASK = typer.Option(None, "--fixed-mask", metavar="FILE",
                           help="Mask on the fixed grid (nonzero = use): similarity measured only there.")
 MOVING_MASK = typer.Option(None, "--moving-mask", metavar="FILE",
                            help="Mask on the moving grid (nonzero = use): similarity measured only there.")
-REFINE = typer.Option(None, "--refine", min=0, help="Instance-optimisation iterations (default: the model's).")
+REFINE = typer.Option(None, "--refine", min=0,
+                      help="Instance-optimisation iterations per refinement level (default: the multi-resolution "
+                           "schedule; 0: the network alone).")
+FAST = typer.Option(False, "--fast", help="Network + coarse refinement only (no working-grid or native level).")
+KEEP_ALL_STAGES = typer.Option(False, "--keep-all-stages",
+                               help="Keep every stage even if it worsens the similarity (turns do-no-harm off).")
 SMOOTHNESS = typer.Option(1.0, "--smoothness", help="Regularisation weight in [0.1, 10].")
 SEED = typer.Option(0, "--seed", help="Random seed.")
 ALLOW_FLAGGED = typer.Option(False, "--allow-flagged",
@@ -29,4 +34,4 @@ FORMAT = typer.Option(None, "--format", metavar="nii.gz|mha|nrrd",
                       help="Image output format (default: the fixed image's; DICOM and PNG inputs give nii.gz).")
 
 __all__ = ["Optional", "MODEL", "EXTRACTOR", "EXTRACTOR_WEIGHTS", "NO_AFFINE", "INITIAL_TRANSFORM", "FIXED_MASK",
-           "MOVING_MASK", "REFINE", "SMOOTHNESS", "SEED", "ALLOW_FLAGGED", "FORMAT"]
+           "MOVING_MASK", "REFINE", "FAST", "KEEP_ALL_STAGES", "SMOOTHNESS", "SEED", "ALLOW_FLAGGED", "FORMAT"]
