@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, TypedDict
 
-__all__ = ["REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "STAGE_NAMES"]
+__all__ = ["REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "REQUIRED_KEYS", "STAGE_NAMES"]
 
 REPORT_FORMAT = 2
 
@@ -67,7 +67,9 @@ class Report(_Required, total=False):
     fixed_mask: Optional[str]
     moving_mask: Optional[str]
     initial_transform: bool
-    verdict: dict
+    verdict: dict  # added by unireg.api (unireg.verdict.judge)
+    outputs: dict  # file names written (unireg.outputs)
 
 
-REPORT_KEYS = frozenset(_Required.__annotations__) | frozenset(Report.__annotations__)
+REQUIRED_KEYS = frozenset(_Required.__annotations__)
+REPORT_KEYS = REQUIRED_KEYS | frozenset(Report.__annotations__)

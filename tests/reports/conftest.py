@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from unireg.report_schema import REPORT_FORMAT, REPORT_KEYS, REQUIRED_KEYS, Report
+
 torch.set_num_threads(1)
 
 
@@ -51,7 +53,21 @@ def make_result_dir(root: Path, ndim: int, *, with_dice: bool = True, qc_score=0
     write_displacement_field(out / "warp.nii.gz", disp_world, affine)
     write_displacement_field(out / "inverse_warp.nii.gz", -disp_world, affine)
     write_image(out / "jacobian.nii.gz", jac, affine)
-    report = {
+    report: Report = {
+        "format_version": REPORT_FORMAT,
+        "ndim": ndim,
+        "model_trained": True,
+        "affine": True,
+        "affine_matrix": np.eye(4).tolist(),
+        "refine_iterations": 3,
+        "refine_levels": [{"level": "coarse", "iterations": 3}],
+        "smoothness": 1.0,
+        "working_grid": {"shape": list(shape), "spacing_mm": 2.0},
+        "native_grid": None,
+        "device": "cpu",
+        "threads": 1,
+        "seed": 0,
+        "stages": {"affine": {"kept": True, "reason": "test"}},
         "fixed": str((inputs / "fixed.nii.gz").resolve()),
         "moving": str((inputs / "moving.nii.gz").resolve()),
         "labels": None,
@@ -67,6 +83,7 @@ def make_result_dir(root: Path, ndim: int, *, with_dice: bool = True, qc_score=0
         "qc_score": qc_score,
         "qc_flag": qc_flag,
     }
+    assert REQUIRED_KEYS <= set(report) <= REPORT_KEYS, set(report) ^ REPORT_KEYS  # the schema is the source
     if with_dice:
         report["dice"] = {"1": 0.91, "2": 0.85, "mean": 0.88}
         report["dice_before"] = {"1": 0.7, "2": 0.6, "mean": 0.65}
