@@ -35,6 +35,7 @@ __all__ = ["affine", "IMPROVEMENT"]
 IMPROVEMENT = 1e-3
 MIN_OVERLAP = 0.5
 OPTIMISED_STARTS = 2
+FOREGROUND = 0.05  # normalised intensity above which a voxel counts as object for the foreground centroid
 
 
 def _start(s: State) -> tuple[np.ndarray, str]:
@@ -82,15 +83,23 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
     f8, m8 = pooled_affine(f_grid, nd, 2), pooled_affine(m_grid, nd, 2)
     w8 = None if weight is None else (pool(weight, 2) > 0.5).float()
 
-    com = (
-        center_of_mass_init(s.fixed_w[0].cpu(), s.w_aff4, moving_w0[0].cpu(), m_aff4) @ start
-        if s.opts.initial_transform is None
-        else start
-    )
-    centre = center_of_mass_world(s.fixed_w[0].cpu(), s.w_aff4)
-    starts = [("start", start), ("centre of mass", com)] + [
-        (f"rotation {i}", m) for i, m in enumerate(rotation_starts(centre, nd, com))
-    ]
+    # centroids inside the masks (an artefact outside must not pull them)
+    f_in, m_in = s.fixed_w[0].cpu(), moving_w0[0].cpu()
+    if s.opts.fixed_mask is not None:
+        f_in = f_in * mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).float()
+    if s.opts.moving_mask is not None:
+        m_in = m_in * mask_on_grid(s.opts.moving_mask, m_shape, m_aff4).float()
+    starts = [("start", start)]
+    if s.opts.initial_transform is None:
+        # intensity centroids, and centroids of the foreground masks (contrast-independent: a T2-like
+        # moving image weighs its tissues quite differently from the T1 it is matched to)
+        fg_f, fg_m = (f_in > FOREGROUND).float(), (m_in > FOREGROUND).float()
+        for name, a, b in (("centre of mass", f_in, m_in), ("foreground centroid", fg_f, fg_m)):
+            com = center_of_mass_init(a, s.w_aff4, b, m_aff4) @ start
+            centre = center_of_mass_world(a, s.w_aff4)
+            starts += [(name, com)] + [
+                (f"{name}, rotation {i}", m) for i, m in enumerate(rotation_starts(centre, nd, com))
+            ]
 
     def score(cost_overlap):  # out-of-view structure costs as much as the worst match
         c, o = cost_overlap
