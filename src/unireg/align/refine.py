@@ -59,7 +59,7 @@ class RefineLevel:
 
 
 # Iterations per level of the default schedule; ``fast`` stops after the coarse level.
-DEFAULT_ITERATIONS = {"coarse": 40, "working": 20, "native": 15}
+DEFAULT_ITERATIONS = {"coarse": 30, "working": 15, "native": 10}
 POINTS = 40_000  # random points per iteration of the working and native levels
 # Squarings inside the refinement loops (the final integration uses the model's own, 7 by default):
 # the velocity is optimised smooth and small per step, 5 squarings differ from 7 by < 0.01 voxel
