@@ -72,10 +72,13 @@ def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: 
     """Network-only validation on held-out random deformations (seeds never used in training)."""
     from ..spatial.jacobian import folding_stats, jacobian_determinant
 
+    was_training = model.training
     model.eval()
+    device = next(model.unet.parameters()).device
     before, after, fold = [], [], []
     for i in range(n_pairs):
-        b = synth.batch([seed_base + i], moving_contrast)
+        # the synthesizer may build pairs elsewhere (CPU): everything goes to the model's device
+        b = {k: v.to(device) for k, v in synth.batch([seed_base + i], moving_contrast).items()}
         ff, fm = model.extract(b["fixed"]), model.extract(b["moving"])
         v = model(ff, fm, smoothness)
         disp = model.displacement(v, b["fixed"].shape[2:])
@@ -93,7 +96,8 @@ def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: 
 
         before.append(dsc(fl, ml))
         after.append(dsc(fl, wl))
-        fold.append(folding_stats(jacobian_determinant(disp))["folded_percent"])
+        fold.append(folding_stats(jacobian_determinant(disp.cpu()))["folded_percent"])
+    model.train(was_training)
     return {"pairs": n_pairs, "dice_before": float(np.mean(before)), "dice_after": float(np.mean(after)),
             "folded_percent": float(np.mean(fold))}
 
@@ -116,14 +120,18 @@ def train(cfg: TrainConfig) -> Path:
     model = Registrar(cfg.ndim, extractor=cfg.extractor, unet={"enc": cfg.enc, "dec": cfg.dec}, trained=True,
                       working=dict(DEFAULT_WORKING[cfg.ndim], spacing=spacing),
                       meta={"name": out.stem, "train_config": cfg.to_dict()})
-    opt = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr)
+    ckpt = None
     if cfg.resume and out.is_file():
-        ckpt = torch.load(out, map_location="cpu", weights_only=False)
+        ckpt = torch.load(out, map_location=device, weights_only=False)
         model.unet.load_state_dict(ckpt["state_dict"])
+    # model on its device first, THEN the optimiser (and its restored state) on those parameters
+    model = model.to(device)
+    opt = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr)
+    if ckpt is not None:
         opt.load_state_dict(ckpt["extra"]["optimizer"])
         step0 = int(ckpt["extra"]["step"])
         history = list(ckpt["extra"].get("history", []))
-    model = model.to(device)
+        del ckpt
     net = model.unet
     if use_dist:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -171,11 +179,13 @@ def train(cfg: TrainConfig) -> Path:
                 print(f"time limit reached at step {step + 1}", flush=True)
             break
     final_step = step + 1 if done_steps else step0
+    # the trained weights are on disk before anything else can fail
+    save(final_step)
     if rank == 0 and cfg.val_pairs > 0:
         val = validate(model, synth, cfg.val_pairs)
         model.meta["validation"] = val
         print("validation " + " ".join(f"{k}={v}" for k, v in val.items()), flush=True)
-    save(final_step)
+        save(final_step)
     if use_dist:
         dist.barrier()
         dist.destroy_process_group()
