@@ -21,6 +21,7 @@ from ..spatial.grid import resize_field, warp
 from ..spatial.integrate import integrate_velocity
 from .config import TrainConfig
 from .dataset import PairSynthesizer
+from .synth_torch import TorchPairSynthesizer
 
 __all__ = ["train", "validate"]
 
@@ -61,7 +62,9 @@ def losses_for_batch(model: Registrar, net, batch: dict, lam: torch.Tensor, cfg:
     reg = (REG_SCALE * lam * _per_sample_grad_l2(disp_c)).mean()
     terms = {"sim": sim, "reg": reg}
     if cfg.dice_weight > 0:
-        terms["dice"] = cfg.dice_weight * dice_loss(batch["fixed_labels"][:, 1:], warp(batch["moving_labels"], disp)[:, 1:])
+        lab_shape = batch["fixed_labels"].shape[2:]
+        disp_l = disp if lab_shape == fixed.shape[2:] else resize_field(disp_c, lab_shape)  # coarse labels
+        terms["dice"] = cfg.dice_weight * dice_loss(batch["fixed_labels"][:, 1:], warp(batch["moving_labels"], disp_l)[:, 1:])
     terms["loss"] = sum(terms.values())
     return terms
 
@@ -102,6 +105,23 @@ def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: 
             "folded_percent": float(np.mean(fold))}
 
 
+def net_kwargs(cfg: TrainConfig) -> dict:
+    if cfg.arch == "corr":
+        return {"arch": "corr", "width": list(cfg.width), "radius": list(cfg.radius), "convs": int(cfg.convs)}
+    return {"enc": cfg.enc, "dec": cfg.dec}
+
+
+def make_synth(cfg: TrainConfig, spacing: float, device, label_stride: int | None = None):
+    """The pair source of ``cfg``: batched on ``device`` (torch) or per pair on the CPU (legacy)."""
+    if cfg.synth == "legacy":
+        return PairSynthesizer(cfg.ndim, spacing, cfg.crop, cfg.max_disp_mm, cfg.contrasts, cfg.bias, cfg.noise,
+                               cfg.rot_deg, cfg.scale, cfg.trans_mm)
+    return TorchPairSynthesizer(cfg.ndim, spacing, cfg.crop, cfg.contrasts, device, cfg.max_disp_mm,
+                                cfg.rel_rot_deg, cfg.rel_scale, cfg.rel_shear, cfg.rel_trans_mm,
+                                cfg.subj_rot_deg, cfg.subj_scale, cfg.gamma, cfg.bias, cfg.noise, cfg.invert,
+                                label_stride=cfg.label_stride if label_stride is None else label_stride)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the checkpoint path written by rank 0."""
     world, rank = _dist_info()
@@ -117,7 +137,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     step0 = 0
     history: list[dict] = []
-    model = Registrar(cfg.ndim, extractor=cfg.extractor, unet={"enc": cfg.enc, "dec": cfg.dec}, trained=True,
+    model = Registrar(cfg.ndim, extractor=cfg.extractor, unet=net_kwargs(cfg), trained=True,
                       working=dict(DEFAULT_WORKING[cfg.ndim], spacing=spacing),
                       meta={"name": out.stem, "train_config": cfg.to_dict()})
     ckpt = None
@@ -135,8 +155,8 @@ def train(cfg: TrainConfig) -> Path:
     net = model.unet
     if use_dist:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    synth = PairSynthesizer(cfg.ndim, spacing, cfg.crop, cfg.max_disp_mm, cfg.contrasts, cfg.bias, cfg.noise,
-                            cfg.rot_deg, cfg.scale, cfg.trans_mm)
+    synth = make_synth(cfg, spacing, device)
+    val_synth = make_synth(cfg, spacing, device, label_stride=1)
     rng = np.random.default_rng(cfg.seed * 1000 + rank)
     model.train()
     t_start = time.perf_counter()
@@ -182,7 +202,7 @@ def train(cfg: TrainConfig) -> Path:
     # the trained weights are on disk before anything else can fail
     save(final_step)
     if rank == 0 and cfg.val_pairs > 0:
-        val = validate(model, synth, cfg.val_pairs)
+        val = validate(model, val_synth, cfg.val_pairs)
         model.meta["validation"] = val
         print("validation " + " ".join(f"{k}={v}" for k, v in val.items()), flush=True)
         save(final_step)
