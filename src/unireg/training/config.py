@@ -39,7 +39,7 @@ class TrainConfig:
     enc: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
     dec: list[int] = field(default_factory=lambda: [32, 32, 32])
     # deformation network: "unet" (enc/dec above) or "corr" (cost volumes, models/corrnet.py)
-    arch: str = "unet"
+    arch: str = "corr"
     width: list[int] = field(default_factory=lambda: [32, 32, 32])
     radius: list[int] = field(default_factory=lambda: [2, 2, 1])
     convs: int = 2

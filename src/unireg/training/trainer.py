@@ -66,6 +66,10 @@ def losses_for_batch(model: Registrar, net, batch: dict, lam: torch.Tensor, cfg:
         disp_l = disp if lab_shape == fixed.shape[2:] else resize_field(disp_c, lab_shape)  # coarse labels
         terms["dice"] = cfg.dice_weight * dice_loss(batch["fixed_labels"][:, 1:], warp(batch["moving_labels"], disp_l)[:, 1:])
     terms["loss"] = sum(terms.values())
+    # progress on the pair's own scale: similarity relative to the unregistered pair (1 = learned nothing)
+    with torch.no_grad():
+        if cfg.similarity == "feature":
+            terms["sim_ratio"] = sim.detach() / feature_mse(ff, fm).clamp_min(1e-12)
     return terms
 
 
