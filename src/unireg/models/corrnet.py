@@ -67,6 +67,8 @@ class CorrNet(nn.Module):
     width : channels of the per-level CNNs, coarse to fine (three levels: 1/8, 1/4, 1/2).
     radius : search radius (voxels of each level) of the cost volumes, coarse to fine.
     convs : 3x3(x3) convolutions per level.
+    out_scale : head output -> finest-grid voxels (per unit).  Adam moves every head weight by ~lr
+        at once, so unscaled heads (1.0) took multi-voxel first steps at lr 2e-3 without warm-up.
     soft_argmin : also feed (and add, through a learned gate starting at 0) the cost volume's
         soft-argmin.  Off by default: as a direct readout it lowered Dice (0.830 -> 0.767 at gate 1,
         untrained, 48^3 crops at 2 mm): pooled MIND costs are too ambiguous on their own.
@@ -75,13 +77,16 @@ class CorrNet(nn.Module):
     arch = "corr"
 
     def __init__(self, ndim: int, in_channels: int, width: Sequence[int] = (32, 32, 32),
-                 radius: Sequence[int] = (2, 2, 1), convs: int = 2, cond_dim: int = 32, soft_argmin: bool = False):
+                 radius: Sequence[int] = (2, 2, 1), convs: int = 2, cond_dim: int = 32, soft_argmin: bool = False,
+                 out_scale: float = 0.1):
         super().__init__()
         if len(width) != 3 or len(radius) != 3:
             raise ValueError("CorrNet has three levels: width and radius need three entries each")
         self.ndim = ndim
         self.config = dict(ndim=ndim, in_channels=in_channels, arch="corr", width=list(width), radius=list(radius),
-                           convs=int(convs), cond_dim=cond_dim, soft_argmin=bool(soft_argmin))
+                           convs=int(convs), cond_dim=cond_dim, soft_argmin=bool(soft_argmin),
+                           out_scale=float(out_scale))
+        self.out_scale = float(out_scale)
         self.use_sa = bool(soft_argmin)
         self.radius = [int(r) for r in radius]
         self.cond = nn.Sequential(nn.Linear(1, cond_dim), nn.LeakyReLU(0.2), nn.Linear(cond_dim, cond_dim), nn.LeakyReLU(0.2))
@@ -148,7 +153,7 @@ class CorrNet(nn.Module):
             hidden = h
             # ten units of every head are one voxel of the finest (1/2) grid: Adam moves all head
             # weights by ~lr at once, and unscaled heads took multi-voxel first steps (measured)
-            delta = head(h) * (0.1 * 0.5 ** (len(self.levels) - 1 - lvl))
+            delta = head(h) * (self.out_scale * 0.5 ** (len(self.levels) - 1 - lvl))
             if self.use_sa:
                 delta = delta + self.gate[lvl] * sa
             flow = delta if flow is None else flow + delta

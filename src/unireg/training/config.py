@@ -43,6 +43,8 @@ class TrainConfig:
     width: list[int] = field(default_factory=lambda: [32, 32, 32])
     radius: list[int] = field(default_factory=lambda: [2, 2, 1])
     convs: int = 2
+    out_scale: float = 1.0  # CorrNet head -> voxels; safe at 1.0 only with the warm-up below
+    warmup_steps: int = 15  # linear learning-rate warm-up
     # training pairs: "torch" (batched, on the training device, training/synth_torch.py) or
     # "legacy" (per-pair CPU PairSynthesizer with independent affine jitter of both images)
     synth: str = "torch"

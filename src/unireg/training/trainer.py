@@ -111,7 +111,8 @@ def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: 
 
 def net_kwargs(cfg: TrainConfig) -> dict:
     if cfg.arch == "corr":
-        return {"arch": "corr", "width": list(cfg.width), "radius": list(cfg.radius), "convs": int(cfg.convs)}
+        return {"arch": "corr", "width": list(cfg.width), "radius": list(cfg.radius), "convs": int(cfg.convs),
+                "out_scale": float(cfg.out_scale)}
     return {"enc": cfg.enc, "dec": cfg.dec}
 
 
@@ -183,6 +184,9 @@ def train(cfg: TrainConfig) -> Path:
         batch = {k: v.to(device) for k, v in synth.batch(seeds).items()}
         lam = torch.from_numpy(np.exp(rng.uniform(math.log(cfg.lambda_min), math.log(cfg.lambda_max), cfg.batch_size))).float().to(device)
         terms = losses_for_batch(model, net, batch, lam, cfg)
+        if cfg.warmup_steps:
+            for grp in opt.param_groups:
+                grp["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
