@@ -255,7 +255,9 @@ class TorchPairSynthesizer:
         q_v = self._base_coords(ps + ps, pts)  # (2B, 3, *vshape) template voxels
         sq = (lambda t: t.unsqueeze(2)) if nd == 2 else (lambda t: t)  # 2-D planes are sampled in 3-D
         uq = (lambda t: t.squeeze(2)) if nd == 2 else (lambda t: t)
-        q = self._smooth(q_v, self.crop)
+        # fixed views are affine in the crop points: exact at full resolution without interpolation
+        ident = identity_coords(self.crop, self.device).unsqueeze(0).expand(B, *([-1] * (nd + 1)))
+        q = torch.cat([self._base_coords(ps, ident), self._smooth(q_v[B:], self.crop)])
         img = uq(sample(self.image_vol.expand(2 * B, -1, *self.src_shape), sq(q)))
         q_l = q if self.label_stride == 1 else q_v if self.label_stride == 2 else \
             self._smooth(q_v, [max(2, math.ceil(n / self.label_stride)) for n in self.crop])
