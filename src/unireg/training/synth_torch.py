@@ -92,6 +92,8 @@ class TorchPairSynthesizer:
             raise ValueError(f"crop {self.crop} does not have {self.ndim} sides")
         self.device = torch.device(device)
         self.contrasts = list(contrasts)
+        if "ct" in self.contrasts:  # the CT-like map is held out of training (evaluation only)
+            raise ValueError("the CT-like contrast is an evaluation domain; it cannot be a training contrast")
         self.max_disp_mm = max_disp_mm
         self.rel = (math.radians(rel_rot_deg), rel_scale, rel_shear, rel_trans_mm / self.spacing)
         self.subj = (math.radians(subj_rot_deg), subj_scale)
