@@ -153,7 +153,10 @@ def train(cfg: TrainConfig) -> Path:
     model = model.to(device)
     opt = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr)
     if ckpt is not None:
-        opt.load_state_dict(ckpt["extra"]["optimizer"])
+        if "optimizer" in ckpt["extra"]:
+            opt.load_state_dict(ckpt["extra"]["optimizer"])
+        elif rank == 0:  # shipped weights carry no optimiser state (kept small)
+            print(f"{out}: no optimiser state, continuing with a fresh Adam", flush=True)
         step0 = int(ckpt["extra"]["step"])
         history = list(ckpt["extra"].get("history", []))
         del ckpt
