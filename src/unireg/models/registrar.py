@@ -20,7 +20,18 @@ from ..errors import UniRegError
 from ..features import create_extractor
 from ..spatial.grid import resize_field
 from ..spatial.integrate import integrate_velocity
+from .corrnet import CorrNet
 from .unet import UNet
+
+# deformation networks by ``unet["arch"]`` (checkpoints without it are the original UNet)
+_ARCHS = {"unet": UNet, "corr": CorrNet}
+
+
+def create_deformation_net(ndim: int, in_channels: int, **kwargs) -> nn.Module:
+    arch = kwargs.pop("arch", "unet")
+    if arch not in _ARCHS:
+        raise UniRegError(f"unknown deformation network {arch!r}; available: {', '.join(sorted(_ARCHS))}")
+    return _ARCHS[arch](ndim, in_channels, **kwargs)
 
 __all__ = ["Registrar", "load_registrar", "default_model_path", "DEFAULT_WORKING"]
 
@@ -44,7 +55,9 @@ class Registrar(nn.Module):
     ndim : 2 or 3.
     extractor : registry name of the frozen feature extractor (``mind``, ``local``, ``imagenet``).
     extractor_kwargs : passed to :func:`unireg.features.create_extractor`.
-    unet : keyword arguments of :class:`UNet` (``enc``, ``dec``, ``cond_dim``).
+    unet : keyword arguments of the deformation network: ``arch`` (``"unet"``, the default, or
+        ``"corr"``) and the class's own (:class:`UNet`: ``enc``, ``dec``, ``cond_dim``;
+        :class:`CorrNet`: ``width``, ``radius``, ``convs``, ``cond_dim``).
     int_steps : scaling-and-squaring steps.
     working : ``{"spacing": mm, "max_size": voxels}`` of the working grid.
     trained : whether the UNet carries trained weights (reported in report.json).
@@ -67,7 +80,7 @@ class Registrar(nn.Module):
         self.extractor_kwargs = dict(extractor_kwargs or {})
         self.features = create_extractor(extractor, ndim, **self.extractor_kwargs)
         unet = dict(unet or {})
-        self.unet = UNet(ndim, self.features.out_channels, **unet)
+        self.unet = create_deformation_net(ndim, self.features.out_channels, **unet)
         self.int_steps = int_steps
         self.working = dict(working or DEFAULT_WORKING[ndim])
         self.trained = trained

@@ -38,6 +38,25 @@ class TrainConfig:
     lambda_max: float = 10.0
     enc: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
     dec: list[int] = field(default_factory=lambda: [32, 32, 32])
+    # deformation network: "unet" (enc/dec above) or "corr" (cost volumes, models/corrnet.py)
+    arch: str = "corr"
+    width: list[int] = field(default_factory=lambda: [32, 32, 32])
+    radius: list[int] = field(default_factory=lambda: [2, 2, 1])
+    convs: int = 2
+    out_scale: float = 1.0  # CorrNet head -> voxels; safe at 1.0 only with the warm-up below
+    warmup_steps: int = 15  # linear learning-rate warm-up
+    # training pairs: "torch" (batched, on the training device, training/synth_torch.py) or
+    # "legacy" (per-pair CPU PairSynthesizer with independent affine jitter of both images)
+    synth: str = "torch"
+    rel_rot_deg: float = 2.0
+    rel_scale: float = 0.02
+    rel_shear: float = 0.02
+    rel_trans_mm: float = 2.0
+    subj_rot_deg: float = 8.0
+    subj_scale: float = 0.06
+    gamma: float = 0.25
+    invert: float = 0.0
+    label_stride: int = 2
     seed: int = 0
     out: str = "runs/unireg_3d.pt"
     checkpoint_every: int = 100
@@ -91,6 +110,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     cfg = TrainConfig(**values)
     if cfg.ndim not in (2, 3):
         raise UniRegError(f"ndim must be 2 or 3, got {cfg.ndim}")
+    if cfg.arch not in ("unet", "corr"):
+        raise UniRegError(f"arch must be unet or corr, got {cfg.arch!r}")
+    if cfg.synth not in ("torch", "legacy"):
+        raise UniRegError(f"synth must be torch or legacy, got {cfg.synth!r}")
     if len(cfg.crop) != cfg.ndim:
         cfg.crop = (list(cfg.crop) * 3)[: cfg.ndim] if cfg.crop else [64] * cfg.ndim
     return cfg

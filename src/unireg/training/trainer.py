@@ -21,6 +21,7 @@ from ..spatial.grid import resize_field, warp
 from ..spatial.integrate import integrate_velocity
 from .config import TrainConfig
 from .dataset import PairSynthesizer
+from .synth_torch import TorchPairSynthesizer
 
 __all__ = ["train", "validate"]
 
@@ -61,8 +62,14 @@ def losses_for_batch(model: Registrar, net, batch: dict, lam: torch.Tensor, cfg:
     reg = (REG_SCALE * lam * _per_sample_grad_l2(disp_c)).mean()
     terms = {"sim": sim, "reg": reg}
     if cfg.dice_weight > 0:
-        terms["dice"] = cfg.dice_weight * dice_loss(batch["fixed_labels"][:, 1:], warp(batch["moving_labels"], disp)[:, 1:])
+        lab_shape = batch["fixed_labels"].shape[2:]
+        disp_l = disp if lab_shape == fixed.shape[2:] else resize_field(disp_c, lab_shape)  # coarse labels
+        terms["dice"] = cfg.dice_weight * dice_loss(batch["fixed_labels"][:, 1:], warp(batch["moving_labels"], disp_l)[:, 1:])
     terms["loss"] = sum(terms.values())
+    # progress on the pair's own scale: similarity relative to the unregistered pair (1 = learned nothing)
+    with torch.no_grad():
+        if cfg.similarity == "feature":
+            terms["sim_ratio"] = sim.detach() / feature_mse(ff, fm).clamp_min(1e-12)
     return terms
 
 
@@ -72,10 +79,13 @@ def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: 
     """Network-only validation on held-out random deformations (seeds never used in training)."""
     from ..spatial.jacobian import folding_stats, jacobian_determinant
 
+    was_training = model.training
     model.eval()
+    device = next(model.unet.parameters()).device
     before, after, fold = [], [], []
     for i in range(n_pairs):
-        b = synth.batch([seed_base + i], moving_contrast)
+        # the synthesizer may build pairs elsewhere (CPU): everything goes to the model's device
+        b = {k: v.to(device) for k, v in synth.batch([seed_base + i], moving_contrast).items()}
         ff, fm = model.extract(b["fixed"]), model.extract(b["moving"])
         v = model(ff, fm, smoothness)
         disp = model.displacement(v, b["fixed"].shape[2:])
@@ -93,9 +103,28 @@ def validate(model: Registrar, synth: PairSynthesizer, n_pairs: int, seed_base: 
 
         before.append(dsc(fl, ml))
         after.append(dsc(fl, wl))
-        fold.append(folding_stats(jacobian_determinant(disp))["folded_percent"])
+        fold.append(folding_stats(jacobian_determinant(disp.cpu()))["folded_percent"])
+    model.train(was_training)
     return {"pairs": n_pairs, "dice_before": float(np.mean(before)), "dice_after": float(np.mean(after)),
             "folded_percent": float(np.mean(fold))}
+
+
+def net_kwargs(cfg: TrainConfig) -> dict:
+    if cfg.arch == "corr":
+        return {"arch": "corr", "width": list(cfg.width), "radius": list(cfg.radius), "convs": int(cfg.convs),
+                "out_scale": float(cfg.out_scale)}
+    return {"enc": cfg.enc, "dec": cfg.dec}
+
+
+def make_synth(cfg: TrainConfig, spacing: float, device, label_stride: int | None = None):
+    """The pair source of ``cfg``: batched on ``device`` (torch) or per pair on the CPU (legacy)."""
+    if cfg.synth == "legacy":
+        return PairSynthesizer(cfg.ndim, spacing, cfg.crop, cfg.max_disp_mm, cfg.contrasts, cfg.bias, cfg.noise,
+                               cfg.rot_deg, cfg.scale, cfg.trans_mm)
+    return TorchPairSynthesizer(cfg.ndim, spacing, cfg.crop, cfg.contrasts, device, cfg.max_disp_mm,
+                                cfg.rel_rot_deg, cfg.rel_scale, cfg.rel_shear, cfg.rel_trans_mm,
+                                cfg.subj_rot_deg, cfg.subj_scale, cfg.gamma, cfg.bias, cfg.noise, cfg.invert,
+                                label_stride=cfg.label_stride if label_stride is None else label_stride)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -113,22 +142,29 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     step0 = 0
     history: list[dict] = []
-    model = Registrar(cfg.ndim, extractor=cfg.extractor, unet={"enc": cfg.enc, "dec": cfg.dec}, trained=True,
+    model = Registrar(cfg.ndim, extractor=cfg.extractor, unet=net_kwargs(cfg), trained=True,
                       working=dict(DEFAULT_WORKING[cfg.ndim], spacing=spacing),
                       meta={"name": out.stem, "train_config": cfg.to_dict()})
-    opt = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr)
+    ckpt = None
     if cfg.resume and out.is_file():
-        ckpt = torch.load(out, map_location="cpu", weights_only=False)
+        ckpt = torch.load(out, map_location=device, weights_only=False)
         model.unet.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["extra"]["optimizer"])
+    # model on its device first, THEN the optimiser (and its restored state) on those parameters
+    model = model.to(device)
+    opt = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr)
+    if ckpt is not None:
+        if "optimizer" in ckpt["extra"]:
+            opt.load_state_dict(ckpt["extra"]["optimizer"])
+        elif rank == 0:  # shipped weights carry no optimiser state (kept small)
+            print(f"{out}: no optimiser state, continuing with a fresh Adam", flush=True)
         step0 = int(ckpt["extra"]["step"])
         history = list(ckpt["extra"].get("history", []))
-    model = model.to(device)
+        del ckpt
     net = model.unet
     if use_dist:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    synth = PairSynthesizer(cfg.ndim, spacing, cfg.crop, cfg.max_disp_mm, cfg.contrasts, cfg.bias, cfg.noise,
-                            cfg.rot_deg, cfg.scale, cfg.trans_mm)
+    synth = make_synth(cfg, spacing, device)
+    val_synth = make_synth(cfg, spacing, device, label_stride=1)
     rng = np.random.default_rng(cfg.seed * 1000 + rank)
     model.train()
     t_start = time.perf_counter()
@@ -151,6 +187,9 @@ def train(cfg: TrainConfig) -> Path:
         batch = {k: v.to(device) for k, v in synth.batch(seeds).items()}
         lam = torch.from_numpy(np.exp(rng.uniform(math.log(cfg.lambda_min), math.log(cfg.lambda_max), cfg.batch_size))).float().to(device)
         terms = losses_for_batch(model, net, batch, lam, cfg)
+        if cfg.warmup_steps:
+            for grp in opt.param_groups:
+                grp["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -171,11 +210,13 @@ def train(cfg: TrainConfig) -> Path:
                 print(f"time limit reached at step {step + 1}", flush=True)
             break
     final_step = step + 1 if done_steps else step0
+    # the trained weights are on disk before anything else can fail
+    save(final_step)
     if rank == 0 and cfg.val_pairs > 0:
-        val = validate(model, synth, cfg.val_pairs)
+        val = validate(model, val_synth, cfg.val_pairs)
         model.meta["validation"] = val
         print("validation " + " ".join(f"{k}={v}" for k, v in val.items()), flush=True)
-    save(final_step)
+        save(final_step)
     if use_dist:
         dist.barrier()
         dist.destroy_process_group()
