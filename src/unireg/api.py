@@ -197,7 +197,7 @@ def register(
 
 
 def apply(
-    warp: str | os.PathLike | tuple,
+    warp: str | os.PathLike | tuple | list,
     image: ImageLike,
     ref: ImageLike,
     *,
@@ -245,10 +245,10 @@ def apply(
         )
     field = field_on_grid(disp, w_aff, ref_img.spatial_shape, ref_img.affine)
 
-    def world_map(world, rows):
+    def field_map(world, rows):
         return world + field[(slice(None), rows)].to(world.dtype)
 
-    return _resample(img, ref_img, world_map, interp)
+    return _resample(img, ref_img, field_map, interp)
 
 
 def _resample(img: Image, ref_img: Image, world_map, interp: str) -> Image:

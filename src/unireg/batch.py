@@ -193,11 +193,12 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
             if not row.get(c):
                 raise UniRegError(f"line {line}: empty '{c}' cell", p)
 
-        def res(v: str) -> str | None:
-            if not v:
-                return None
+        def absolute(v: str) -> str:
             q = Path(os.path.expanduser(v))
             return str(q if q.is_absolute() else base / q)
+
+        def res(v: str) -> str | None:
+            return absolute(v) if v else None
 
         pid = row.get("id") or f"{len(pairs):04d}_{_safe_stem(row['moving'])}"
         if not _ID_RE.match(pid) or pid.lower() in _RESERVED or pid.startswith("summary.rank"):
@@ -207,7 +208,7 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
         if pid in seen:
             raise UniRegError(f"line {line}: duplicate id {pid!r} (also on line {seen[pid]})", p)
         seen[pid] = line
-        pairs.append(Pair(len(pairs), pid, res(row["fixed"]), res(row["moving"]), res(row.get("labels", "")),
+        pairs.append(Pair(len(pairs), pid, absolute(row["fixed"]), absolute(row["moving"]), res(row.get("labels", "")),
                           res(row.get("fixed_labels", "")), line,
                           **{k: res(row.get(k, "")) for k in _EXTRA}))
     if not pairs:
@@ -304,7 +305,8 @@ def _summary_row(pair: Pair, report: dict, runtime: float, out_dir: Path) -> dic
 
     dice = report.get("dice")
     dice_mean = dice.get("mean") if isinstance(dice, dict) else None
-    verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else judge(report)
+    verdict_raw = report.get("verdict")
+    verdict: dict = verdict_raw if isinstance(verdict_raw, dict) else judge(report)
     return {
         "id": pair.id,
         "status": "ok",

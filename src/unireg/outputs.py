@@ -31,8 +31,8 @@ OUTPUT_NAMES = {
 # images (not the warps: ITK/ANTs displacement fields stay NIfTI) follow the input's format
 IMAGE_OUTPUTS = ("warped", "jacobian", "warped_labels")
 FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "mha": ".mha", "nrrd": ".nrrd"}
-_FROM_INPUT = {".nii.gz": ".nii.gz", ".nii": ".nii.gz", ".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd",
-               "nifti": ".nii.gz", "mha": ".mha", "mhd": ".mha", "nrrd": ".nrrd", "nhdr": ".nrrd"}
+_FROM_INPUT = {".nii.gz": ".nii.gz", ".nii": ".nii.gz", ".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd",
+               ".nhdr": ".nrrd", "nifti": ".nii.gz", "mha": ".mha", "mhd": ".mha", "nrrd": ".nrrd", "nhdr": ".nrrd"}
 
 
 def image_suffix(fmt: str | None, fixed=None) -> str:
@@ -74,7 +74,8 @@ def write_json(path: Path, obj: dict) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
-def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True, fmt: str | None = None) -> dict[str, Path]:
+def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True,
+                fmt: str | None = None) -> dict[str, Path]:
     """Write warped image, warps, affine.mat, Jacobian, labels, report.json, qc.png and report.html into ``out_dir``.
 
     ``fmt``: format of the image outputs (``nii.gz``, ``nii``, ``mha``, ``nrrd``; default: the fixed image's).
@@ -88,7 +89,8 @@ def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True,
         paths.pop("qc")
     if not html:
         paths.pop("html")
-    guard_inputs(paths, [result.fixed.path, result.moving.path, result.report.get("labels"), result.report.get("fixed_labels")])
+    guard_inputs(paths, [result.fixed.path, result.moving.path,
+                         result.report.get("labels"), result.report.get("fixed_labels")])
     # a failure half-way (disk full, QC rendering) must not leave a partial set of outputs behind
     existed = {k for k, p in paths.items() if p.exists()}
     try:

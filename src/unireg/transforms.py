@@ -91,6 +91,7 @@ def _field_at(t: Transform, world: torch.Tensor) -> torch.Tensor:
     from .spatial.grid import apply_matrix, sample
     from .spatial.world import affine_nd
 
+    assert t.disp is not None and t.affine is not None  # a "field" transform
     nd = t.disp.shape[0]
     inv = torch.as_tensor(np.linalg.inv(affine_nd(t.affine, nd)), dtype=world.dtype)
     vox = apply_matrix(inv, world)
@@ -107,7 +108,7 @@ def chain_map(chain: list[Transform], ndim: int):
     from .spatial.world import affine_nd
 
     for t in chain:
-        n = t.disp.shape[0] if t.kind == "field" else ndim
+        n = t.disp.shape[0] if t.kind == "field" and t.disp is not None else ndim
         if n != ndim:
             raise UniRegError(f"{t.source}: a {n}-D displacement field in a {ndim}-D chain")
 
@@ -115,6 +116,7 @@ def chain_map(chain: list[Transform], ndim: int):
         x = world
         for t in chain:
             if t.kind == "affine":
+                assert t.matrix is not None
                 x = apply_matrix(torch.as_tensor(affine_nd(t.matrix, ndim), dtype=x.dtype), x)
             else:
                 x = x + _field_at(t, x)

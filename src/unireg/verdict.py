@@ -55,7 +55,8 @@ def judge(report: dict, warped: np.ndarray | None = None) -> dict:
     score = _num(report.get("qc_score"))
     flag = report.get("qc_flag")
     flag = None if flag is None else bool(flag)
-    comp = report.get("qc_components") if isinstance(report.get("qc_components"), dict) else {}
+    comp_raw = report.get("qc_components")
+    comp: dict = comp_raw if isinstance(comp_raw, dict) else {}
     reasons: list[str] = []
     empty = warped is not None and np.asarray(warped).size > 0 and not np.any(np.asarray(warped))
     if empty:

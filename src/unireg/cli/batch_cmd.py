@@ -21,9 +21,11 @@ def add_to(app: typer.Typer, guarded) -> None:
     @app.command()
     @guarded
     def batch(
-        manifest: Path = typer.Argument(..., help="CSV with columns fixed,moving[,labels,fixed_labels,id,fixed_mask,moving_mask,initial_transform]; "
+        manifest: Path = typer.Argument(..., help="CSV with columns fixed,moving[,labels,fixed_labels,id,fixed_mask,"
+                                                  "moving_mask,initial_transform]; "
                                                   "relative paths are relative to the manifest's folder."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per pair, summary.csv, index.html."),
+        out: Path = typer.Option(..., "--out", "-o",
+                                 help="Output folder: one sub-folder per pair, summary.csv, index.html."),
         model: Optional[str] = options.MODEL,
         extractor: Optional[str] = options.EXTRACTOR,
         no_affine: bool = options.NO_AFFINE,
@@ -74,7 +76,7 @@ def add_to(app: typer.Typer, guarded) -> None:
                 out.rmdir()
             typer.echo(f"unireg: {who}interrupted after {len(seen)} pair(s); finished pairs are kept in {out} "
                        "(rerun the same command to resume), the pair in progress was removed", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         n_failed = sum(r.get("status") != "ok" for r in rows)
         flagged = [r["id"] for r in rows if r.get("status") == "ok" and str(r.get("qc_flag")).lower() == "true"]
         failed = [r["id"] for r in rows if r.get("status") != "ok"]

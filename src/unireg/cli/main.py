@@ -43,8 +43,10 @@ def _version(value: bool):
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                          help="torch CPU threads (default: torch's choice); also accepted after the command."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+                                          help="torch CPU threads (default: torch's choice); "
+                                               "also accepted after the command."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ):
     _STATE["debug"] = debug
     if threads is not None:
@@ -72,27 +74,27 @@ def guarded(fn):
             if _STATE["debug"]:
                 raise
             typer.echo(f"unireg: error: {exc}", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except MemoryError:
             if _STATE["debug"]:
                 raise
             typer.echo("unireg: error: out of memory (try a coarser working grid or --device cuda)", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except OSError as exc:
             if _STATE["debug"]:
                 raise
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             typer.echo(f"unireg: error: {where}{exc.strerror or exc}", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as exc:  # a bug, not the user's input: say so in one line, exit 1
             if _STATE["debug"]:
                 raise
             msg = " ".join(str(exc).split())[:300]
             typer.echo(f"unireg: internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
                        err=True)
-            raise typer.Exit(EXIT_INTERNAL)
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
 
@@ -120,12 +122,14 @@ def _print_summary(report: dict, out: Path) -> None:
     con.print(t)
     if report.get("warning"):
         con.print(f"[yellow]note:[/yellow] {report['warning']}")
-    v = report.get("verdict") if isinstance(report.get("verdict"), dict) else judge(report)
-    for n in v.get("notes", []):
+    v_raw = report.get("verdict")
+    verdict: dict = v_raw if isinstance(v_raw, dict) else judge(report)
+    for n in verdict.get("notes", []):
         con.print(f"[yellow]note:[/yellow] {n}")
-    colour = "red" if v.get("failed") else ("green" if v.get("qc_score") is not None else "yellow")
+    colour = "red" if verdict.get("failed") else ("green" if verdict.get("qc_score") is not None else "yellow")
     # plain text after the markup so that a log or a grep sees one line: "verdict: FAILED (...): reason"
-    con.print(f"[bold {colour}]verdict:[/bold {colour}] {describe(v)}", markup=True, highlight=False, soft_wrap=True)
+    con.print(f"[bold {colour}]verdict:[/bold {colour}] {describe(verdict)}",
+              markup=True, highlight=False, soft_wrap=True)
 
 
 def _exit_for_verdict(report: dict, allow_flagged: bool) -> None:
@@ -240,7 +244,7 @@ def register(
         raise
     except KeyboardInterrupt:
         _say_interrupted(prog.current, out, created)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_summary(result.report, out)
     _exit_for_verdict(result.report, allow_flagged)
 
@@ -260,7 +264,8 @@ def apply(
     interpolation: Optional[str] = typer.Option(
         None, "--interpolation", "-n", metavar="linear|bspline|nearest|labelwise",
         help="Interpolation (default: linear, labelwise with --labels)."),
-    labels: bool = typer.Option(False, "--labels", help="IMAGE is a label map (integers kept; label-wise interpolation)."),
+    labels: bool = typer.Option(False, "--labels",
+                                help="IMAGE is a label map (integers kept; label-wise interpolation)."),
 ):
     """Apply a saved warp, or a chain of transforms (-t, as antsApplyTransforms), to another image or label map."""
     import numpy as np
@@ -339,7 +344,7 @@ def demo(
     except KeyboardInterrupt:
         typer.echo(f"unireg: interrupted during {prog.current or 'start-up'}; files already in {out}/ are complete "
                    "(each is written atomically)", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_summary(rep, out)
     typer.echo(f"outputs in {out}/ (qc.png, report.html, warped.nii.gz, warp.nii.gz, ...)")
     _exit_for_verdict(rep, allow_flagged)

@@ -12,7 +12,8 @@ EXTRACTOR = typer.Option(
 EXTRACTOR_WEIGHTS = typer.Option(
     None, "--extractor-weights", metavar="PATH",
     help="Local weights file for the extractor (imagenet: a torchvision ResNet-18 state dict; nothing is downloaded).")
-NO_AFFINE = typer.Option(False, "--no-affine", help="Skip the affine pre-alignment (--initial-transform, if given, is then the affine).")
+NO_AFFINE = typer.Option(False, "--no-affine",
+                         help="Skip the affine pre-alignment (--initial-transform, if given, is then the affine).")
 INITIAL_TRANSFORM = typer.Option(
     None, "--initial-transform", metavar="FILE",
     help="ITK/ANTs affine (.mat/.txt, fixed->moving as antsRegistration writes it) to start the affine from.")

@@ -43,8 +43,8 @@ __all__ = ["evaluate_result", "evaluate_path", "summarize", "format_table", "wri
            "jacobian_from_warp", "COLUMNS"]
 
 # Column order of the printed table (others follow alphabetically).
-COLUMNS = ["name", "dice_mean", "hd95_mean", "epe_before_mean", "epe_mean", "epe_max", "epe_region", "tre_before_mean", "tre_mean", "tre_max",
-           "folded_percent", "sdlogj", "seconds", "peak_mb"]
+COLUMNS = ["name", "dice_mean", "hd95_mean", "epe_before_mean", "epe_mean", "epe_max", "epe_region", "tre_before_mean",
+           "tre_mean", "tre_max", "folded_percent", "sdlogj", "seconds", "peak_mb"]
 
 
 def is_result_dir(path: str | os.PathLike) -> bool:
@@ -144,7 +144,8 @@ def evaluate_result(
             warped = _warp_labels(warp, read_image(moving_labels, labels=True), flab)
         if warped is not None:
             if warped.shape != flab.spatial_shape:
-                raise UniRegError(f"warped labels {warped.shape} are not on the fixed label grid {flab.spatial_shape}", wl_path)
+                raise UniRegError(f"warped labels {warped.shape} are not on the fixed label grid {flab.spatial_shape}",
+                                  wl_path)
             d = dice(flab.data[0], warped, labels)
             for k, v in d.items():
                 row[f"dice_{k}"] = v
@@ -169,7 +170,8 @@ def evaluate_result(
     if fixed_points is not None:
         fp, mp = _read_csv_points(fixed_points), _read_csv_points(moving_points)
         if fp.shape != mp.shape:
-            raise UniRegError(f"landmark files differ: {fp.shape[0]} fixed vs {mp.shape[0]} moving points", moving_points)
+            raise UniRegError(f"landmark files differ: {fp.shape[0]} fixed vs {mp.shape[0]} moving points",
+                              moving_points)
         inv_path = _find(folder, "inverse_warp")
         if inv_path is not None:  # moving landmarks onto the fixed image
             mapped = warp_points(*read_displacement_field(inv_path), mp)

@@ -130,7 +130,8 @@ def _read_dicom_series_gdcm(p: Path) -> tuple[np.ndarray, np.ndarray]:
     if not ids:
         raise UniRegError("folder holds no DICOM series (give an image file or a DICOM series folder)", p)
     if len(ids) > 1:
-        raise UniRegError(f"folder holds {len(ids)} DICOM series ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}); "
+        more = " ..." if len(ids) > 3 else ""
+        raise UniRegError(f"folder holds {len(ids)} DICOM series ({', '.join(ids[:3])}{more}); "
                           "give a folder with one series", p)
     try:
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), ids[0])

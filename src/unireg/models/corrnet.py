@@ -51,7 +51,7 @@ def local_cost(fixed: torch.Tensor, moving: torch.Tensor, radius: int) -> torch.
     spatial = fixed.shape[2:]
     costs = []
     for off in itertools.product(range(-r, r + 1), repeat=nd):
-        sl = (slice(None), slice(None)) + tuple(slice(r + o, r + o + n) for o, n in zip(off, spatial))
+        sl = (slice(None), slice(None)) + tuple(slice(r + o, r + o + n) for o, n in zip(off, spatial, strict=True))
         costs.append((fixed - pad[sl]).pow(2).mean(dim=1))
     c = torch.stack(costs, dim=1)
     return -c / c.mean(dim=1, keepdim=True).clamp_min(1e-6)
@@ -89,11 +89,12 @@ class CorrNet(nn.Module):
         self.out_scale = float(out_scale)
         self.use_sa = bool(soft_argmin)
         self.radius = [int(r) for r in radius]
-        self.cond = nn.Sequential(nn.Linear(1, cond_dim), nn.LeakyReLU(0.2), nn.Linear(cond_dim, cond_dim), nn.LeakyReLU(0.2))
+        self.cond = nn.Sequential(nn.Linear(1, cond_dim), nn.LeakyReLU(0.2),
+                                  nn.Linear(cond_dim, cond_dim), nn.LeakyReLU(0.2))
         self.levels = nn.ModuleList()
         self.heads = nn.ModuleList()
         prev = 0
-        for w, r in zip(width, self.radius):
+        for w, r in zip(width, self.radius, strict=True):
             cin = (2 * r + 1) ** ndim + in_channels + (ndim if soft_argmin else 0) + prev + (ndim if prev else 0)
             blocks = [_Block(ndim, cin, w, 1, cond_dim)] + [_Block(ndim, w, w, 1, cond_dim) for _ in range(convs - 1)]
             self.levels.append(nn.ModuleList(blocks))
@@ -130,11 +131,14 @@ class CorrNet(nn.Module):
         pyr_f, pyr_m = pyr_f[::-1], pyr_m[::-1]  # 1/8, 1/4, 1/2
         cond = self.cond(encode_smoothness(smoothness.to(fixed_feat.dtype)).view(-1, 1))
         mode = "bilinear" if nd == 2 else "trilinear"
-        flow = hidden = None
-        for lvl, (blocks, head) in enumerate(zip(self.levels, self.heads)):
+        flow: torch.Tensor | None = None
+        hidden: torch.Tensor | None = None
+        for lvl, (blocks, head) in enumerate(zip(self.levels, self.heads, strict=True)):
+            assert isinstance(blocks, nn.ModuleList)
             f, m = pyr_f[lvl], pyr_m[lvl]
             parts = []
             if flow is not None:
+                assert hidden is not None  # set together with flow
                 flow = resize_field(flow, f.shape[2:])
                 hidden = F.interpolate(hidden, size=f.shape[2:], mode=mode, align_corners=False)
                 m = warp(m, flow, padding_mode="border")
@@ -146,6 +150,7 @@ class CorrNet(nn.Module):
                 parts.append(sa)
             parts.append(f)
             if flow is not None:
+                assert hidden is not None
                 parts += [hidden, flow]
             h = torch.cat(parts, dim=1)
             for blk in blocks:
@@ -157,5 +162,6 @@ class CorrNet(nn.Module):
             if self.use_sa:
                 delta = delta + self.gate[lvl] * sa
             flow = delta if flow is None else flow + delta
+        assert flow is not None  # three levels, always
         out_shape = [math.ceil(n / 2) for n in shape]
         return flow[(slice(None), slice(None)) + tuple(slice(0, n) for n in out_shape)]

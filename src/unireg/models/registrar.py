@@ -24,10 +24,10 @@ from .corrnet import CorrNet
 from .unet import UNet
 
 # deformation networks by ``unet["arch"]`` (checkpoints without it are the original UNet)
-_ARCHS = {"unet": UNet, "corr": CorrNet}
+_ARCHS: dict[str, type[UNet] | type[CorrNet]] = {"unet": UNet, "corr": CorrNet}
 
 
-def create_deformation_net(ndim: int, in_channels: int, **kwargs) -> nn.Module:
+def create_deformation_net(ndim: int, in_channels: int, **kwargs) -> UNet | CorrNet:
     arch = kwargs.pop("arch", "unet")
     if arch not in _ARCHS:
         raise UniRegError(f"unknown deformation network {arch!r}; available: {', '.join(sorted(_ARCHS))}")
@@ -148,7 +148,7 @@ def default_model_path(ndim: int) -> Path | None:
         return None
 
 
-def load_registrar(path: str | Path, extractor_kwargs: dict | None = None, map_location="cpu") -> Registrar:
+def load_registrar(path: str | os.PathLike, extractor_kwargs: dict | None = None, map_location="cpu") -> Registrar:
     """Load a registrar checkpoint written by :meth:`Registrar.save`."""
     path = Path(path)
     if not path.is_file():

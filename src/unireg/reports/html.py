@@ -344,12 +344,18 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
         raise UniRegError("report.json has no 'fixed' image path", rj)
 
     warnings: list[str] = []
-    fixed = pre["fixed"] if pre.get("fixed") is not None else read_image(_resolve(report["fixed"], out))
+    if pre.get("fixed") is not None:
+        fixed = pre["fixed"]
+    else:
+        fixed_path = _resolve(report["fixed"], out)
+        assert fixed_path is not None  # checked above: report.json names the fixed image
+        fixed = read_image(fixed_path)
     shape, faff = fixed.spatial_shape, fixed.affine
     spacing = [float(s) for s in fixed.spacing]
     fixed_vol = _first_channel_mean(fixed)
 
-    written = report.get("outputs") if isinstance(report.get("outputs"), dict) else {}
+    written_raw = report.get("outputs")
+    written: dict = written_raw if isinstance(written_raw, dict) else {}
 
     def optional(name: str, reader):
         key = {"warped.nii.gz": "warped", "warp.nii.gz": "warp"}.get(name)
@@ -381,8 +387,8 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     elif jac_img.is_file():
         jac_vol = _first_channel_mean(read_image(jac_img))
     elif field is not None:
-        dv = torch.from_numpy(disp_world_to_vox(disp_world, faff))[None]
-        jac_vol = jacobian_determinant(dv)[0].numpy()
+        dv_t = torch.from_numpy(disp_world_to_vox(disp_world, faff))[None]
+        jac_vol = jacobian_determinant(dv_t)[0].numpy()
         warnings.append("jacobian.nii.gz not found; det J recomputed from warp.nii.gz")
     else:
         warnings.append("jacobian.nii.gz not found")
@@ -405,7 +411,7 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     for p in planes:
         hw = _display_shape(p, shape, spacing, max_px)
         c = p.voxel_coords(shape, hw)
-        s = {"plane": p, "hw": hw, "fixed": _sample(fixed_vol, c)}
+        s: dict[str, Any] = {"plane": p, "hw": hw, "fixed": _sample(fixed_vol, c)}
         if warped_vol is not None:
             s["warped"] = _sample(warped_vol, c)
         if before_vol is not None:
@@ -559,10 +565,12 @@ def _thumbnail(pair_dir: Path, row: dict, max_px: int = 96) -> str | None:
     try:
         thumb = row.get("thumbnail")
         if thumb:
-            with PILImage.open(_resolve(str(thumb), pair_dir)) as im:
-                im = im.convert("RGB")
-                im.thumbnail((max_px, max_px))
-                return png_data_uri(np.asarray(im))
+            thumb_path = _resolve(str(thumb), pair_dir)
+            assert thumb_path is not None  # str(thumb) is not empty
+            with PILImage.open(thumb_path) as im:
+                rgb = im.convert("RGB")
+                rgb.thumbnail((max_px, max_px))
+                return png_data_uri(np.asarray(rgb))
         p = pair_dir / "warped.nii.gz"
         if not p.is_file():
             return None

@@ -37,7 +37,7 @@ def _fixed_mask(s: State, shape, aff4) -> torch.Tensor | None:
         m &= mask_on_grid(fixed, shape, aff4)
     if moving is not None:
         t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
-        m &= mask_on_grid(moving, shape, aff4, world_map=lambda world, rows=None: apply_matrix(t_mat, world))
+        m &= mask_on_grid(moving, shape, aff4, world_map=lambda world, rows: apply_matrix(t_mat, world))
     return m.float()[None, None].to(s.device)
 
 

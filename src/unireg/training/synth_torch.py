@@ -31,10 +31,13 @@ import torch.nn.functional as F
 
 from ..data.mni import load_mni
 from ..data.synth import CONTRASTS
-from ..spatial.grid import identity_coords, resize_field, sample
+from ..spatial.grid import identity_coords, sample
 from ..spatial.integrate import integrate_velocity
 
 __all__ = ["TorchPairSynthesizer", "SVF_LEVELS_MM"]
+
+# The contrast maps training may draw (unireg.data.synth.CONTRASTS names); held-out ones are absent.
+TRAINING_CONTRASTS = ("t1", "t2", "pd", "flair")
 
 # control-point spacings (mm) of the multi-scale smooth velocity noise
 SVF_LEVELS_MM = (48.0, 32.0, 16.0, 8.0)
@@ -43,7 +46,7 @@ SVF_LEVELS_MM = (48.0, 32.0, 16.0, 8.0)
 def _rotation(nd: int, angles) -> torch.Tensor:
     r = torch.eye(nd, dtype=torch.float64)
     axes = [(0, 1)] if nd == 2 else [(0, 1), (0, 2), (1, 2)]
-    for (i, j), a in zip(axes, angles):
+    for (i, j), a in zip(axes, angles, strict=False):  # 2-D: one plane, three angles drawn
         m = torch.eye(nd, dtype=torch.float64)
         c, s = math.cos(a), math.sin(a)
         m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
@@ -92,8 +95,10 @@ class TorchPairSynthesizer:
             raise ValueError(f"crop {self.crop} does not have {self.ndim} sides")
         self.device = torch.device(device)
         self.contrasts = list(contrasts)
-        if "ct" in self.contrasts:  # the CT-like map is held out of training (evaluation only)
-            raise ValueError("the CT-like contrast is an evaluation domain; it cannot be a training contrast")
+        # an allow-list: held-out evaluation contrasts (the CT-like map) can never be trained on
+        unknown = sorted(set(self.contrasts) - set(TRAINING_CONTRASTS))
+        if unknown:
+            raise ValueError(f"contrasts {unknown} are not training contrasts (allowed: {', '.join(TRAINING_CONTRASTS)})")
         self.max_disp_mm = max_disp_mm
         self.rel = (math.radians(rel_rot_deg), rel_scale, rel_shear, rel_trans_mm / self.spacing)
         self.subj = (math.radians(subj_rot_deg), subj_scale)
@@ -103,7 +108,6 @@ class TorchPairSynthesizer:
         mni = load_mni(self.spacing)
         t1 = torch.from_numpy(mni["t1"].data[0])
         gm, wm = torch.from_numpy(mni["gm"]), torch.from_numpy(mni["wm"])
-        bg = (1.0 - gm - wm).clamp_min(0)
         # background is 1 - GM - WM after sampling: one channel less in the costly template pass
         self.image_vol = t1[None, None].float().contiguous().to(self.device)  # (1, 1, *S3)
         self.label_vol = torch.stack([gm, wm])[None].float().contiguous().to(self.device)  # (1, 2, *S3)
@@ -138,7 +142,7 @@ class TorchPairSynthesizer:
             n = self.src_shape[axis]
             start3 = [0.0, 0.0, 0.0]
             start3[axis] = float(torch.randint(int(0.3 * n), int(0.7 * n), (1,), generator=g))
-        for a, c in zip(axes, self.crop):
+        for a, c in zip(axes, self.crop, strict=True):
             slack = self.src_shape[a] - c
             jitter = (float(torch.rand(1, generator=g)) - 0.5) * 0.8 * max(slack, 0)
             start3[a] = slack / 2 + jitter
@@ -157,7 +161,7 @@ class TorchPairSynthesizer:
         w = -torch.log(torch.rand(len(self.levels), generator=g))  # Dirichlet(1, ..., 1) weights
         w = w / w.sum()
         amps = []
-        for (s_mm, _), wk in zip(self.levels, w.tolist()):
+        for (s_mm, _), wk in zip(self.levels, w.tolist(), strict=True):
             # a level spaced s mm never displaces more than 0.35 s: no near-folding fields
             amps.append(min(total * wk, 0.35 * s_mm / self.spacing))
         p["rel_amps"] = amps
@@ -180,8 +184,8 @@ class TorchPairSynthesizer:
     def _relative_velocity(self, ps: list[dict]) -> torch.Tensor:
         """``(B, nd, *vshape)`` velocity in voxels of the velocity grid."""
         dev = self.device
-        factor = torch.tensor([(nv - 1) / (nc - 1) for nv, nc in zip(self.vshape, self.crop)], device=dev)
-        v = 0
+        factor = torch.tensor([(nv - 1) / (nc - 1) for nv, nc in zip(self.vshape, self.crop, strict=True)], device=dev)
+        v: torch.Tensor | int = 0
         for k in range(len(self.levels)):
             ctrl = torch.stack([p["rel_ctrl"][k] for p in ps]).to(dev)
             # linear interpolation never exceeds the control points' peak
@@ -199,7 +203,8 @@ class TorchPairSynthesizer:
         start = torch.stack([p["start3"] for p in ps]).to(dev).float().view(-1, 3, *([1] * nd))
         # one (3 x nd) map: embedding after the subject affine about the crop centre
         m = emb @ lin
-        return torch.einsum("bij,bj...->bi...", m, pts - c) + torch.einsum("bij,bj...->bi...", emb, c.expand(len(ps), -1, *([1] * nd))) + start
+        return (torch.einsum("bij,bj...->bi...", m, pts - c)
+                + torch.einsum("bij,bj...->bi...", emb, c.expand(len(ps), -1, *([1] * nd))) + start)
 
     def _moving_points(self, ps: list[dict], ident_v: torch.Tensor) -> torch.Tensor:
         """Crop points ``T(p)`` ``(B, nd, *vshape)`` the moving image shows at the velocity-grid points
@@ -207,7 +212,7 @@ class TorchPairSynthesizer:
         resolution is reached by interpolating the final coordinates once.)"""
         dev, nd = self.device, self.ndim
         v = self._relative_velocity(ps)
-        scale = torch.tensor([(nc - 1) / (nv - 1) for nv, nc in zip(self.vshape, self.crop)], device=dev)
+        scale = torch.tensor([(nc - 1) / (nv - 1) for nv, nc in zip(self.vshape, self.crop, strict=True)], device=dev)
         disp = integrate_velocity(-v, self.int_steps) * scale.view(1, nd, *([1] * nd))  # crop voxels
         c = self.centre.to(dev).view(1, nd, *([1] * nd)).float()
         lin = torch.stack([p["rel_lin"] for p in ps]).to(dev).float()
@@ -215,33 +220,34 @@ class TorchPairSynthesizer:
         return torch.einsum("bij,bj...->bi...", lin, ident_v + disp - c) + c + t
 
     # --- intensities -----------------------------------------------------------------------------
-    def _intensity(self, img: torch.Tensor, ps: list[dict], keys: list[str], noise_gen: torch.Generator) -> torch.Tensor:
+    def _intensity(self, img: torch.Tensor, ps: list[dict], keys: list[str],
+                   noise_gen: torch.Generator) -> torch.Tensor:
         """``img`` ``(N, 1, *crop)``: view ``i`` uses the parameters ``ps[i][keys[i] + ...]``."""
-        named = [p[k + "_contrast"] for p, k in zip(ps, keys)]
+        named = [p[k + "_contrast"] for p, k in zip(ps, keys, strict=True)]
         x = img.clamp(0, 1)
         if any(c != "t1" for c in named):
             x = torch.stack([_piecewise(x[i], c) if c != "t1" else x[i] for i, c in enumerate(named)])
         n = x.shape[0]
         bshape = (n, 1) + (1,) * self.ndim
-        gam = torch.tensor([p[k + "_gamma"] for p, k in zip(ps, keys)], device=x.device).view(bshape)
+        gam = torch.tensor([p[k + "_gamma"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
         x = x.pow(gam)
         # separable smooth bias exp(b_0(x_0) + b_1(x_1) [+ b_2(x_2)]): broadcast, no volume interpolation
-        bias = torch.stack([p[k + "_bias"] for p, k in zip(ps, keys)]).to(x.device)  # (n, nd, 4)
-        logb = 0
+        bias = torch.stack([p[k + "_bias"] for p, k in zip(ps, keys, strict=True)]).to(x.device)  # (n, nd, 4)
+        logb = torch.zeros((), dtype=bias.dtype, device=x.device)
         for ax, m in enumerate(self.crop):
             curve = F.interpolate(bias[:, ax : ax + 1], size=m, mode="linear", align_corners=True)  # (n, 1, m)
             shape = [n, 1] + [1] * self.ndim
             shape[2 + ax] = m
             logb = logb + curve.view(shape)
         x = x * torch.exp(logb)
-        sig = torch.tensor([p[k + "_noise"] for p, k in zip(ps, keys)], device=x.device).view(bshape)
+        sig = torch.tensor([p[k + "_noise"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
         x = (x + sig * torch.randn(x.shape, generator=noise_gen, device=x.device)).clamp_min(0)
         # robust normalisation as the pipeline does it (99.5th percentile of a regular subsample)
         flat = x.flatten(1)
         sub = flat[:, :: max(1, flat.shape[1] // 16_384)]
         hi = torch.kthvalue(sub, max(1, int(round(0.995 * sub.shape[1]))), dim=1).values.clamp_min(1e-6)
         x = (x / hi.view(bshape)).clamp(0, 1)
-        inv = torch.tensor([p[k + "_invert"] for p, k in zip(ps, keys)], device=x.device).view(bshape)
+        inv = torch.tensor([p[k + "_invert"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
         return torch.where(inv, 1.0 - x, x)
 
     @torch.no_grad()
@@ -251,7 +257,8 @@ class TorchPairSynthesizer:
         ps = [self._params(s, moving_contrast) for s in seeds]
         B, nd = len(ps), self.ndim
         # coordinates on the velocity grid (the same extent as the crop), in crop voxels
-        scale = torch.tensor([(nc - 1) / (nv - 1) for nv, nc in zip(self.vshape, self.crop)], device=self.device)
+        scale = torch.tensor([(nc - 1) / (nv - 1) for nv, nc in zip(self.vshape, self.crop, strict=True)],
+                             device=self.device)
         ident_v = (identity_coords(self.vshape, self.device) * scale.view(nd, *([1] * nd))).unsqueeze(0)
         pts = torch.cat([ident_v.expand(B, *([-1] * (nd + 1))), self._moving_points(ps, ident_v)])
         q_v = self._base_coords(ps + ps, pts)  # (2B, 3, *vshape) template voxels
