@@ -98,7 +98,8 @@ class TorchPairSynthesizer:
         # an allow-list: held-out evaluation contrasts (the CT-like map) can never be trained on
         unknown = sorted(set(self.contrasts) - set(TRAINING_CONTRASTS))
         if unknown:
-            raise ValueError(f"contrasts {unknown} are not training contrasts (allowed: {', '.join(TRAINING_CONTRASTS)})")
+            allowed = ", ".join(TRAINING_CONTRASTS)
+            raise ValueError(f"contrasts {unknown} are not training contrasts (allowed: {allowed})")
         self.max_disp_mm = max_disp_mm
         self.rel = (math.radians(rel_rot_deg), rel_scale, rel_shear, rel_trans_mm / self.spacing)
         self.subj = (math.radians(subj_rot_deg), subj_scale)
