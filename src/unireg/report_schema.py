@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
-from typing import Optional, TypedDict
+import json
+from pathlib import Path
+from typing import Optional, TypedDict, cast
 
-__all__ = ["REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "REQUIRED_KEYS", "STAGE_NAMES"]
+from .errors import UniRegError
+
+__all__ = ["read_report", "REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "REQUIRED_KEYS", "STAGE_NAMES"]
 
 REPORT_FORMAT = 2
 
@@ -73,3 +77,21 @@ class Report(_Required, total=False):
 
 REQUIRED_KEYS = frozenset(_Required.__annotations__)
 REPORT_KEYS = REQUIRED_KEYS | frozenset(Report.__annotations__)
+
+
+def read_report(path: str | Path) -> Report:
+    """Read a ``report.json``: a JSON object of a format this version understands (reports written
+    before format versions existed are read as they are), else a one-line :class:`UniRegError`."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UniRegError(f"cannot read report.json ({e})", p) from None
+    if not isinstance(data, dict):
+        raise UniRegError("report.json is not a JSON object", p)
+    version = data.get("format_version")
+    if version is not None and (not isinstance(version, int) or version > REPORT_FORMAT):
+        raise UniRegError(
+            f"report.json format {version!r} is newer than this UniReg reads ({REPORT_FORMAT})", p
+        )
+    return cast(Report, data)

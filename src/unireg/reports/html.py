@@ -22,11 +22,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -40,6 +39,7 @@ from unireg.errors import UniRegError
 from unireg.io.atomic import atomic_path
 from unireg.io.image import read_image
 from unireg.io.warp import read_displacement_field
+from unireg.report_schema import read_report
 from unireg.reports.qc import (
     FOLD_COLOR,
     Plane,
@@ -187,7 +187,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -335,12 +335,9 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     rj = out / "report.json"
     if not rj.is_file():
         raise UniRegError("no report.json in the output directory", out)
-    try:
-        report = json.loads(rj.read_text())
-    except (OSError, ValueError) as e:
-        raise UniRegError(f"cannot read report.json ({e})", rj) from None
+    report = read_report(rj)
     pre = dict(preloaded or {})
-    if not isinstance(report, dict) or not (report.get("fixed") or pre.get("fixed") is not None):
+    if not (report.get("fixed") or pre.get("fixed") is not None):
         raise UniRegError("report.json has no 'fixed' image path", rj)
 
     warnings: list[str] = []
