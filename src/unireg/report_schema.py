@@ -11,7 +11,10 @@ from typing import Optional, TypedDict, cast
 
 from .errors import UniRegError
 
-__all__ = ["read_report", "REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "REQUIRED_KEYS", "STAGE_NAMES"]
+__all__ = [
+    "read_report", "REPORT_FORMAT", "Report", "StageRecord", "WorkingGrid", "REPORT_KEYS", "REQUIRED_KEYS",
+    "STAGE_NAMES",
+]
 
 REPORT_FORMAT = 2
 
