@@ -112,3 +112,22 @@ def test_the_mode_catches_a_planted_transfer(monkeypatch):
                 lambda t: float(t.sum())):
         with pytest.raises(HostTransfer), NoHostTransfer(), NoScalarRead():
             bad(torch.ones(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_register_on_cuda_matches_cpu():
+    """api.register on ``cuda``: same outputs as on the CPU (within float tolerance), the caller's model
+    left where it was."""
+    from unireg import api
+
+    mni = load_mni(4.0)
+    t1, lab, aff = mni["t1"].data[0][:, :, 20], mni["labels"].data[0][:, :, 20], mni["t1"].affine
+    mov = np.roll(t1, 2, axis=0).astype(np.float32)
+    from unireg.io.image import Image
+
+    model = Registrar(ndim=2).eval()
+    res = {d: api.register((t1, aff), (mov, aff), model=model, labels=Image(lab[None], aff, None), device=d,
+                           qc=False) for d in ("cpu", "cuda")}
+    assert next(model.parameters()).device.type == "cpu"
+    assert np.abs(res["cuda"].warp_mm - res["cpu"].warp_mm).max() < 0.05  # mm
+    assert (res["cuda"].warped_labels.data != res["cpu"].warped_labels.data).mean() < 0.01
