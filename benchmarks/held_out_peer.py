@@ -1,11 +1,12 @@
 """Run ONE peer registration (ANTs SyN or elastix B-spline) on two image files, in its own process.
 
-    python benchmarks/held_out_peer.py ants    FIXED MOVING OUT [--metric mattes|cc] [--threads T]
+    python benchmarks/held_out_peer.py ants    FIXED MOVING OUT [--metric mattes|cc] [--threads T] [--labels L]
     python benchmarks/held_out_peer.py elastix FIXED MOVING OUT [--threads T]
 
 Writes ``OUT/warp.nii.gz`` (fixed->moving displacement on the fixed grid, ITK layout, LPS mm, the same
 file layout as ``unireg register``), for ANTs also ``OUT/inverse_warp.nii.gz`` (moving->fixed on the
-moving grid, from ``invtransforms``), and ``OUT/report.json`` (registration seconds inside this
+moving grid, from ``invtransforms``), ``OUT/warped.nii.gz`` and with ``--labels`` ``OUT/warped_labels.nii.gz``
+(nearest neighbour), and ``OUT/report.json`` (registration seconds inside this
 process).  The caller measures the whole process (wall seconds, peak RSS).  Never imports torch.
 
 ANTs: ``ants.registration(type_of_transform="SyN", aff_metric="mattes", syn_metric=METRIC)`` with
@@ -42,7 +43,7 @@ def _write(out: Path, name: str, vec_lps_last, affine) -> None:
     write_displacement_field(out / name, v, affine)
 
 
-def run_ants(fixed: Path, moving: Path, out: Path, metric: str) -> dict:
+def run_ants(fixed: Path, moving: Path, out: Path, metric: str, labels: Path | None = None) -> dict:
     import ants
 
     if hasattr(ants, "config") and hasattr(ants.config, "_random_seed"):
@@ -58,6 +59,11 @@ def run_ants(fixed: Path, moving: Path, out: Path, metric: str) -> dict:
                                     compose=os.path.join(tmp, "inv"))
         _write(out, "warp.nii.gz", ants.image_read(fwd).numpy(), _read_affine(fixed))
         _write(out, "inverse_warp.nii.gz", ants.image_read(inv).numpy(), _read_affine(moving))
+        ants.image_write(reg["warpedmovout"], str(out / "warped.nii.gz"))
+        if labels is not None:  # the moving label map onto the fixed grid (as `unireg register --labels`)
+            lab = ants.apply_transforms(f, ants.image_read(str(labels)), reg["fwdtransforms"],
+                                        interpolator="nearestNeighbor")
+            ants.image_write(lab, str(out / "warped_labels.nii.gz"))
     return {"method": "ants", "type_of_transform": "SyN", "aff_metric": "mattes", "syn_metric": metric,
             "registration_s": round(secs, 3), "ants_version": getattr(ants, "__version__", "?")}
 
@@ -98,13 +104,14 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--metric", default="mattes", choices=["mattes", "cc", "CC"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--labels", type=Path, default=None, help="ants: moving label map -> OUT/warped_labels.nii.gz")
     a = p.parse_args(argv)
     for f in (a.fixed, a.moving):
         if not f.is_file():
             print(f"error: {f}: no such file", file=sys.stderr)
             return 2
     a.out.mkdir(parents=True, exist_ok=True)
-    info = run_ants(a.fixed, a.moving, a.out, "CC" if a.metric.lower() == "cc" else "mattes") if a.method == "ants" \
+    info = run_ants(a.fixed, a.moving, a.out, "CC" if a.metric.lower() == "cc" else "mattes", a.labels) if a.method == "ants" \
         else run_elastix(a.fixed, a.moving, a.out, a.threads)
     info["threads"] = a.threads
     (a.out / "report.json").write_text(json.dumps(info, indent=1))

@@ -1,20 +1,34 @@
-"""Speed and memory of UniReg against ANTs SyN on the same 1 mm MNI pair, in one run.
+"""What users run, timed: the default ``unireg register`` (and ``--fast``) against ANTs SyN doing the same job.
 
-    python benchmarks/speed.py [--threads 2] [--contrast t2] [--refine 0]
+    python benchmarks/speed.py [--repeats 3] [--threads 2] [--quick] [--no-load] [--out results.json]
 
 The pair is ``unireg.demo.make_demo_pair`` (MNI ICBM152 T1, 197x233x189 at 1 mm, against a deformed
-T2-like copy).  Measured, each in its own process (peak memory = that process's max RSS from
-``os.wait4``; the in-call figures come from the worker's own psutil sampling):
+T2-like copy, with both label maps); ``--quick``: the 2 mm pair cropped to a small block, one repeat
+(the smoke test's setting: the figures then say nothing about speed).
 
-- UniReg **network only**: ``report.json`` ``runtime_s.network`` (the UNet forward pass);
-- UniReg **registration call**: ``unireg.api.register`` (resample to the 2 mm working grid, affine,
-  features, network, integration, resampling the image and both warps at 1 mm) -- no imports, no I/O;
-- UniReg **end to end**: ``unireg register FIXED MOVING -o OUT --no-qc`` as a subprocess: Python start,
-  imports, reading, everything above, writing warped image, warp, inverse warp, Jacobian and report;
-- ANTs SyN (Mattes MI, affine + SyN, default iterations): the ``ants.registration`` call (+ composing the
-  field), and end to end = a worker process that imports ANTsPy, reads, registers and writes the warp.
+Each method is its own subprocess of this script, reads the same two files and the moving label map,
+and writes the same outputs (warped image, warp, warped labels):
 
-Writes ``benchmarks/results/speed.md`` (+ ``.json``).
+- ``unireg --threads T register FIXED MOVING -o OUT --labels L`` (defaults: QC and report included),
+- the same with ``--fast``,
+- ``held_out_peer.py ants FIXED MOVING OUT --labels L``: ``ants.registration(type_of_transform="SyN",
+  aff_metric="mattes", syn_metric="mattes")``, antspyx's default iterations.
+
+Every process gets the same thread count (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, ``OMP_NUM_THREADS``,
+``MKL_NUM_THREADS`` and ``unireg --threads``).  Figures: whole-process wall seconds and peak RSS (MiB,
+``os.wait4``), median over the repeats; GM/WM Dice of ``OUT/warped_labels.nii.gz`` against the fixed
+labels; the ratio ANTs/UniReg and the Dice difference (UniReg - ANTs, points).  Run twice: quiet, then
+"loaded" (two ``python -c "while True: pass"`` processes keep two cores busy; started and killed
+here), each with the machine's load average.
+
+Cross-check from outside with ``farm-bench`` (times whole commands, pairs A against B), e.g. after
+``python -c "from unireg.demo import make_demo_pair; make_demo_pair('/tmp/pair')"``::
+
+    OMP_NUM_THREADS=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=2 farm-bench -n 3 --timeout 900 -- \\
+        unireg --threads 2 register /tmp/pair/fixed_t1.nii.gz /tmp/pair/moving_t2.nii.gz -o /tmp/u \\
+        --labels /tmp/pair/moving_t2_labels.nii.gz \\
+        --vs "python benchmarks/held_out_peer.py ants /tmp/pair/fixed_t1.nii.gz /tmp/pair/moving_t2.nii.gz /tmp/a \\
+        --labels /tmp/pair/moving_t2_labels.nii.gz"
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,107 +45,156 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+GM_WM = (1, 2)
+QUICK_CROP = (slice(20, 68), slice(28, 84), slice(20, 68))  # a block of the 2 mm pair, through the brain
 
 
 def timed_process(cmd, env) -> dict:
     """Run ``cmd``; wall seconds and the child's max RSS (MiB) from ``os.wait4``."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
-    out, err = p.stdout.read(), p.stderr.read()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{err[-3000:]}")
-    return {"wall_s": wall, "max_rss_mb": ru.ru_maxrss / 1024.0, "stdout": out}
+    err = p.stderr.read()
+    p.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({code}):\n{err[-3000:]}")
+    return {"wall_s": wall, "peak_mib": ru.ru_maxrss / 1024.0}
+
+
+def make_pair(work: Path, quick: bool) -> dict:
+    """The demo pair, written by a child process: this one stays small (a child's peak RSS reported by
+    ``os.wait4`` cannot read below its parent's RSS at the fork, Linux keeps it across exec)."""
+    out = work / "pair"
+    code = ("import json, sys; from pathlib import Path; import speed; "
+            "print(json.dumps({k: str(v) for k, v in speed._write_pair(Path(sys.argv[1]), sys.argv[2] == '1').items()}))")
+    r = subprocess.run([sys.executable, "-c", code, str(out), "1" if quick else "0"], capture_output=True, text=True,
+                       cwd=HERE, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])))
+    if r.returncode != 0:
+        raise RuntimeError(f"writing the demo pair failed:\n{r.stderr[-3000:]}")
+    return {k: Path(v) for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+
+
+def _write_pair(out: Path, quick: bool) -> dict:
+    from unireg.demo import make_demo_pair
+
+    paths = make_demo_pair(out, spacing=2.0 if quick else None)
+    if quick:
+        import nibabel as nib
+
+        for key in ("fixed", "moving", "fixed_labels", "moving_labels"):
+            img = nib.load(str(paths[key]))
+            nib.save(img.slicer[QUICK_CROP], str(paths[key]))
+    return paths
+
+
+def gm_wm_dice(fixed_labels: Path, warped_labels: Path) -> float:
+    """Mean Dice of grey and white matter (labels 1, 2), computed in a child process (see make_pair)."""
+    code = ("import sys, numpy as np, nibabel as nib; "
+            "f, w = (np.asarray(nib.load(p).dataobj).astype(int) for p in sys.argv[1:3]); "
+            "print(np.mean([2 * ((f == k) & (w == k)).sum() / max((f == k).sum() + (w == k).sum(), 1) "
+            f"for k in {GM_WM!r}]))")
+    r = subprocess.run([sys.executable, "-c", code, str(fixed_labels), str(warped_labels)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"Dice of {warped_labels} failed:\n{r.stderr[-2000:]}")
+    return float(r.stdout.strip())
+
+
+def commands(paths: dict, out: Path, threads: int) -> dict:
+    unireg = shutil.which("unireg")
+    uni = [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import app; app()"]
+    base = uni + ["--threads", str(threads), "register", str(paths["fixed"]), str(paths["moving"]),
+                  "--labels", str(paths["moving_labels"]), "-o"]
+    return {
+        "unireg": base + [str(out / "unireg")],
+        "unireg_fast": base + [str(out / "unireg_fast"), "--fast"],
+        "ants": [sys.executable, str(HERE / "held_out_peer.py"), "ants", str(paths["fixed"]), str(paths["moving"]),
+                 str(out / "ants"), "--metric", "mattes", "--threads", str(threads),
+                 "--labels", str(paths["moving_labels"])],
+    }
+
+
+def run_phase(paths: dict, work: Path, threads: int, repeats: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads))
+    runs: dict[str, list] = {}
+    for r in range(repeats):
+        for name, cmd in commands(paths, work, threads).items():  # interleaved: drift hits all alike
+            shutil.rmtree(work / name, ignore_errors=True)
+            res = timed_process(cmd, env)
+            res["dice_gm_wm"] = gm_wm_dice(paths["fixed_labels"], work / name / "warped_labels.nii.gz")
+            runs.setdefault(name, []).append(res)
+            print(f"  repeat {r + 1}/{repeats} {name}: {res['wall_s']:.1f} s, {res['peak_mib']:.0f} MiB, "
+                  f"GM/WM Dice {res['dice_gm_wm']:.3f}", flush=True)
+    return {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} | {"runs": rs} for name, rs in runs.items()}
+
+
+class Busy:
+    """Two processes spinning on the CPU for the duration of a ``with`` block."""
+
+    def __init__(self, n: int = 2):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def table(title: str, res: dict, load: tuple) -> str:
+    a = res["ants"]
+    lines = [f"### {title} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", "",
+             "| method | median s | peak MiB | GM/WM Dice | ANTs/UniReg | Dice - ANTs (points) |",
+             "|---|---|---|---|---|---|"]
+    for name in ("unireg", "unireg_fast", "ants"):
+        m = res[name]
+        ratio = a["wall_s"] / m["wall_s"]
+        diff = 100 * (m["dice_gm_wm"] - a["dice_gm_wm"])
+        lines.append(f"| {name} | {m['wall_s']:.1f} | {m['peak_mib']:.0f} | {m['dice_gm_wm']:.3f} | "
+                     f"{ratio:.2f}x | {diff:+.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="UniReg vs ANTs SyN: time and memory on one 1 mm MNI pair")
+    ap = argparse.ArgumentParser(description="unireg register (default, --fast) vs ANTs SyN-MI, whole processes")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--contrast", default="t2")
-    ap.add_argument("--refine", type=int, default=0)
-    ap.add_argument("--model", default=None, help="3-D checkpoint (default: the shipped model)")
-    ap.add_argument("--skip-ants", action="store_true")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.md")
+    ap.add_argument("--quick", action="store_true", help="2 mm crop, 1 repeat (smoke test)")
+    ap.add_argument("--no-load", action="store_true", help="skip the loaded run")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the pair and outputs (default: temporary)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
-
-    from common import machine_description
-
-    from unireg.demo import make_demo_pair
-
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(a.threads),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    load_before = os.getloadavg()
-    res: dict = {}
-    with tempfile.TemporaryDirectory(prefix="unireg-speed-") as tmp:
-        tmp = Path(tmp)
-        paths = make_demo_pair(tmp / "pair", contrast=a.contrast, seed=0)
-        pair = tmp / "bench_pair"  # run_method.py's layout
-        pair.mkdir()
-        os.symlink(paths["fixed"], pair / "fixed.nii.gz")
-        os.symlink(paths["moving"], pair / "moving.nii.gz")
-
-        # UniReg end to end, exactly what a user runs
-        cmd = [sys.executable, "-m", "unireg.cli.main", "--threads", str(a.threads), "register", str(paths["fixed"]),
-               str(paths["moving"]), "-o", str(tmp / "unireg_e2e"), "--no-qc"]
-        if a.model:
-            cmd += ["--model", a.model]
-        cmd += ["--refine", str(a.refine)]  # explicit: an untrained default model would otherwise refine 100
-        e2e = timed_process(cmd, env)
-        rep = json.loads((tmp / "unireg_e2e" / "report.json").read_text())
-        res["unireg"] = {"end_to_end_s": e2e["wall_s"], "end_to_end_peak_mb": e2e["max_rss_mb"],
-                         "runtime_parts_s": rep["runtime_s"], "network_s": rep["runtime_s"].get("network"),
-                         "model": rep.get("model"), "working_grid": rep.get("working_grid")}
-        # UniReg registration call alone (worker)
-        cmd = [sys.executable, str(HERE / "run_method.py"), "unireg", str(pair), str(tmp / "unireg_call"),
-               "--threads", str(a.threads), "--refine", str(a.refine)] + (["--model", a.model] if a.model else [])
-        w = timed_process(cmd, env)
-        wrep = json.loads((tmp / "unireg_call" / "report.json").read_text())
-        res["unireg"].update({"call_s": wrep["runtime_s"]["total"], "call_peak_mb": wrep["peak_rss_mb"],
-                              "worker_wall_s": w["wall_s"], "worker_max_rss_mb": w["max_rss_mb"]})
-        if not a.skip_ants:
-            cmd = [sys.executable, str(HERE / "run_method.py"), "ants", str(pair), str(tmp / "ants"), "--threads", str(a.threads)]
-            w = timed_process(cmd, env)
-            arep = json.loads((tmp / "ants" / "report.json").read_text())
-            res["ants"] = {"call_s": arep["runtime_s"]["total"], "call_peak_mb": arep["peak_rss_mb"],
-                           "end_to_end_s": w["wall_s"], "end_to_end_peak_mb": w["max_rss_mb"]}
-    load_after = os.getloadavg()
-    u, an = res["unireg"], res.get("ants")
-    if a.model:
-        import torch
-
-        meta = torch.load(a.model, map_location="cpu", weights_only=False)["config"].get("meta", {})
-        u["model"] = f"{a.model} ({meta.get('steps', '?')} training steps)"
-    lines = ["# Speed and memory: UniReg vs ANTs SyN on one 1 mm MNI pair", "",
-             f"Command: `python benchmarks/speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
-             f"Machine: {machine_description()}; {a.threads} thread(s) for every method.  ",
-             f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} "
-             "(other jobs shared the CPU when it was above the core count: read the ratios, not the absolute times).  ",
-             f"Pair: `unireg.demo.make_demo_pair(contrast='{a.contrast}', seed=0)` — MNI T1 197x233x189 at 1 mm vs a deformed "
-             f"{a.contrast.upper()}-like copy.  UniReg model: {u['model']}, working grid {u['working_grid']}, refine {a.refine}.", "",
-             "| figure | UniReg | ANTs SyN (MI) | ANTs / UniReg |", "|---|---|---|---|"]
-
-    def row(name, uv, av, unit="s", nd=2):
-        ratio = f"{av / uv:.1f}x" if av is not None and uv else "–"
-        lines.append(f"| {name} | {uv:.{nd}f} {unit} | {'–' if av is None else f'{av:.{nd}f} {unit}'} | {ratio} |")
-
-    lines.append(f"| network forward pass only | {u['network_s']:.2f} s | – | – |")
-    row("registration call (no imports, no I/O)", u["call_s"], an and an["call_s"])
-    row("end to end (process: start, imports, read, register, write)", u["end_to_end_s"], an and an["end_to_end_s"])
-    row("peak memory, registration call (sampled)", u["call_peak_mb"], an and an["call_peak_mb"], "MiB", 0)
-    row("peak memory, end to end (max RSS)", u["end_to_end_peak_mb"], an and an["end_to_end_peak_mb"], "MiB", 0)
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in u["runtime_parts_s"].items())
-    lines += ["", f"UniReg end-to-end breakdown (report.json, s): {parts}.",
-              "UniReg end to end writes four float32 volumes (warped, warp, inverse warp, Jacobian) and report.json;",
-              "the ANTs end-to-end process writes only the composed warp, so the comparison favours ANTs there.", ""]
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines))
-    a.out.with_suffix(".json").write_text(json.dumps({"results": res, "threads": a.threads, "load_before": load_before,
-                                                      "load_after": load_after, "machine": machine_description()}, indent=1))
-    print("\n".join(lines))
+    repeats = 1 if a.quick else a.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        work = a.work or Path(tmp)
+        paths = make_pair(work, a.quick)
+        phases = {}
+        print("quiet:", flush=True)
+        load = os.getloadavg()
+        phases["quiet"] = {"load": load, "results": run_phase(paths, work / "quiet", a.threads, repeats)}
+        print(table("quiet", phases["quiet"]["results"], load), flush=True)
+        if not a.no_load:
+            print("loaded (2 busy processes):", flush=True)
+            with Busy(2):
+                time.sleep(1.0)
+                res = run_phase(paths, work / "loaded", a.threads, repeats)
+                load = os.getloadavg()
+            phases["loaded"] = {"load": load, "results": res}
+            print(table("loaded, 2 busy processes", res, load), flush=True)
+            for name in ("unireg", "unireg_fast"):
+                q = phases["quiet"]["results"]["ants"]["wall_s"] / phases["quiet"]["results"][name]["wall_s"]
+                lo = res["ants"]["wall_s"] / res[name]["wall_s"]
+                print(f"{name}: loaded ratio / quiet ratio = {lo / q:.2f}")
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            cfg = {"threads": a.threads, "repeats": repeats, "quick": a.quick, "cpus": os.cpu_count()}
+            a.out.write_text(json.dumps({"config": cfg, "phases": phases}, indent=1, default=str))
     return 0
 
 

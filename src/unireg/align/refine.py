@@ -19,6 +19,8 @@ stays ``exp(velocity)``, so the result is diffeomorphic whatever the level.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -171,7 +173,7 @@ def _point_refine(
     nz = inside.nonzero()
     lo, hi = nz.amin(0).to(v.dtype), nz.amax(0).to(v.dtype)  # the object's bounding box
     ff_flat = fixed_fine.flatten(2)  # (1, C, N)
-    strides = torch.tensor([int(torch.tensor(f_shape[i + 1:]).prod()) for i in range(nd)], device=v.device)
+    strides = torch.tensor([math.prod(f_shape[i + 1:]) for i in range(nd)], device=v.device)
     v = v.detach().clone().requires_grad_(True)
     opt = Adam([v], lr=level.lr)
     for _ in range(level.iterations):
@@ -230,7 +232,7 @@ def refine_multilevel(
             mask = None if fixed_mask_w is None else (pool_to(fixed_mask_w, shape) > 0.5).float()
             v = refine_velocity(v, ff, fm, level.iterations, smoothness, level.lr, int_steps, mask)
         elif level.name in ("working", "native"):
-            if int(torch.tensor(w_shape).prod()) <= FINE_CONTROL_VOXELS and tuple(v.shape[2:]) != w_shape:
+            if math.prod(w_shape) <= FINE_CONTROL_VOXELS and tuple(v.shape[2:]) != w_shape:
                 v = resize_field(v, w_shape)  # small images: the control grid refines to the working grid
             if level.name == "working":
                 fixed_l, moving_l, mask_l = fixed_w, moving_w, fixed_mask_w
@@ -240,8 +242,7 @@ def refine_multilevel(
                 fixed_l, moving_l, _ = fine
                 mask_l = fixed_mask_fine
             inside = fixed_l[0, 0] > 0.02 if mask_l is None else mask_l[0, 0] > 0.5
-            if int(inside.sum()) < 100:
-                inside = torch.ones_like(inside)
+            inside = torch.where(inside.sum() < 100, torch.ones_like(inside), inside)  # no host read
             g = torch.Generator().manual_seed(int(seed) + len(level.name))
             v = _point_refine(v, mind_ssc(fixed_l), mind_ssc(moving_l), level, lam, int_steps,
                               inside.flatten().float(), g)

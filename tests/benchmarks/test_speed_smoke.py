@@ -1,0 +1,38 @@
+"""Smoke test of benchmarks/speed.py: a tiny crop, one repeat, quiet only (the figures mean nothing here;
+the test checks that every method runs as a whole process, writes its warped labels and gets a Dice)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "speed.py"
+
+
+@pytest.mark.skipif(not SCRIPT.is_file(), reason="benchmarks/ not present (installed package without the repository)")
+@pytest.mark.skipif(importlib.util.find_spec("ants") is None, reason="antspyx not installed")
+def test_speed_quick(tmp_path):
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--no-load", "--threads", "1", "--out", str(out),
+                        "--work", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ANTs/UniReg" in r.stdout and "load average" in r.stdout
+    res = json.loads(out.read_text())["phases"]["quiet"]["results"]
+    assert set(res) == {"unireg", "unireg_fast", "ants"}
+    for m in res.values():
+        assert 0.5 < m["dice_gm_wm"] <= 1.0 and m["wall_s"] > 0 and m["peak_mib"] > 0
+    # the children's peaks are their own, not the parent's floor (the pair is written by a child)
+    assert res["ants"]["peak_mib"] != res["unireg"]["peak_mib"]
+
+
+def test_busy_helpers_are_killed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    with speed.Busy(2) as b:
+        assert all(p.poll() is None for p in b.procs)
+    assert all(p.poll() is not None for p in b.procs)

@@ -1,0 +1,133 @@
+"""The GPU-resident stages (``features``, ``network``, ``refine``, ``integrate``) never copy a tensor
+to the host (issue #12): a CPU-only CI catches a planted ``.cpu()`` / ``.item()`` / ``.numpy()`` /
+``.tolist()`` / ``.to("cpu")`` because the mode below flags those METHOD CALLS whatever the device
+(on a CPU everything is "host", so the device cannot tell a transfer apart), plus implicit scalar
+reads (``int(t)``, ``float(t)``, ``bool(t)``: ``aten._local_scalar_dense``).
+
+Allow-listed, on purpose: :func:`unireg.align.refine.mind_cost`, the do-no-harm yardstick, which
+returns one Python float per gate (one scalar read per stage, the gate's comparison needs it).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from unireg.data.mni import load_mni
+from unireg.models.registrar import Registrar
+from unireg.stages import Options, State, deformable
+from unireg.stages.affine import affine as affine_stage
+from unireg.stages.prepare import prepare
+
+ALLOWED_FUNCTIONS = {"mind_cost"}  # the do-no-harm gates' one scalar each (see module docstring)
+_FLAGGED = {"cpu", "numpy", "item", "tolist"}
+
+
+class HostTransfer(AssertionError):
+    pass
+
+
+def _allowed() -> bool:
+    f = sys._getframe(2)
+    while f is not None:
+        if f.f_code.co_name in ALLOWED_FUNCTIONS:
+            return True
+        f = f.f_back
+    return False
+
+
+def _to_host(args, kwargs) -> bool:
+    targets = list(args[1:]) + [kwargs.get("device")]
+    return any(isinstance(t, str) and t.startswith("cpu") for t in targets)
+
+
+class NoHostTransfer(TorchFunctionMode):
+    """Raises on Tensor.cpu/numpy/item/tolist and ``.to("cpu")`` (an explicit host target)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if (name in _FLAGGED or (name == "to" and _to_host(args, kwargs))) and not _allowed():
+            raise HostTransfer(f"device-to-host transfer: Tensor.{name}")
+        return func(*args, **kwargs)
+
+
+class NoScalarRead(TorchDispatchMode):
+    """Raises on implicit scalar reads (int(t), float(t), bool(t), if t: ...)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and not _allowed():
+            raise HostTransfer("device-to-host transfer: scalar read (int/float/bool of a tensor)")
+        return func(*args, **(kwargs or {}))
+
+
+def build_state(device: str = "cpu") -> State:
+    from unireg.io.image import Image
+
+    mni = load_mni(4.0)
+    t1, aff = mni["t1"].data[0], mni["t1"].affine
+    rng = np.random.default_rng(0)
+    mov = (np.roll(t1, 2, axis=0) * 0.8 + rng.normal(0, 0.01, t1.shape)).astype(np.float32)
+    fixed, moving = Image(t1[None], aff, None), Image(mov[None], aff, None)
+    model = Registrar(ndim=3).to(device).eval()
+    opts = Options(refine=3, device=device)
+    s = State(fixed, moving, model, opts, torch.device(device))
+    prepare(s)
+    affine_stage(s)
+    return s
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason="no CUDA device on this machine"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deformable_stages_stay_on_the_device(device):
+    s = build_state(device)
+    with NoHostTransfer(), NoScalarRead():
+        for stage in (deformable.features, deformable.network, deformable.refine, deformable.integrate):
+            stage(s)
+    assert s.disp_w.device.type == torch.device(device).type
+
+
+def test_the_mode_catches_a_planted_transfer(monkeypatch):
+    """The guard itself: a stage that reads a scalar or copies to the host fails."""
+    s = build_state()
+    deformable.features(s)
+    deformable.network(s)
+    real = deformable.refine_multilevel
+
+    def planted(v, *a, **k):
+        return real(v, *a, **k).cpu()
+
+    monkeypatch.setattr(deformable, "refine_multilevel", planted)
+    with pytest.raises(HostTransfer, match="Tensor.cpu"), NoHostTransfer(), NoScalarRead():
+        deformable.refine(s)
+    for bad in (lambda t: t.item(), lambda t: t.tolist(), lambda t: t.numpy(), lambda t: t.to("cpu"),
+                lambda t: float(t.sum())):
+        with pytest.raises(HostTransfer), NoHostTransfer(), NoScalarRead():
+            bad(torch.ones(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_register_on_cuda_matches_cpu():
+    """api.register on ``cuda``: same outputs as on the CPU (within float tolerance), the caller's model
+    left where it was."""
+    from unireg import api
+
+    mni = load_mni(4.0)
+    t1, lab, aff = mni["t1"].data[0][:, :, 20], mni["labels"].data[0][:, :, 20], mni["t1"].affine
+    mov = np.roll(t1, 2, axis=0).astype(np.float32)
+    from unireg.io.image import Image
+
+    model = Registrar(ndim=2).eval()
+    res = {d: api.register((t1, aff), (mov, aff), model=model, labels=Image(lab[None], aff, None), device=d,
+                           qc=False) for d in ("cpu", "cuda")}
+    assert next(model.parameters()).device.type == "cpu"
+    assert np.abs(res["cuda"].warp_mm - res["cpu"].warp_mm).max() < 0.05  # mm
+    assert (res["cuda"].warped_labels.data != res["cpu"].warped_labels.data).mean() < 0.01
