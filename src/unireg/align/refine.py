@@ -20,7 +20,6 @@ stays ``exp(velocity)``, so the result is diffeomorphic whatever the level.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
