@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _readme_test_command() -> str:
     for line in (ROOT / "README.md").read_text().splitlines():
-        if 'pip install -e ".[test]"' in line:
+        if re.match(r'pip install -e "\.\[test(,bench)?\]"', line):
             return line.split("#")[0].strip()
     raise AssertionError("README has no test command")
 
