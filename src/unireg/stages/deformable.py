@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..align.refine import mind_cost, pool_to, refine_multilevel, schedule
-from ..features.mind import mind_ssc
+from ..features.mind import MIND, mind_ssc
 from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
 from ..spatial.grid import apply_matrix
@@ -125,11 +125,20 @@ def integrate(s: State) -> None:
         s.inv_disp_w = s.model.displacement(-s.velocity, s.w_shape)
 
 
+def _working_mind(s: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """Default MIND-SSC of the working-grid images: the model's own features when its extractor is
+    exactly that (the shipped models), computed here otherwise."""
+    f = s.model.features
+    if isinstance(f, MIND) and (f.radius, f.dilation) == (1, 2):
+        return s.ff, s.fm
+    return mind_ssc(s.fixed_w[None]), mind_ssc(s.moving_w[None])
+
+
 def deformable_gate(s: State) -> None:
     """Keep the deformation only if it lowers the working-grid feature cost below the affine's."""
     with s.timer("integrate"), torch.no_grad():
         if s.opts.do_no_harm:
-            ff, fm = mind_ssc(s.fixed_w[None]), mind_ssc(s.moving_w[None])
+            ff, fm = _working_mind(s)
             mask = _fixed_mask(s, s.w_shape, s.w_aff4)
             c0 = mind_cost(ff, fm, None, mask)
             c1 = mind_cost(ff, fm, s.disp_w, mask)
