@@ -21,6 +21,7 @@ from ..align.affine import (
     rotation_starts,
     structure_mask,
 )
+from ..align.foreground import otsu_threshold
 from ..features.mind import mind_ssc
 from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
@@ -35,6 +36,10 @@ __all__ = ["affine", "IMPROVEMENT"]
 IMPROVEMENT = 1e-3
 MIN_OVERLAP = 0.5
 OPTIMISED_STARTS = 2
+# beam search: the best SCREENED_STARTS starts by their raw score get SCREEN_ITERATIONS coarse (8 mm in
+# 3-D) optimiser steps and are ranked again (a start at the basin's edge scores badly before it moves)
+SCREENED_STARTS = 8
+SCREEN_ITERATIONS = 15
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as object for the foreground centroid
 
 
@@ -94,7 +99,10 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         # intensity centroids, and centroids of the foreground masks (contrast-independent: a T2-like
         # moving image weighs its tissues quite differently from the T1 it is matched to)
         fg_f, fg_m = (f_in > FOREGROUND).float(), (m_in > FOREGROUND).float()
-        for name, a, b in (("centre of mass", f_in, m_in), ("foreground centroid", fg_f, fg_m)):
+        # each image's own Otsu threshold: noise or bias inside a field of view can exceed FOREGROUND
+        ot_f, ot_m = (f_in > otsu_threshold(f_in)).float(), (m_in > otsu_threshold(m_in)).float()
+        bases = (("centre of mass", f_in, m_in), ("foreground centroid", fg_f, fg_m), ("Otsu centroid", ot_f, ot_m))
+        for name, a, b in bases:
             com = center_of_mass_init(a, s.w_aff4, b, m_aff4) @ start
             centre = center_of_mass_world(a, s.w_aff4)
             starts += [(name, com)] + [
@@ -105,7 +113,17 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         c, o = cost_overlap
         return c * o + (1.0 - o) * 0.5
 
-    scored = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts), key=lambda t: t[0])
+    def screen(m: np.ndarray) -> np.ndarray:  # a few coarse steps: a start near the basin's edge gets in
+        if SCREEN_ITERATIONS == 0:
+            return m
+        with torch.enable_grad():
+            return optimize_affine(ff, f_grid, fm, m_grid, m, levels=((2, SCREEN_ITERATIONS),), fixed_mask=fixed_b,
+                                   moving_mask=moving_b)
+
+    ranked = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts), key=lambda t: t[0])
+    screened = [(name, screen(m)) for _, name, m in ranked[:SCREENED_STARTS]]
+    scored = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in screened),
+                    key=lambda t: t[0])
     best_cost, best_name, best, best_c, best_o = float("inf"), "", start, float("inf"), 0.0
     tried: set[str] = set()
     for _, name, m in scored:
