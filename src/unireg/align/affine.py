@@ -58,6 +58,7 @@ def optimize_affine(
     lr: float = 0.02,
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
+    pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
@@ -68,6 +69,8 @@ def optimize_affine(
     ``fixed_mask`` / ``moving_mask``: optional boolean ``(*S)`` masks on the two feature grids; the
     feature MSE then counts only fixed voxels inside ``fixed_mask`` whose mapped position falls
     inside ``moving_mask`` (as ANTs/elastix masks do: the features themselves are not zeroed).
+    ``pooled``: ``{factor: (fixed, moving)}`` features already pooled by ``factor`` (a caller running
+    many starts pools once).
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
@@ -90,8 +93,7 @@ def optimize_affine(
         return t0 @ m
 
     for factor, iters in levels:
-        ff = pool(fixed_feat, factor)
-        fm = pool(moving_feat, factor)
+        ff, fm = (pooled or {}).get(factor) or (pool(fixed_feat, factor), pool(moving_feat, factor))
         wf_l = torch.as_tensor(affine_nd(pooled_affine(fixed_grid4, nd, factor), nd), dtype=torch.float64, device=dev)
         wm_l_inv = torch.as_tensor(
             np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd)), dtype=torch.float64, device=dev

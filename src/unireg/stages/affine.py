@@ -1,8 +1,10 @@
 """Stage ``affine``: several starts, one optimised affine, kept only if it beats its start (do-no-harm).
 
-Starts: identity (or the user's ``--initial-transform``), centre of mass, and rotations of the
-centre-of-mass start about the fixed centroid (for large misalignments).  Each is scored at 8 mm
-(one feature comparison, cheap); the best two are optimised at 8 and 4 mm; the winner replaces the
+Starts: identity (or the user's ``--initial-transform``), the intensity centre of mass, the centroids
+of two foreground masks (a fixed threshold and each image's Otsu threshold), and rotations of each
+about the fixed centroid (large misalignments).  Each is scored at 8 mm (one feature comparison); the
+best few get a few 8 mm optimiser steps (a beam search: a start at the edge of the basin scores badly
+before it moves) and are ranked again; the best is optimised at 8 and 4 mm.  The winner replaces the
 starting transform only if its feature cost is lower than the start's (``affine_cost``), else the
 start is kept and report.json says why.
 """
@@ -35,7 +37,7 @@ __all__ = ["affine", "IMPROVEMENT"]
 # start's overlap (fixed structure inside the moving field of view) it must keep
 IMPROVEMENT = 1e-3
 MIN_OVERLAP = 0.5
-OPTIMISED_STARTS = 2
+OPTIMISED_STARTS = 1  # after the beam search one full optimisation is enough (2-D suite: same Dice as 2)
 # beam search: the best SCREENED_STARTS starts by their raw score get SCREEN_ITERATIONS coarse (8 mm in
 # 3-D) optimiser steps and are ranked again (a start at the basin's edge scores badly before it moves)
 SCREENED_STARTS = 8
@@ -87,27 +89,11 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
     ff8, fm8 = pool(ff, 2), pool(fm, 2)
     f8, m8 = pooled_affine(f_grid, nd, 2), pooled_affine(m_grid, nd, 2)
     w8 = None if weight is None else (pool(weight, 2) > 0.5).float()
+    pyramid = {1: (ff, fm), 2: (ff8, fm8)}  # pooled once for every start
 
-    # centroids inside the masks (an artefact outside must not pull them)
-    f_in, m_in = s.fixed_w[0].cpu(), moving_w0[0].cpu()
-    if s.opts.fixed_mask is not None:
-        f_in = f_in * mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).float()
-    if s.opts.moving_mask is not None:
-        m_in = m_in * mask_on_grid(s.opts.moving_mask, m_shape, m_aff4).float()
     starts = [("start", start)]
     if s.opts.initial_transform is None:
-        # intensity centroids, and centroids of the foreground masks (contrast-independent: a T2-like
-        # moving image weighs its tissues quite differently from the T1 it is matched to)
-        fg_f, fg_m = (f_in > FOREGROUND).float(), (m_in > FOREGROUND).float()
-        # each image's own Otsu threshold: noise or bias inside a field of view can exceed FOREGROUND
-        ot_f, ot_m = (f_in > otsu_threshold(f_in)).float(), (m_in > otsu_threshold(m_in)).float()
-        bases = (("centre of mass", f_in, m_in), ("foreground centroid", fg_f, fg_m), ("Otsu centroid", ot_f, ot_m))
-        for name, a, b in bases:
-            com = center_of_mass_init(a, s.w_aff4, b, m_aff4) @ start
-            centre = center_of_mass_world(a, s.w_aff4)
-            starts += [(name, com)] + [
-                (f"{name}, rotation {i}", m) for i, m in enumerate(rotation_starts(centre, nd, com))
-            ]
+        starts += _centroid_starts(s, start, moving_w0[0], m_shape, m_aff4)
 
     def score(cost_overlap):  # out-of-view structure costs as much as the worst match
         c, o = cost_overlap
@@ -117,13 +103,23 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         if SCREEN_ITERATIONS == 0:
             return m
         with torch.enable_grad():
-            return optimize_affine(ff, f_grid, fm, m_grid, m, levels=((2, SCREEN_ITERATIONS),), fixed_mask=fixed_b,
-                                   moving_mask=moving_b)
+            return optimize_affine(
+                ff,
+                f_grid,
+                fm,
+                m_grid,
+                m,
+                levels=((2, SCREEN_ITERATIONS),),
+                fixed_mask=fixed_b,
+                moving_mask=moving_b,
+                pooled=pyramid,
+            )
 
     ranked = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts), key=lambda t: t[0])
     screened = [(name, screen(m)) for _, name, m in ranked[:SCREENED_STARTS]]
-    scored = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in screened),
-                    key=lambda t: t[0])
+    scored = sorted(
+        ((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in screened), key=lambda t: t[0]
+    )
     best_cost, best_name, best, best_c, best_o = float("inf"), "", start, float("inf"), 0.0
     tried: set[str] = set()
     for _, name, m in scored:
@@ -131,8 +127,17 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
             break
         tried.add(name)
         with torch.enable_grad():
-            t = optimize_affine(ff, f_grid, fm, m_grid, m, levels=((2, 60), (1, 12)), fixed_mask=fixed_b,
-                                moving_mask=moving_b)
+            t = optimize_affine(
+                ff,
+                f_grid,
+                fm,
+                m_grid,
+                m,
+                levels=((2, 60), (1, 12)),
+                fixed_mask=fixed_b,
+                moving_mask=moving_b,
+                pooled=pyramid,
+            )
         c, o = affine_cost(ff, f_grid, fm, m_grid, t, weight)
         if score((c, o)) < best_cost:
             best_cost, best_name, best, best_c, best_o = score((c, o)), name, t, c, o
@@ -149,3 +154,27 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         return best
     s.keep("affine", False, f"no improvement: {what}; {start_name} kept")
     return start
+
+
+def _centroid_starts(s: State, start: np.ndarray, moving_w0: torch.Tensor, m_shape, m_aff4) -> list:
+    """Translations onto the moving centroid, and rotations of each about the fixed centroid: of the
+    intensities, of a fixed-threshold foreground and of each image's Otsu foreground (contrast-
+    independent: a T2-like moving image weighs its tissues quite differently from the T1 it is
+    matched to; noise or bias inside a field of view can exceed the fixed threshold).  Centroids
+    are taken inside the masks (an artefact outside must not pull them)."""
+    f_in, m_in = s.fixed_w[0].cpu(), moving_w0.cpu()
+    if s.opts.fixed_mask is not None:
+        f_in = f_in * mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).float()
+    if s.opts.moving_mask is not None:
+        m_in = m_in * mask_on_grid(s.opts.moving_mask, m_shape, m_aff4).float()
+    bases = (
+        ("centre of mass", f_in, m_in),
+        ("foreground centroid", (f_in > FOREGROUND).float(), (m_in > FOREGROUND).float()),
+        ("Otsu centroid", (f_in > otsu_threshold(f_in)).float(), (m_in > otsu_threshold(m_in)).float()),
+    )
+    out = []
+    for name, a, b in bases:
+        com = center_of_mass_init(a, s.w_aff4, b, m_aff4) @ start
+        centre = center_of_mass_world(a, s.w_aff4)
+        out += [(name, com)] + [(f"{name}, rotation {i}", m) for i, m in enumerate(rotation_starts(centre, s.nd, com))]
+    return out
