@@ -50,8 +50,9 @@ def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
         return None
     m = as_image(mask, labels=True, name=name)
     if m.spatial_shape != image.spatial_shape:
-        raise UniRegError(f"{name.replace('_', ' ')} shape {m.spatial_shape} differs from its image's {image.spatial_shape}",
-                          m.path)
+        raise UniRegError(
+            f"{name.replace('_', ' ')} shape {m.spatial_shape} differs from its image's {image.spatial_shape}", m.path
+        )
     return m
 
 
@@ -154,8 +155,7 @@ def register(
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
     if refine is not None and int(refine) < 0:
         raise UniRegError(f"refine must be >= 0 iterations, got {refine}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UniRegError("--device cuda asked for, but no CUDA device is available")
+    check_device(device)
     fmask = _as_mask(fixed_mask, fixed_img, "fixed_mask")
     mmask = _as_mask(moving_mask, moving_img, "moving_mask")
     init = None
@@ -196,6 +196,19 @@ def register(
     return result
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or a UniRegError saying why it cannot be used."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UniRegError(f"unknown device {device!r}; use cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UniRegError("--device cuda asked for, but no CUDA device is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise UniRegError(f"unsupported device {device!r}; use cpu or cuda[:N]")
+    return dev
+
+
 def apply(
     warp: str | os.PathLike | tuple | list,
     image: ImageLike,
@@ -203,6 +216,7 @@ def apply(
     *,
     labels: bool = False,
     interpolation: str | None = None,
+    device: str = "cpu",
 ) -> Image:
     """Apply a saved warp (ITK displacement field, as written by ``register``) to ``image``.
 
@@ -214,10 +228,12 @@ def apply(
     affine ``.mat``/``.txt`` files, 4x4 matrices, ``(item, invert)`` pairs or ANTs' ``"[file,1]"``),
     e.g. ``["deformable_warp.nii.gz", "affine.mat"]``; see :mod:`unireg.transforms`.
     ``interpolation``: ``linear`` (default for images), ``bspline`` (cubic), ``nearest`` or
-    ``labelwise`` (default with ``labels=True``).
+    ``labelwise`` (default with ``labels=True``).  ``device``: where the interpolation runs (``cuda``
+    for large volumes; ``bspline`` runs on the CPU, through scipy, whatever the device).
     """
     from .transforms import INTERPOLATIONS, chain_map, load_chain
 
+    dev = check_device(device)
     interp = interpolation or ("labelwise" if labels else "linear")
     if interp not in INTERPOLATIONS:
         raise UniRegError(f"unknown interpolation {interp!r}; choose one of {', '.join(INTERPOLATIONS)}")
@@ -229,7 +245,7 @@ def apply(
         if img.ndim != nd:
             raise UniRegError(f"dimensionality mismatch: image {img.ndim}-D, reference {nd}-D", img.path)
         world_map = chain_map(chain, nd)
-        return _resample(img, ref_img, world_map, interp)
+        return _resample(img, ref_img, world_map, interp, dev)
 
     if isinstance(warp, tuple):
         disp, w_aff = warp
@@ -246,38 +262,44 @@ def apply(
     field = field_on_grid(disp, w_aff, ref_img.spatial_shape, ref_img.affine)
 
     def field_map(world, rows):
-        return world + field[(slice(None), rows)].to(world.dtype)
+        return world + field[(slice(None), rows)].to(device=world.device, dtype=world.dtype)
 
-    return _resample(img, ref_img, field_map, interp)
+    return _resample(img, ref_img, field_map, interp, dev)
 
 
-def _resample(img: Image, ref_img: Image, world_map, interp: str) -> Image:
+def _resample(img: Image, ref_img: Image, world_map, interp: str, device: torch.device) -> Image:
     """``img`` onto ``ref_img``'s grid through ``world_map`` with one interpolation method."""
     from .transforms import pull_bspline
 
     shape, aff = ref_img.spatial_shape, ref_img.affine
     if interp == "labelwise":
-        out = warp_labels(img.data[0], img.affine, shape, aff, world_map)[None]
+        out = warp_labels(img.data[0], img.affine, shape, aff, world_map, device=device)[None]
     elif interp == "bspline":
         out = pull_bspline(img.data[0], img.affine, shape, aff, world_map)[None]
     else:
-        data = torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32))
-        out = pull(data, img.affine, shape, aff, world_map=world_map,
-                   mode="nearest" if interp == "nearest" else "bilinear").numpy()
+        data = torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32)).to(device)
+        out = (
+            pull(
+                data, img.affine, shape, aff, world_map=world_map, mode="nearest" if interp == "nearest" else "bilinear"
+            )
+            .cpu()
+            .numpy()
+        )
         if interp == "nearest" and img.data.dtype.kind in "iu":
             out = out.round().astype(img.data.dtype)
     return Image(out, aff.copy(), None)
 
 
-def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> np.ndarray:
+def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Map world points ``(N, ndim)`` (RAS mm) through a warp: ``x + u(x)``.
 
     With ``warp.nii.gz`` (on the fixed grid) this maps fixed-space points to the moving image;
     with ``inverse_warp.nii.gz`` it maps moving-space points (e.g. landmarks) onto the fixed image.
     Points outside the field's grid (beyond half a voxel from its edge voxels) get ``u = 0`` and stay
     where they are, as ITK's ``DisplacementFieldTransform`` (SimpleITK, ANTs) does; a
-    :class:`PointsOutsideWarning` says how many.
+    :class:`PointsOutsideWarning` says how many.  ``device``: where the field is interpolated.
     """
+    dev = check_device(device)
     if isinstance(warp, tuple):
         disp, w_aff = warp
     else:
@@ -286,7 +308,7 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
     nd = disp.shape[0]
     if pts.ndim != 2 or pts.shape[1] != nd:
         raise UniRegError(f"points must be (N, {nd}) for a {nd}-D warp, got {pts.shape}")
-    mapped = warp_points(disp, w_aff, pts)
+    mapped = warp_points(disp, w_aff, pts, device=dev)
     vox = world_to_voxel(pts, w_aff)
     # ITK's buffer test for linear interpolation: continuous index within [-0.5, n - 0.5] on every axis
     size = np.asarray(disp.shape[1:], dtype=np.float64)
@@ -295,9 +317,13 @@ def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray) -> n
     if not inside.all():
         import warnings
 
-        warnings.warn(PointsOutsideWarning(
-            f"{int((~inside).sum())} of {len(pts)} points lie outside the warp's grid and are left where they "
-            "are (zero displacement, as ITK/SimpleITK/ANTs do)"), stacklevel=2)
+        warnings.warn(
+            PointsOutsideWarning(
+                f"{int((~inside).sum())} of {len(pts)} points lie outside the warp's grid and are left where they "
+                "are (zero displacement, as ITK/SimpleITK/ANTs do)"
+            ),
+            stacklevel=2,
+        )
     return mapped
 
 

@@ -33,18 +33,19 @@ def labelwise_argmax(probs: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map) -> np.ndarray:
+def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map, device="cpu") -> np.ndarray:
     """Resample an integer label map through ``world_map`` (see :func:`unireg.spatial.world.pull`):
-    label-wise linear interpolation + argmax up to :data:`MAX_LABELWISE` labels, else nearest."""
+    label-wise linear interpolation + argmax up to :data:`MAX_LABELWISE` labels, else nearest; the
+    interpolation runs on ``device``, the result comes back as a numpy array."""
     values = np.unique(labels)
     if len(values) > MAX_LABELWISE:
-        t = torch.from_numpy(labels.astype(np.float32))[None]
+        t = torch.from_numpy(labels.astype(np.float32))[None].to(device)
         out = pull(t, src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
-        return out[0].round().numpy().astype(labels.dtype)
-    lab_t = torch.from_numpy(np.ascontiguousarray(labels))
+        return out[0].round().cpu().numpy().astype(labels.dtype)
+    lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
     onehot = torch.stack([(lab_t == int(v)).float() for v in values])
     probs = pull(onehot, src_affine4, out_shape, out_affine4, world_map=world_map)
-    return values[labelwise_argmax(probs).numpy()].astype(labels.dtype)
+    return values[labelwise_argmax(probs).cpu().numpy()].astype(labels.dtype)
 
 
 def resample_fixed_grid(
@@ -117,5 +118,7 @@ def resample_fixed_grid(
             if nearest_labels is None:
                 out_labels[start:stop] = values[labelwise_argmax(vals[n_img:]).numpy()]
             else:
-                out_labels[start:stop] = sample(nearest_labels, q, mode="nearest")[0, 0].round().numpy().astype(labels.dtype)
+                out_labels[start:stop] = (
+                    sample(nearest_labels, q, mode="nearest")[0, 0].round().numpy().astype(labels.dtype)
+                )
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}

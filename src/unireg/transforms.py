@@ -72,8 +72,11 @@ def load_transform(item, invert: bool = False) -> Transform:
         m = read_affine(p)
         return Transform("affine", matrix=np.linalg.inv(m) if invert else m, source=str(p))
     if invert:
-        raise UniRegError("a displacement field cannot be inverted here; use the inverse warp UniReg wrote "
-                          "(inverse_warp.nii.gz / deformable_inverse_warp.nii.gz)", p)
+        raise UniRegError(
+            "a displacement field cannot be inverted here; use the inverse warp UniReg wrote "
+            "(inverse_warp.nii.gz / deformable_inverse_warp.nii.gz)",
+            p,
+        )
     disp, aff = read_displacement_field(p)
     return Transform("field", disp=disp, affine=aff, source=str(p))
 
@@ -93,11 +96,13 @@ def _field_at(t: Transform, world: torch.Tensor) -> torch.Tensor:
 
     assert t.disp is not None and t.affine is not None  # a "field" transform
     nd = t.disp.shape[0]
-    inv = torch.as_tensor(np.linalg.inv(affine_nd(t.affine, nd)), dtype=world.dtype)
+    inv = torch.as_tensor(np.linalg.inv(affine_nd(t.affine, nd)), dtype=world.dtype, device=world.device)
     vox = apply_matrix(inv, world)
-    d = torch.as_tensor(np.ascontiguousarray(t.disp), dtype=world.dtype)[None]
+    d = torch.as_tensor(np.ascontiguousarray(t.disp), dtype=world.dtype, device=world.device)[None]
     u = sample(d, vox.unsqueeze(0), padding_mode="border")[0]
-    size = torch.as_tensor(t.disp.shape[1:], dtype=world.dtype).view(nd, *([1] * (world.dim() - 1)))
+    size = torch.as_tensor(t.disp.shape[1:], dtype=world.dtype, device=world.device).view(
+        nd, *([1] * (world.dim() - 1))
+    )
     inside = ((vox >= -0.5) & (vox <= size - 0.5)).all(0, keepdim=True)
     return u * inside
 
@@ -117,7 +122,7 @@ def chain_map(chain: list[Transform], ndim: int):
         for t in chain:
             if t.kind == "affine":
                 assert t.matrix is not None
-                x = apply_matrix(torch.as_tensor(affine_nd(t.matrix, ndim), dtype=x.dtype), x)
+                x = apply_matrix(torch.as_tensor(affine_nd(t.matrix, ndim), dtype=x.dtype, device=x.device), x)
             else:
                 x = x + _field_at(t, x)
         return x

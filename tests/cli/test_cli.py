@@ -312,3 +312,66 @@ def test_fast_and_keep_all_stages_reach_the_pipeline(inputs, tmp_path):
     assert rep["refine_levels"] == [{"level": "coarse", "iterations": 2}]
     assert "do-no-harm check off" in rep["stages"]["affine"]["reason"]
     assert rep["stages"]["deformable"] == {"kept": True, "reason": "do-no-harm check off"}
+
+
+CUDA = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_apply_and_apply_points_on_a_device(inputs, registered, tmp_path, device):
+    """`apply --device` and `apply-points --device` give the CPU's figures (issue #12)."""
+    out = registered["out"]
+    res = _run(["apply", out / "warp.nii.gz", inputs / "moving.nii.gz", "--ref", inputs / "fixed.nii.gz",
+                "--out", tmp_path / "w.nii.gz", "--device", device])
+    assert res.exit_code == 0, res.output
+    a = nib.load(tmp_path / "w.nii.gz").get_fdata()
+    b = nib.load(out / "warped.nii.gz").get_fdata()
+    assert np.abs(a - b).max() < 1e-3 * np.ptp(b)
+    res = _run(["apply", out / "warp.nii.gz", inputs / "labels.nii.gz", "--ref", inputs / "fixed.nii.gz",
+                "--out", tmp_path / "l.nii.gz", "--labels", "--device", device])
+    assert res.exit_code == 0, res.output
+    lab = np.asarray(nib.load(tmp_path / "l.nii.gz").dataobj)
+    ref = np.asarray(nib.load(out / "warped_labels.nii.gz").dataobj)
+    assert (lab != ref).mean() < 1e-3
+    fa = nib.load(inputs / "fixed.nii.gz").affine
+    pts = np.random.default_rng(2).uniform(3, 10, (15, 3)) @ fa[:3, :3].T + fa[:3, 3]
+    _write_csv(tmp_path / "p.csv", pts)
+    res = _run(["apply-points", out / "warp.nii.gz", tmp_path / "p.csv", "--out", tmp_path / "q.csv",
+                "--device", device])
+    assert res.exit_code == 0, res.output
+    got, _ = _read_csv(tmp_path / "q.csv")
+    assert np.allclose(got, api.apply_points(out / "warp.nii.gz", pts), atol=1e-4)
+
+
+@pytest.mark.parametrize("device", ["gpu7", "cuda:0"])
+def test_apply_unusable_device_is_user_error(inputs, registered, tmp_path, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    res = _run(["apply", registered["out"] / "warp.nii.gz", inputs / "moving.nii.gz", "--ref",
+                inputs / "fixed.nii.gz", "--out", tmp_path / "w.nii.gz", "--device", device])
+    _assert_user_error(res, ["device"])
+    assert not (tmp_path / "w.nii.gz").exists()
+
+
+def test_out_of_memory_names_the_stage(inputs, tmp_path, monkeypatch):
+    """A (CUDA) out-of-memory error inside a stage: one line naming the stage and a way out, exit 2,
+    no output folder left behind."""
+    import torch
+
+    from unireg.stages import deformable
+
+    def oom(s):
+        with s.timer("refine"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(deformable, "refine", oom)
+    res = _run(["register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "--out", tmp_path / "o",
+                "--model", inputs / "tiny.pt", "--no-qc", "-q"])
+    assert res.exit_code == 2, res.output
+    last = res.stderr.strip().splitlines()[-1]  # (the line before: the untrained-model warning)
+    assert last.startswith("unireg: error: out of") and "Traceback" not in res.output
+    for frag in ("memory", "stage 'refine'", "--fast"):
+        assert frag in last, last
+    assert not (tmp_path / "o").exists()

@@ -195,7 +195,7 @@ def register(
     fast: bool = options.FAST,
     keep_all_stages: bool = options.KEEP_ALL_STAGES,
     smoothness: float = options.SMOOTHNESS,
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = options.DEVICE,
     seed: int = options.SEED,
     no_qc: bool = typer.Option(False, "--no-qc", help="Skip the failure score, qc.png and report.html."),
     allow_flagged: bool = options.ALLOW_FLAGGED,
@@ -266,6 +266,7 @@ def apply(
         help="Interpolation (default: linear, labelwise with --labels)."),
     labels: bool = typer.Option(False, "--labels",
                                 help="IMAGE is a label map (integers kept; label-wise interpolation)."),
+    device: str = options.DEVICE,
 ):
     """Apply a saved warp, or a chain of transforms (-t, as antsApplyTransforms), to another image or label map."""
     import numpy as np
@@ -285,7 +286,8 @@ def apply(
         chain, image = None, paths[1]
     warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
     guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
-    res = api.apply(chain if chain is not None else paths[0], image, ref, labels=labels, interpolation=interpolation)
+    res = api.apply(chain if chain is not None else paths[0], image, ref, labels=labels, interpolation=interpolation,
+                    device=device)
     keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"
     write_image(out, res.data, res.affine, dtype=None if keep_int else np.float32)
     typer.echo(str(out))
@@ -298,6 +300,7 @@ def apply_points(
     points: Path = typer.Argument(..., help="CSV with columns x,y[,z] in world mm."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV."),
     lps: bool = typer.Option(False, "--lps", help="Coordinates are LPS (ITK/ANTs) instead of RAS."),
+    device: str = options.DEVICE,
 ):
     """Map a CSV of world points through a warp (x + u(x))."""
     from .. import api
@@ -310,7 +313,7 @@ def apply_points(
     pts, table = read_points(points, lps=lps)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", api.PointsOutsideWarning)
-        mapped = api.apply_points(warp, pts)
+        mapped = api.apply_points(warp, pts, device=device)
     for w in caught:
         if issubclass(w.category, api.PointsOutsideWarning):
             typer.echo(f"unireg: warning: {w.message}", err=True)

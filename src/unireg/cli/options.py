@@ -6,33 +6,74 @@ import typer
 
 MODEL = typer.Option(None, "--model", help="Checkpoint path (default: shipped model).")
 EXTRACTOR = typer.Option(
-    None, "--extractor",
+    None,
+    "--extractor",
     help="Feature extractor: mind (default, the shipped model), local, imagenet (needs --extractor-weights) or raw. "
-         "Without a trained model for it a warning is printed and the refinement does the registration.")
+    "Without a trained model for it a warning is printed and the refinement does the registration.",
+)
 EXTRACTOR_WEIGHTS = typer.Option(
-    None, "--extractor-weights", metavar="PATH",
-    help="Local weights file for the extractor (imagenet: a torchvision ResNet-18 state dict; nothing is downloaded).")
-NO_AFFINE = typer.Option(False, "--no-affine",
-                         help="Skip the affine pre-alignment (--initial-transform, if given, is then the affine).")
+    None,
+    "--extractor-weights",
+    metavar="PATH",
+    help="Local weights file for the extractor (imagenet: a torchvision ResNet-18 state dict; nothing is downloaded).",
+)
+NO_AFFINE = typer.Option(
+    False, "--no-affine", help="Skip the affine pre-alignment (--initial-transform, if given, is then the affine)."
+)
 INITIAL_TRANSFORM = typer.Option(
-    None, "--initial-transform", metavar="FILE",
-    help="ITK/ANTs affine (.mat/.txt, fixed->moving as antsRegistration writes it) to start the affine from.")
-FIXED_MASK = typer.Option(None, "--fixed-mask", metavar="FILE",
-                          help="Mask on the fixed grid (nonzero = use): similarity measured only there.")
-MOVING_MASK = typer.Option(None, "--moving-mask", metavar="FILE",
-                           help="Mask on the moving grid (nonzero = use): similarity measured only there.")
-REFINE = typer.Option(None, "--refine", min=0,
-                      help="Instance-optimisation iterations per refinement level (default: the multi-resolution "
-                           "schedule; 0: the network alone).")
+    None,
+    "--initial-transform",
+    metavar="FILE",
+    help="ITK/ANTs affine (.mat/.txt, fixed->moving as antsRegistration writes it) to start the affine from.",
+)
+FIXED_MASK = typer.Option(
+    None, "--fixed-mask", metavar="FILE", help="Mask on the fixed grid (nonzero = use): similarity measured only there."
+)
+MOVING_MASK = typer.Option(
+    None,
+    "--moving-mask",
+    metavar="FILE",
+    help="Mask on the moving grid (nonzero = use): similarity measured only there.",
+)
+REFINE = typer.Option(
+    None,
+    "--refine",
+    min=0,
+    help="Instance-optimisation iterations per refinement level (default: the multi-resolution "
+    "schedule; 0: the network alone).",
+)
 FAST = typer.Option(False, "--fast", help="Network + coarse refinement only (no working-grid or native level).")
-KEEP_ALL_STAGES = typer.Option(False, "--keep-all-stages",
-                               help="Keep every stage even if it worsens the similarity (turns do-no-harm off).")
+KEEP_ALL_STAGES = typer.Option(
+    False, "--keep-all-stages", help="Keep every stage even if it worsens the similarity (turns do-no-harm off)."
+)
 SMOOTHNESS = typer.Option(1.0, "--smoothness", help="Regularisation weight in [0.1, 10].")
 SEED = typer.Option(0, "--seed", help="Random seed.")
-ALLOW_FLAGGED = typer.Option(False, "--allow-flagged",
-                             help="Exit 0 even when the registration is flagged as failed (default: exit 3).")
-FORMAT = typer.Option(None, "--format", metavar="nii.gz|mha|nrrd",
-                      help="Image output format (default: the fixed image's; DICOM and PNG inputs give nii.gz).")
+DEVICE = typer.Option("cpu", "--device", help="cpu or cuda[:N] (where the tensors live).")
+ALLOW_FLAGGED = typer.Option(
+    False, "--allow-flagged", help="Exit 0 even when the registration is flagged as failed (default: exit 3)."
+)
+FORMAT = typer.Option(
+    None,
+    "--format",
+    metavar="nii.gz|mha|nrrd",
+    help="Image output format (default: the fixed image's; DICOM and PNG inputs give nii.gz).",
+)
 
-__all__ = ["Optional", "MODEL", "EXTRACTOR", "EXTRACTOR_WEIGHTS", "NO_AFFINE", "INITIAL_TRANSFORM", "FIXED_MASK",
-           "MOVING_MASK", "REFINE", "FAST", "KEEP_ALL_STAGES", "SMOOTHNESS", "SEED", "ALLOW_FLAGGED", "FORMAT"]
+__all__ = [
+    "Optional",
+    "MODEL",
+    "EXTRACTOR",
+    "EXTRACTOR_WEIGHTS",
+    "NO_AFFINE",
+    "INITIAL_TRANSFORM",
+    "FIXED_MASK",
+    "MOVING_MASK",
+    "REFINE",
+    "FAST",
+    "KEEP_ALL_STAGES",
+    "SMOOTHNESS",
+    "SEED",
+    "DEVICE",
+    "ALLOW_FLAGGED",
+    "FORMAT",
+]

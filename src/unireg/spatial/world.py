@@ -43,9 +43,11 @@ def slabs(shape: Sequence[int], chunk_voxels: int):
         yield slice(start, min(start + step, shape[0]))
 
 
-def slab_voxels(shape: Sequence[int], rows: slice, dtype=torch.float32) -> torch.Tensor:
+def slab_voxels(shape: Sequence[int], rows: slice, dtype=torch.float32, device=None) -> torch.Tensor:
     """Voxel coordinates ``(n, rows, *shape[1:])`` of one slab of a grid (array-axis order)."""
-    axes = [torch.arange(rows.start, rows.stop, dtype=dtype)] + [torch.arange(n, dtype=dtype) for n in shape[1:]]
+    axes = [torch.arange(rows.start, rows.stop, dtype=dtype, device=device)] + [
+        torch.arange(n, dtype=dtype, device=device) for n in shape[1:]
+    ]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
 
 
@@ -103,21 +105,25 @@ def pull(
 
     ``world_map(points_world, rows)`` optionally maps output world points ``(ndim, *chunk)`` (RAS mm)
     to source world points; ``rows`` is the slice of the first output axis in the chunk.  Work is done
-    in slabs along the first output axis so memory stays bounded for large volumes.
+    in slabs along the first output axis so memory stays bounded for large volumes.  Runs on
+    ``image``'s device (the result too).
     """
     nd = len(out_shape)
     dtype = torch.float32  # world mm in float32: ~1e-5 mm resolution, far below a voxel
-    src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=dtype)
-    out = torch.as_tensor(affine_nd(out_affine4, nd), dtype=dtype)
-    if world_map is None and tuple(image.shape[1:]) == tuple(out_shape) and np.allclose(
-        affine_nd(src_affine4, nd), affine_nd(out_affine4, nd), atol=1e-6
+    dev = image.device
+    src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=dtype, device=dev)
+    out = torch.as_tensor(affine_nd(out_affine4, nd), dtype=dtype, device=dev)
+    if (
+        world_map is None
+        and tuple(image.shape[1:]) == tuple(out_shape)
+        and np.allclose(affine_nd(src_affine4, nd), affine_nd(out_affine4, nd), atol=1e-6)
     ):
         return image.clone()  # same grid, no mapping: nothing to interpolate
-    result = torch.empty((image.shape[0],) + tuple(out_shape), dtype=image.dtype)
+    result = torch.empty((image.shape[0],) + tuple(out_shape), dtype=image.dtype, device=dev)
     img = image.unsqueeze(0)
     img_f = img if img.is_floating_point() else img.float()
     for rows in slabs(out_shape, chunk_voxels):
-        world = apply_matrix(out, slab_voxels(out_shape, rows, dtype))
+        world = apply_matrix(out, slab_voxels(out_shape, rows, dtype, dev))
         if world_map is not None:
             world = world_map(world, rows)
         vox = apply_matrix(src, world)
@@ -139,8 +145,9 @@ def subdivided_grid(shape: Sequence[int], affine4: np.ndarray, factor: int) -> t
     return tuple((int(n) - 1) * k + 1 for n in shape), embed_nd(affine_nd(affine4, nd) @ sub, nd)
 
 
-def native_factor(native_spacing: Sequence[float], working_spacing: float, shape: Sequence[int],
-                  budget_voxels: int) -> int:
+def native_factor(
+    native_spacing: Sequence[float], working_spacing: float, shape: Sequence[int], budget_voxels: int
+) -> int:
     """How many times the working grid must be subdivided to reach the finest native spacing, capped so
     that the fine grid holds at most ``budget_voxels`` voxels (1 = no finer grid)."""
     k = max(1, int(round(working_spacing / max(min(float(s) for s in native_spacing), 1e-6))))
@@ -149,8 +156,9 @@ def native_factor(native_spacing: Sequence[float], working_spacing: float, shape
     return k
 
 
-def field_on_grid(disp_mm: np.ndarray, field_affine4: np.ndarray, out_shape: Sequence[int],
-                  out_affine4: np.ndarray) -> torch.Tensor:
+def field_on_grid(
+    disp_mm: np.ndarray, field_affine4: np.ndarray, out_shape: Sequence[int], out_affine4: np.ndarray
+) -> torch.Tensor:
     """A world-space displacement ``(ndim, *S)`` (RAS mm) carried onto another grid: linear
     interpolation, border values outside; returned as a float32 tensor ``(ndim, *out_shape)``
     (the input itself, as a tensor, when the grids are the same)."""
@@ -163,14 +171,20 @@ def field_on_grid(disp_mm: np.ndarray, field_affine4: np.ndarray, out_shape: Seq
     return pull(t, field_affine4, tuple(out_shape), out_affine4, padding_mode="border")
 
 
-def warp_points(disp_mm: np.ndarray, field_affine4: np.ndarray, points_world: np.ndarray) -> np.ndarray:
+def warp_points(
+    disp_mm: np.ndarray, field_affine4: np.ndarray, points_world: np.ndarray, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """Map world points ``(N, ndim)`` (RAS mm) through ``x -> x + u(x)``, ``u`` a world-space field
-    ``(ndim, *S)`` on the grid of ``field_affine4`` (linear interpolation, border values outside)."""
+    ``(ndim, *S)`` on the grid of ``field_affine4`` (linear interpolation, border values outside;
+    interpolated on ``device``, float64 where the device has it)."""
     pts = np.asarray(points_world, dtype=np.float64)
     nd = disp_mm.shape[0]
     if pts.ndim != 2 or pts.shape[1] != nd:
         raise ValueError(f"points must be (N, {nd}) for a {nd}-D warp, got {pts.shape}")
     vox = world_to_voxel(pts, field_affine4)
-    coords = torch.from_numpy(vox.T.copy()).view(1, nd, len(pts), *([1] * (nd - 1)))
-    u = sample(torch.from_numpy(np.ascontiguousarray(disp_mm, dtype=np.float64))[None], coords, padding_mode="border")
-    return pts + u[0].reshape(nd, len(pts)).T.numpy()
+    dev = torch.device(device)
+    dtype = torch.float32 if dev.type == "mps" else torch.float64
+    coords = torch.as_tensor(vox.T.copy(), dtype=dtype, device=dev).view(1, nd, len(pts), *([1] * (nd - 1)))
+    field = torch.as_tensor(np.ascontiguousarray(disp_mm), dtype=dtype, device=dev)[None]
+    u = sample(field, coords, padding_mode="border")
+    return pts + u[0].reshape(nd, len(pts)).T.double().cpu().numpy()

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..errors import UniRegError
 from ..io.image import Image
 from ..models.registrar import Registrar
 
@@ -37,8 +38,17 @@ class Options:
     model_name: str = ""
 
 
+OOM_HINT = {
+    "cuda": "try --fast, a smaller image (crop it) or --device cpu",
+    "cpu": "try --fast, a smaller image (crop it) or a machine with more memory",
+}
+
+
 class Timer:
-    """Seconds per stage; waits for the device's queued work so GPU time is billed to its stage."""
+    """Seconds per stage; waits for the device's queued work so GPU time is billed to its stage.
+
+    Running out of memory inside a stage becomes one :class:`UniRegError` line that names the stage,
+    the device and a way out (the CLI prints it and exits 2)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -54,6 +64,10 @@ class Timer:
         t0 = time.perf_counter()
         try:
             yield
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            kind = "GPU" if self.device.type == "cuda" else "host"
+            hint = OOM_HINT.get(self.device.type, OOM_HINT["cpu"])
+            raise UniRegError(f"out of {kind} memory in stage '{name}' on {self.device}: {hint}") from exc
         finally:
             self._sync()
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
