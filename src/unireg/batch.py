@@ -104,11 +104,12 @@ class BatchOptions:
     qc: bool = True
     extractor_weights: str | None = None
     fmt: str | None = None
+    outputs: str | None = None
 
     def key(self) -> dict:
         """What goes into the resume hash (the model path resolved; a Registrar object by name)."""
         d = asdict(self)
-        for k in ("extractor_weights", "fmt"):  # later options: absent when unset, so older runs still resume
+        for k in ("extractor_weights", "fmt", "outputs"):  # later options: absent when unset, so older runs still resume
             if d[k] is None:
                 d.pop(k)
         if d["model"] not in (None, "default"):
@@ -362,7 +363,7 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
         extractor_weights=options.extractor_weights, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
         initial_transform=pair.initial_transform,
     )
-    result.save(pair_dir, qc=options.qc, html=options.qc, fmt=options.fmt)
+    result.save(pair_dir, qc=options.qc, html=options.qc, fmt=options.fmt, outputs=options.outputs)
     crash()
     return _summary_row(pair, result.report, time.perf_counter() - t0, pair_dir.resolve())
 

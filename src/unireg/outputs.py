@@ -13,7 +13,7 @@ from .io.atomic import atomic_path, check_output_dir
 from .io.image import write_image
 from .io.warp import write_displacement_field
 
-__all__ = ["save_result", "guard_inputs", "write_json", "OUTPUT_NAMES"]
+__all__ = ["save_result", "guard_inputs", "write_json", "OUTPUT_NAMES", "OUTPUT_GROUPS", "parse_outputs"]
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -28,6 +28,32 @@ OUTPUT_NAMES = {
     "qc": "qc.png",
     "html": "report.html",
 }
+# what `--outputs` names (report.json is always written): group -> keys of OUTPUT_NAMES
+OUTPUT_GROUPS = {
+    "warped": ("warped",),
+    "warp": ("warp",),
+    "inverse": ("inverse_warp",),
+    "ants": ("affine", "deformable_warp", "deformable_inverse_warp"),
+    "jacobian": ("jacobian",),
+    "labels": ("warped_labels",),
+    "qc": ("qc",),
+    "html": ("html",),
+}
+
+
+def parse_outputs(spec) -> set[str] | None:
+    """``--outputs`` (a comma list of :data:`OUTPUT_GROUPS` names, or ``all``) -> output keys; None = all."""
+    if spec is None:
+        return None
+    names = [n.strip().lower() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    if not names or "all" in names:
+        return None
+    unknown = sorted(set(names) - set(OUTPUT_GROUPS))
+    if unknown:
+        raise UniRegError(f"unknown output(s) {', '.join(unknown)}; choose from all, {', '.join(OUTPUT_GROUPS)}")
+    return {"report"} | {k for n in names for k in OUTPUT_GROUPS[n]}
+
+
 # images (not the warps: ITK/ANTs displacement fields stay NIfTI) follow the input's format
 IMAGE_OUTPUTS = ("warped", "jacobian", "warped_labels")
 FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "mha": ".mha", "nrrd": ".nrrd"}
@@ -75,26 +101,29 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True,
-                fmt: str | None = None) -> dict[str, Path]:
+                fmt: str | None = None, outputs=None) -> dict[str, Path]:
     """Write warped image, warps, affine.mat, Jacobian, labels, report.json, qc.png and report.html into ``out_dir``.
 
     ``fmt``: format of the image outputs (``nii.gz``, ``nii``, ``mha``, ``nrrd``; default: the fixed image's).
+    ``outputs``: only these (:func:`parse_outputs`: e.g. ``"warped,warp"``; None: all); what is not
+    asked for is not computed either (the inverse warp, the ANTs split).
     """
     names = output_names(fmt, result.fixed)
     out = check_output_dir(out_dir)
-    paths = {k: out / v for k, v in names.items()}
+    wanted = parse_outputs(outputs)
+    paths = {k: out / v for k, v in names.items() if wanted is None or k in wanted}
     if result.warped_labels is None:
-        paths.pop("warped_labels")
+        paths.pop("warped_labels", None)
     if not qc:
-        paths.pop("qc")
+        paths.pop("qc", None)
     if not html:
-        paths.pop("html")
+        paths.pop("html", None)
     guard_inputs(paths, [result.fixed.path, result.moving.path,
                          result.report.get("labels"), result.report.get("fixed_labels")])
     # a failure half-way (disk full, QC rendering) must not leave a partial set of outputs behind
     existed = {k for k, p in paths.items() if p.exists()}
     try:
-        _write_all(result, out, paths, qc, html)
+        _write_all(result, out, paths, "qc" in paths, "html" in paths)
     except BaseException:
         for k, p in paths.items():
             if k not in existed:
@@ -106,15 +135,20 @@ def save_result(result, out_dir: str | Path, qc: bool = True, html: bool = True,
 def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) -> None:
     fixed = result.fixed
     moving = result.moving
-    write_image(paths["warped"], result.warped.data, fixed.affine, dtype=np.float32)
-    write_displacement_field(paths["warp"], result.warp_mm, fixed.affine)
-    write_displacement_field(paths["inverse_warp"], result.inverse_warp_mm, moving.affine)
-    _write_ants_split(result, paths)
-    write_image(paths["jacobian"], result.jacobian.astype(np.float32), fixed.affine, dtype=np.float32)
-    if result.warped_labels is not None:
+    if "warped" in paths:
+        write_image(paths["warped"], result.warped.data, fixed.affine, dtype=np.float32)
+    if "warp" in paths:
+        write_displacement_field(paths["warp"], result.warp_mm, fixed.affine)
+    if "inverse_warp" in paths:
+        write_displacement_field(paths["inverse_warp"], result.inverse_warp_mm, moving.affine)
+    if "affine" in paths:
+        _write_ants_split(result, paths)
+    if "jacobian" in paths:
+        write_image(paths["jacobian"], result.jacobian.astype(np.float32), fixed.affine, dtype=np.float32)
+    if "warped_labels" in paths:
         write_image(paths["warped_labels"], result.warped_labels.data, fixed.affine)
     report = dict(result.report)
-    report["outputs"] = {k: v.name for k, v in paths.items()}
+    report["outputs"] = {k: v.name for k, v in paths.items()}  # what this folder holds
     write_json(paths["report"], report)
     if qc:
         # lazy: matplotlib (~0.7 s measured) only when qc.png is asked for (not with --no-qc)

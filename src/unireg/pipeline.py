@@ -80,7 +80,6 @@ class RegistrationResult:
     moving: Image
     warped: Image
     warp_mm: np.ndarray  # (n, *S_fixed) RAS mm on the fixed grid
-    inverse_warp_mm: np.ndarray  # (n, *S_moving) RAS mm on the moving grid
     jacobian: np.ndarray  # (*S_fixed)
     affine_matrix: np.ndarray  # 4x4 fixed world -> moving world
     mapping: FixedToMoving
@@ -88,6 +87,16 @@ class RegistrationResult:
     before: np.ndarray | None  # moving on the fixed grid by world coordinates only (QC); lazy
     warped_labels: Image | None = None
     extras: dict = field(default_factory=dict)
+    _inverse_warp_mm: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def inverse_warp_mm(self) -> np.ndarray:
+        """``(n, *S_moving)`` RAS mm on the moving grid: the moving -> fixed map's displacement.
+        Computed on first use (a whole-volume pass: skipped when nobody asks for the inverse)."""
+        if self._inverse_warp_mm is None:
+            self._inverse_warp_mm = displacement_on_grid(self.mapping.inverse, self.moving.spatial_shape,
+                                                         self.moving.affine)
+        return self._inverse_warp_mm
 
     def before_image(self) -> np.ndarray:
         """The moving image resampled onto the fixed grid by world coordinates only (no registration)."""
@@ -96,12 +105,13 @@ class RegistrationResult:
             self.before = pull(m, self.moving.affine, self.fixed.spatial_shape, self.fixed.affine)[0].numpy()
         return self.before
 
-    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True, fmt: str | None = None) -> dict[str, Path]:
+    def save(self, out_dir: str | Path, qc: bool = True, html: bool = True, fmt: str | None = None,
+             outputs=None) -> dict[str, Path]:
         """Write every output into ``out_dir`` atomically; returns name -> path.  ``fmt``: image format
         (``nii.gz``, ``mha``, ``nrrd``; default: the fixed image's)."""
         from .outputs import save_result
 
-        return save_result(self, out_dir, qc=qc, html=html, fmt=fmt)
+        return save_result(self, out_dir, qc=qc, html=html, fmt=fmt, outputs=outputs)
 
 
 def register_images(
@@ -168,7 +178,7 @@ def register_images(
     disp_w, inv_disp_w = s.disp_w.cpu(), s.inv_disp_w.cpu()
     mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, disp_w, inv_disp_w)
     finish.qc(s)
-    finish.resample(s, lambda shape, aff4: displacement_on_grid(mapping.inverse, shape, aff4))
+    finish.resample(s)
     report = finish.report(s, t_start)
     o = s.outputs
     return RegistrationResult(
@@ -176,7 +186,6 @@ def register_images(
         moving=moving,
         warped=o["warped"],
         warp_mm=o["warp_mm"],
-        inverse_warp_mm=o["inverse_warp_mm"],
         jacobian=o["jacobian"],
         affine_matrix=embed_nd(s.t_nd, nd),
         mapping=mapping,

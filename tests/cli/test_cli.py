@@ -375,3 +375,27 @@ def test_out_of_memory_names_the_stage(inputs, tmp_path, monkeypatch):
     for frag in ("memory", "stage 'refine'", "--fast"):
         assert frag in last, last
     assert not (tmp_path / "o").exists()
+
+
+def test_outputs_writes_only_what_is_asked(inputs, tmp_path, monkeypatch):
+    """`--outputs warped,warp`: those two and report.json, nothing else; the inverse warp and the ANTs
+    split are not even computed (issue #12: only what the user asks for)."""
+    from unireg import pipeline
+
+    def no_inverse(self):
+        raise AssertionError("the inverse warp was computed although nobody asked for it")
+
+    monkeypatch.setattr(pipeline.RegistrationResult, "inverse_warp_mm", property(no_inverse))
+    res = _run(["register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "--out", tmp_path / "o",
+                "--model", inputs / "tiny.pt", "--refine", 1, "--outputs", "warped,warp", "-q"])
+    assert res.exit_code in (0, 3), res.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["report.json", "warp.nii.gz", "warped.nii.gz"]
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert set(rep["outputs"]) == {"warped", "warp", "report"}
+
+
+def test_outputs_unknown_name_is_user_error(inputs, tmp_path):
+    res = _run(["register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "--out", tmp_path / "o",
+                "--model", inputs / "tiny.pt", "--outputs", "warped,bogus"])
+    _assert_user_error(res, ["bogus", "inverse"])
+    assert not (tmp_path / "o").exists()

@@ -37,6 +37,7 @@ def add_to(app: typer.Typer, guarded) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         extractor_weights: Optional[Path] = options.EXTRACTOR_WEIGHTS,
         fmt: Optional[str] = options.FORMAT,
+        outputs: Optional[str] = options.OUTPUTS,
         allow_flagged: bool = options.ALLOW_FLAGGED,
     ):
         """Register every pair of MANIFEST into OUT, skipping pairs already done (DIR/<id>/.done).
@@ -62,10 +63,13 @@ def add_to(app: typer.Typer, guarded) -> None:
             from ..outputs import image_suffix
 
             image_suffix(fmt)  # an unknown --format is a bad input before any pair runs
+        from ..outputs import parse_outputs
+
+        parse_outputs(outputs)
         opts = BatchOptions(model=model, extractor=extractor, refine=refine, smoothness=smoothness,
                             affine=not no_affine, device=device, seed=seed, qc=not no_qc,
                             extractor_weights=None if extractor_weights is None else str(extractor_weights.resolve()),
-                            fmt=fmt)
+                            fmt=fmt, outputs=outputs)
         seen: list[dict] = []
         who = f"rank {rank}/{world}: " if world > 1 else ""
         existed = out.exists()

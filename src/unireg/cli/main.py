@@ -200,6 +200,7 @@ def register(
     no_qc: bool = typer.Option(False, "--no-qc", help="Skip the failure score, qc.png and report.html."),
     allow_flagged: bool = options.ALLOW_FLAGGED,
     fmt: Optional[str] = options.FORMAT,
+    outputs: Optional[str] = options.OUTPUTS,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ):
     """Register MOVING onto FIXED and write warped image, warps, affine.mat, Jacobian, report and QC.
@@ -209,9 +210,10 @@ def register(
     from .. import api
     from ..errors import UniRegError
     from ..io.atomic import check_output_dir
-    from ..outputs import guard_inputs, output_names
+    from ..outputs import guard_inputs, output_names, parse_outputs
     from .progress import StageProgress
 
+    parse_outputs(outputs)  # an unknown name is a bad input before anything runs
     created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     check_output_dir(out)
     prog = StageProgress(enabled=not quiet)
@@ -237,7 +239,7 @@ def register(
                 fast=fast, do_no_harm=not keep_all_stages,
             )
             prog("write")
-            result.save(out, qc=not no_qc, html=not no_qc, fmt=fmt)
+            result.save(out, qc=not no_qc, html=not no_qc, fmt=fmt, outputs=outputs)
     except (UniRegError, OSError, MemoryError):
         # a failed run leaves nothing behind: not even the --out folders it created (rmdir: only if empty)
         _cleanup_created(created)

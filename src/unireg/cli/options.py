@@ -52,6 +52,10 @@ DEVICE = typer.Option("cpu", "--device", help="cpu or cuda[:N] (where the tensor
 ALLOW_FLAGGED = typer.Option(
     False, "--allow-flagged", help="Exit 0 even when the registration is flagged as failed (default: exit 3)."
 )
+OUTPUTS = typer.Option(
+    None, "--outputs", metavar="LIST",
+    help="Write only these (comma list): warped, warp, inverse, ants (affine.mat + deformable warps), jacobian, "
+         "labels, qc, html; default all. report.json is always written; what is not asked for is not computed.")
 FORMAT = typer.Option(
     None,
     "--format",
@@ -76,4 +80,5 @@ __all__ = [
     "DEVICE",
     "ALLOW_FLAGGED",
     "FORMAT",
+    "OUTPUTS",
 ]

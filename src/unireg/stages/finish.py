@@ -39,10 +39,9 @@ def qc(s: State) -> None:
         s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 
-def resample(s: State, inverse_on_grid) -> None:
-    """Warped image, warp (RAS mm), Jacobian and labels on the fixed grid; the inverse on the moving grid.
-
-    ``inverse_on_grid(shape, affine4) -> (n, *shape)`` evaluates the inverse map's displacement."""
+def resample(s: State) -> None:
+    """Warped image, warp (RAS mm), Jacobian and labels on the fixed grid (the inverse warp, on the
+    moving grid, is computed only when asked for: ``RegistrationResult.inverse_warp_mm``)."""
     s.announce("resample")
     with s.timer("resample"), torch.no_grad():
         out = resample_fixed_grid(
@@ -58,7 +57,6 @@ def resample(s: State, inverse_on_grid) -> None:
         )
         s.outputs["warp_mm"], s.outputs["jacobian"] = out["warp_mm"], out["jacobian"]
         s.outputs["warped"] = Image(out["warped"], s.fixed.affine.copy(), None)
-        s.outputs["inverse_warp_mm"] = inverse_on_grid(s.moving.spatial_shape, s.moving.affine)
         s.outputs["warped_labels"] = (
             None if out["labels"] is None else Image(out["labels"][None], s.fixed.affine.copy(), None)
         )
