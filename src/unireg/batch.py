@@ -109,7 +109,8 @@ class BatchOptions:
     def key(self) -> dict:
         """What goes into the resume hash (the model path resolved; a Registrar object by name)."""
         d = asdict(self)
-        for k in ("extractor_weights", "fmt", "outputs"):  # later options: absent when unset, so older runs still resume
+        # later options: absent when unset, so older runs still resume
+        for k in ("extractor_weights", "fmt", "outputs"):
             if d[k] is None:
                 d.pop(k)
         if d["model"] not in (None, "default"):
