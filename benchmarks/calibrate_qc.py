@@ -289,23 +289,36 @@ def main():
     ap.add_argument("--cal", type=int, default=100, help="calibration pairs per dimensionality (seeds 0..N-1)")
     ap.add_argument("--test", type=int, default=100, help="held-out pairs per dimensionality (seeds 1000..)")
     ap.add_argument("--ndim", choices=["2", "3", "both"], default="both", help="dimensionalities of the pairs")
-    ap.add_argument("--cache", type=Path, default=None, help="JSON of components: reused if present, else written")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="JSON of components, written after every pair; a rerun resumes from it")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="fit and measure on the rows of these caches only (e.g. a 2-D and a 3-D run done in parallel)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
     dims = [2, 3] if a.ndim == "both" else [int(a.ndim)]
     cal_seeds, test_seeds = list(range(a.cal)), list(range(1000, 1000 + a.test))
-    if a.cache is not None and a.cache.is_file():
-        data = json.loads(a.cache.read_text())
-    else:
+    if a.merge:
         data = {"cal": [], "test": []}
+        for p in a.merge:
+            part = json.loads(p.read_text())
+            data["cal"] += part["cal"]
+            data["test"] += part["test"]
+    else:
+        data = json.loads(a.cache.read_text()) if a.cache is not None and a.cache.is_file() else {"cal": [], "test": []}
         for nd in dims:
             t1 = load_mni(None if nd == 2 else SPACING_3D)["t1"].data[0]
-            data["cal"] += collect(cal_seeds, t1, f"{nd}-D cal", nd)
-            data["test"] += collect(test_seeds, t1, f"{nd}-D test", nd)
-        if a.cache is not None:
-            a.cache.write_text(json.dumps(data))
+            for part, seeds in (("cal", cal_seeds), ("test", test_seeds)):
+                done = {r["seed"] for r in data[part] if r.get("ndim", 2) == nd}
+                for seed in seeds:  # one pair at a time, the cache written after each (resumable)
+                    if seed in done:
+                        continue
+                    data[part] += collect([seed], t1, f"{nd}-D {part} seed {seed}", nd)
+                    if a.cache is not None:
+                        tmp = a.cache.with_suffix(".tmp")
+                        tmp.write_text(json.dumps(data))
+                        tmp.replace(a.cache)
     cal, test = data["cal"], data["test"]
     for r in cal + test:
         r.setdefault("ndim", 2)  # caches written before 3-D pairs existed
