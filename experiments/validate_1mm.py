@@ -6,8 +6,11 @@ Fixed: the 1 mm MNI T1 with its GM/WM labels.  Moving: the same template under d
 families the trainer never draws (random cubic B-spline grids, 24 mm control spacing, sigma 3.5 mm; radial
 local expansion/contraction blobs), a random rigid header offset (up to 4 deg, 4 mm), then remapped
 to T1/T2/PD/FLAIR-like contrast with bias and noise.  Both methods run the full pipeline
-(``register_images``: affine on MIND, then the network) with ``refine=0``; "affine only" uses a
-network whose output is exactly zero.  Prints a markdown table of GM/WM mean Dice.
+(``register_images``: affine on MIND, then the network) with ``refine=0`` and the do-no-harm gate off
+(the network's own output is what is measured); "affine only" uses a network whose output is exactly
+zero.  ``--ants``: antspyx SyN (Mattes MI, default iterations) on the same pairs, each in its own
+process (``benchmarks/held_out_peer.py``), labels warped nearest-neighbour.  Prints a markdown table
+of GM/WM mean Dice.
 (This script is evaluation code: the deformation families live here, never in training/.)
 """
 
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=["bspline", "radial"])
     ap.add_argument("--contrasts", nargs="+", default=["t1", "t2", "pd", "flair"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ants", action="store_true", help="also run antspyx SyN (MI) on every pair (minutes each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from unireg.models.registrar import load_registrar
@@ -103,25 +107,59 @@ def main() -> None:
     rows = {}
     t0 = time.perf_counter()
     for c in args.contrasts:
-        res = {k: [] for k in ["before", *methods]}
+        res = {k: [] for k in ["before", *methods, *(["ANTs SyN"] if args.ants else [])]}
         for fam in args.families:
             for i in range(args.pairs):
                 fixed, flab, moving, mlab = make_pair(fam, c, 1000 + i)
                 for name, reg in methods.items():
                     r = register_images(fixed, moving, reg, affine=True, refine=0, moving_labels=mlab,
-                                        fixed_labels=flab, qc_score=False).report
+                                        fixed_labels=flab, qc_score=False, do_no_harm=False).report
                     res[name].append(np.mean([r["dice"]["1"], r["dice"]["2"]]))
                     if name == "affine only":
                         res["before"].append(np.mean([r["dice_before"]["1"], r["dice_before"]["2"]]))
+                if args.ants:
+                    res["ANTs SyN"].append(ants_dice(fixed, flab, moving, mlab, args.threads))
         rows[c] = {k: float(np.mean(v)) for k, v in res.items()}
         print(c, rows[c], f"{time.perf_counter() - t0:.0f}s", flush=True)
     print(f"\n{args.pairs} pair(s) x {len(args.families)} families ({', '.join(args.families)}) "
           "per contrast; fixed MNI T1 1 mm; GM/WM mean Dice\n")
-    print("| moving contrast | no registration | affine only | " + " | ".join(f"{m} (refine 0)" for m in args.model) + " |")
-    print("| --- | --- | --- |" + " --- |" * len(args.model))
+    ants = ["ANTs SyN"] if args.ants else []
+    print("| moving contrast | no registration | affine only | "
+          + " | ".join(f"{m} (refine 0)" for m in args.model) + "".join(f" | {a}" for a in ants) + " |")
+    print("| --- | --- | --- |" + " --- |" * (len(args.model) + len(ants)))
     for c, r in rows.items():
-        print(f"| {c} | {r['before']:.3f} | {r['affine only']:.3f} | "
-              + " | ".join(f"{r[m]:.3f} ({r[m] - r['affine only']:+.3f})" for m in args.model) + " |")
+        cells = [f"{r[m]:.3f} ({r[m] - r['affine only']:+.3f}"
+                 + (f"; {100 * (r[m] - r['ANTs SyN']):+.1f} pts vs ANTs" if ants else "") + ")" for m in args.model]
+        print(f"| {c} | {r['before']:.3f} | {r['affine only']:.3f} | " + " | ".join(cells)
+              + "".join(f" | {r[a]:.3f} ({r[a] - r['affine only']:+.3f})" for a in ants) + " |")
+
+
+def ants_dice(fixed, flab, moving, mlab, threads: int) -> float:
+    """GM/WM mean Dice of antspyx SyN (MI) on the pair, run as its own process on NIfTI copies."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from unireg.evaluation.metrics import dice
+    from unireg.io.image import write_image
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        write_image(d / "f.nii.gz", fixed.data[0], fixed.affine, dtype=np.float32)
+        write_image(d / "m.nii.gz", moving.data[0], moving.affine, dtype=np.float32)
+        write_image(d / "ml.nii.gz", mlab.data[0], mlab.affine, dtype=np.uint8)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads))
+        subprocess.run([sys.executable, str(root / "benchmarks" / "held_out_peer.py"), "ants", str(d / "f.nii.gz"),
+                        str(d / "m.nii.gz"), str(d / "out"), "--metric", "mattes", "--threads", str(threads),
+                        "--labels", str(d / "ml.nii.gz")], check=True, env=env)
+        warped = np.asarray(nib.load(str(d / "out" / "warped_labels.nii.gz")).dataobj).squeeze()
+    dd = dice(flab.data[0], warped)
+    return float(np.mean([dd[1], dd[2]]))
 
 
 if __name__ == "__main__":
