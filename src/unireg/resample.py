@@ -72,30 +72,34 @@ def resample_fixed_grid(
     -------
     dict with ``warp_mm`` ``(n, *S_f)`` float32, ``warped`` ``(C, *S_f)`` float32, ``jacobian``
     ``(*S_f)`` float32 and ``labels`` ``(*S_f)`` (input dtype) or None.
+
+    The work runs on ``disp_w``'s device, slab by slab (the moving image and its one-hot labels are
+    copied there once); each slab's results come back to the host arrays returned.
     """
     nd = len(fixed_shape)
     f32 = torch.float32
-    f_aff = torch.as_tensor(affine_nd(fixed_affine4, nd), dtype=f32)
-    w_aff = torch.as_tensor(affine_nd(work_affine4, nd), dtype=f32)
+    dev = disp_w.device
+    f_aff = torch.as_tensor(affine_nd(fixed_affine4, nd), dtype=f32, device=dev)
+    w_aff = torch.as_tensor(affine_nd(work_affine4, nd), dtype=f32, device=dev)
     w_inv = torch.linalg.inv(w_aff)
-    t_mat = torch.as_tensor(affine_matrix, dtype=f32)
-    m_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_affine4, nd)), dtype=f32)
+    t_mat = torch.as_tensor(affine_matrix, dtype=f32, device=dev)
+    m_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_affine4, nd)), dtype=f32, device=dev)
     # fixed voxel -> working voxel is affine: fold it into one matrix
     f_to_w = w_inv @ f_aff
-    work_fields = torch.cat([disp_w[0].to(f32), jac_w[None].to(f32)], 0)[None]
+    work_fields = torch.cat([disp_w[0].to(f32), jac_w[None].to(device=dev, dtype=f32)], 0)[None]
 
-    src = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))
+    src = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32)).to(dev)
     n_img = src.shape[0]
     values = None
     nearest_labels = None
     if labels is not None:
         values = np.unique(labels)
         if len(values) <= MAX_LABELWISE:
-            lab_t = torch.from_numpy(np.ascontiguousarray(labels))
+            lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(dev)
             onehot = torch.stack([(lab_t == int(v)).to(f32) for v in values])
             src = torch.cat([src, onehot], 0)
         else:
-            nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None]
+            nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None].to(dev)
     src = src[None]
 
     warp_mm = np.empty((nd,) + tuple(fixed_shape), np.float32)
@@ -104,21 +108,21 @@ def resample_fixed_grid(
     out_labels = None if labels is None else np.empty(tuple(fixed_shape), labels.dtype)
     for rows in slabs(fixed_shape, chunk_voxels):
         start, stop = rows.start, rows.stop
-        ivox = slab_voxels(fixed_shape, rows, f32)
+        ivox = slab_voxels(fixed_shape, rows, f32, dev)
         x = apply_matrix(f_aff, ivox)
         p = apply_matrix(f_to_w, ivox)
         fw = sample(work_fields, p[None], padding_mode="border")[0]
         y = apply_matrix(t_mat, apply_matrix(w_aff, p + fw[:nd]))
-        warp_mm[:, start:stop] = (y - x).numpy()
-        jac[start:stop] = fw[nd].numpy()
+        warp_mm[:, start:stop] = (y - x).cpu().numpy()
+        jac[start:stop] = fw[nd].cpu().numpy()
         q = apply_matrix(m_inv, y)[None]
         vals = sample(src, q)[0]
-        warped[:, start:stop] = vals[:n_img].numpy()
+        warped[:, start:stop] = vals[:n_img].cpu().numpy()
         if labels is not None:
             if nearest_labels is None:
-                out_labels[start:stop] = values[labelwise_argmax(vals[n_img:]).numpy()]
+                out_labels[start:stop] = values[labelwise_argmax(vals[n_img:]).cpu().numpy()]
             else:
                 out_labels[start:stop] = (
-                    sample(nearest_labels, q, mode="nearest")[0, 0].round().numpy().astype(labels.dtype)
+                    sample(nearest_labels, q, mode="nearest")[0, 0].round().cpu().numpy().astype(labels.dtype)
                 )
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}

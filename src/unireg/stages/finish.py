@@ -49,8 +49,8 @@ def resample(s: State) -> None:
             s.fixed.affine,
             s.w_aff4,
             s.t_nd,
-            s.disp_w.cpu(),
-            s.jac_w.cpu(),
+            s.disp_w,  # on the device: the slabs are resampled there, each slab's results copied back
+            s.jac_w,
             s.moving.data,
             s.moving.affine,
             labels=None if s.moving_labels is None else s.moving_labels.data[0],
