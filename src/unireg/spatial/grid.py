@@ -79,7 +79,10 @@ THREADED_MIN_POINTS = 65_536
 
 def _split_for_threads(image: torch.Tensor, grid: torch.Tensor) -> bool:
     return (
-        image.dim() == 5 and image.shape[0] == 1 and image.device.type == "cpu" and torch.get_num_threads() > 1
+        image.dim() == 5
+        and image.shape[0] == 1
+        and image.device.type == "cpu"
+        and torch.get_num_threads() > 1
         and grid.shape[1:-1].numel() >= THREADED_MIN_POINTS
     )
 
@@ -93,13 +96,16 @@ def _sample_threaded(image: torch.Tensor, grid: torch.Tensor, mode: str, padding
     if per * t != n:
         pts = torch.cat([pts, pts.new_zeros(per * t - n, 3)])
     batch = pts.view(t, per, 1, 1, 3)
-    vals = F.grid_sample(image.expand(t, *image.shape[1:]), batch, mode=mode, padding_mode=padding_mode,
-                         align_corners=True)  # (t, C, per, 1, 1)
+    vals = F.grid_sample(
+        image.expand(t, *image.shape[1:]), batch, mode=mode, padding_mode=padding_mode, align_corners=True
+    )  # (t, C, per, 1, 1)
     vals = vals.reshape(t, image.shape[1], per).permute(1, 0, 2).reshape(image.shape[1], per * t)[:, :n]
     return vals.reshape(1, image.shape[1], *out_shape)
 
 
-def warp(image: torch.Tensor, disp_vox: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+def warp(
+    image: torch.Tensor, disp_vox: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
     """``image(x + disp_vox(x))``: pull ``image`` through a displacement on the same grid."""
     coords = identity_coords(disp_vox.shape[2:], disp_vox.device, disp_vox.dtype).unsqueeze(0) + disp_vox
     return sample(image, coords, mode=mode, padding_mode=padding_mode)
@@ -124,7 +130,9 @@ def resize_field(disp_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tens
 def apply_matrix(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply an ``(n+1, n+1)`` homogeneous matrix to points ``(n, *S)`` (coordinates first)."""
     nd = matrix.shape[0] - 1
-    return torch.einsum("ij,j...->i...", matrix[:nd, :nd], points) + matrix[:nd, nd].view(nd, *([1] * (points.dim() - 1)))
+    return torch.einsum("ij,j...->i...", matrix[:nd, :nd], points) + matrix[:nd, nd].view(
+        nd, *([1] * (points.dim() - 1))
+    )
 
 
 def affine_coords(vox_to_vox: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
