@@ -65,42 +65,7 @@ def sample(
     ``mode`` is ``"bilinear"`` (linear/trilinear) or ``"nearest"``.  Returns ``(B, C, *out)``.
     """
     grid = coords_vox_to_norm(coords_vox.to(image.dtype), image.shape[2:])
-    if _split_for_threads(image, grid):
-        return _sample_threaded(image, grid, mode, padding_mode)
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-
-
-# PyTorch's 3-D grid_sample on the CPU (forward and backward) parallelises over the batch only
-# (ATen GridSampler.cpp: ``at::parallel_for(0, N, ...)``): with one image it runs on one thread.
-# Splitting the sample points into one batch item per thread (the image expanded, not copied) lets
-# every thread work; the values are the same.
-THREADED_MIN_POINTS = 65_536
-
-
-def _split_for_threads(image: torch.Tensor, grid: torch.Tensor) -> bool:
-    return (
-        image.dim() == 5
-        and image.shape[0] == 1
-        and image.device.type == "cpu"
-        and torch.get_num_threads() > 1
-        and grid.shape[1:-1].numel() >= THREADED_MIN_POINTS
-    )
-
-
-def _sample_threaded(image: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
-    t = torch.get_num_threads()
-    out_shape = grid.shape[1:-1]
-    pts = grid.reshape(-1, 3)
-    n = pts.shape[0]
-    per = -(-n // t)
-    if per * t != n:
-        pts = torch.cat([pts, pts.new_zeros(per * t - n, 3)])
-    batch = pts.view(t, per, 1, 1, 3)
-    vals = F.grid_sample(
-        image.expand(t, *image.shape[1:]), batch, mode=mode, padding_mode=padding_mode, align_corners=True
-    )  # (t, C, per, 1, 1)
-    vals = vals.reshape(t, image.shape[1], per).permute(1, 0, 2).reshape(image.shape[1], per * t)[:, :n]
-    return vals.reshape(1, image.shape[1], *out_shape)
 
 
 def warp(
