@@ -99,45 +99,21 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         c, o = cost_overlap
         return c * o + (1.0 - o) * 0.5
 
-    def screen(m: np.ndarray) -> np.ndarray:  # a few coarse steps: a start near the basin's edge gets in
-        if SCREEN_ITERATIONS == 0:
-            return m
+    def optimise(m: np.ndarray, levels) -> np.ndarray:
         with torch.enable_grad():
             return optimize_affine(
-                ff,
-                f_grid,
-                fm,
-                m_grid,
-                m,
-                levels=((2, SCREEN_ITERATIONS),),
-                fixed_mask=fixed_b,
-                moving_mask=moving_b,
-                pooled=pyramid,
+                ff, f_grid, fm, m_grid, m, levels=levels, fixed_mask=fixed_b, moving_mask=moving_b, pooled=pyramid
             )
 
-    ranked = sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in starts), key=lambda t: t[0])
-    screened = [(name, screen(m)) for _, name, m in ranked[:SCREENED_STARTS]]
-    scored = sorted(
-        ((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in screened), key=lambda t: t[0]
-    )
+    def rank(cands) -> list:  # (score at 8 mm, name, matrix), best first
+        return sorted(((score(affine_cost(ff8, f8, fm8, m8, m, w8)), name, m) for name, m in cands), key=lambda t: t[0])
+
+    # beam search: a few coarse steps for the best raw starts (one near the basin's edge gets in), ranked again
+    ranked = rank(starts)[:SCREENED_STARTS]
+    scored = rank([(name, optimise(m, ((2, SCREEN_ITERATIONS),)) if SCREEN_ITERATIONS else m) for _, name, m in ranked])
     best_cost, best_name, best, best_c, best_o = float("inf"), "", start, float("inf"), 0.0
-    tried: set[str] = set()
-    for _, name, m in scored:
-        if len(tried) >= OPTIMISED_STARTS:
-            break
-        tried.add(name)
-        with torch.enable_grad():
-            t = optimize_affine(
-                ff,
-                f_grid,
-                fm,
-                m_grid,
-                m,
-                levels=((2, 60), (1, 12)),
-                fixed_mask=fixed_b,
-                moving_mask=moving_b,
-                pooled=pyramid,
-            )
+    for _, name, m in scored[:OPTIMISED_STARTS]:
+        t = optimise(m, ((2, 60), (1, 12)))
         c, o = affine_cost(ff, f_grid, fm, m_grid, t, weight)
         if score((c, o)) < best_cost:
             best_cost, best_name, best, best_c, best_o = score((c, o)), name, t, c, o
