@@ -46,6 +46,31 @@ def test_aligned_pair_in_another_contrast_keeps_dice(nd):
     kept = _gm_wm(lab, res.warped_labels.data[0])
     assert kept >= ANTS_ALIGNED_DICE[nd], (kept, res.report["stages"])
     assert res.report["folded_percent"] < 0.05
+    # do no harm: the NMI referee sees that nothing the stages found beats the input, so the pair
+    # stays as it came (no pair ends below "no registration")
+    assert kept >= 0.995, (kept, res.report["stages"])
+    assert "NMI" in res.report["stages"]["deformable"]["reason"]
+
+
+def test_the_referee_refuses_an_affine_the_feature_cost_was_fooled_by(monkeypatch):
+    """A planted feature cost that calls every optimised affine perfect (as MIND can be fooled by a
+    contrast): the NMI referee still keeps the identity of an aligned pair."""
+    mni = load_mni(2.0)
+    t1, aff = mni["t1"].data[0][:, :, 40], mni["t1"].affine
+    bad = np.eye(3)
+    bad[:2, 2] = [4.0, -3.0]
+    real_cost = affine_stage.affine_cost
+
+    def fooled(ff, fg, fm, mg, m, weight=None):
+        c, o = real_cost(ff, fg, fm, mg, m, weight)
+        return (c if np.allclose(m, np.eye(3)) else 0.0), o
+
+    monkeypatch.setattr(affine_stage, "optimize_affine", lambda *a, **k: bad.copy())
+    monkeypatch.setattr(affine_stage, "affine_cost", fooled)
+    res = api.register((t1, aff), (_t2_copy(t1), aff), refine=0, qc=False)
+    rec = res.report["stages"]["affine"]
+    assert rec["kept"] is False and "referee disagrees" in rec["reason"], rec
+    assert np.allclose(res.affine_matrix, np.eye(4))
 
 
 def test_affine_stage_refuses_a_bad_affine(monkeypatch):

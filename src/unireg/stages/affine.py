@@ -5,8 +5,9 @@ of two foreground masks (a fixed threshold and each image's Otsu threshold), and
 about the fixed centroid (large misalignments).  Each is scored at 8 mm (one feature comparison); the
 best few get a few 8 mm optimiser steps (a beam search: a start at the edge of the basin scores badly
 before it moves) and are ranked again; the best is optimised at 8 and 4 mm.  The winner replaces the
-starting transform only if its feature cost is lower than the start's (``affine_cost``), else the
-start is kept and report.json says why.
+starting transform only if its feature cost is lower than the start's (``affine_cost``) **and** the
+do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`) agrees that it is better;
+else the start is kept and report.json says why.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..features.mind import mind_ssc
 from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
 from ..spatial.world import affine_nd, pooled_affine, working_grid
-from .prepare import check_working_size, moving_on
+from .prepare import check_working_size, moving_on, referee
 from .state import State
 
 __all__ = ["affine", "IMPROVEMENT"]
@@ -126,8 +127,14 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         s.keep("affine", True, what + "; do-no-harm check off")
         return best
     if best_c < start_c * (1 - IMPROVEMENT) and best_o >= MIN_OVERLAP * start_o:
-        s.keep("affine", True, what)
-        return best
+        judge = referee(s)
+        n0, n1 = judge.score(start), judge.score(best)
+        what += f"; NMI {n0:.4f} -> {n1:.4f}"
+        if n1 > n0:
+            s.keep("affine", True, what)
+            return best
+        s.keep("affine", False, f"the referee disagrees: {what}; {start_name} kept")
+        return start
     s.keep("affine", False, f"no improvement: {what}; {start_name} kept")
     return start
 

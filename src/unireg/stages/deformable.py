@@ -3,7 +3,9 @@
 The network gives the start, instance optimisation on frozen MIND features gives the accuracy
 (coarse -> working -> native resolution, :mod:`unireg.align.refine`), and both stay diffeomorphic.
 Do-no-harm: the network's velocity is kept only if it lowers the coarse feature cost below the zero
-velocity's, and the deformable result only if it lowers the working-grid cost below the affine's.
+velocity's, and the deformable result only if it lowers the working-grid cost below the affine's
+and the NMI referee (:mod:`unireg.align.referee`, native resolution, blind to the feature cost's
+biases) scores it above the affine alone: an aligned pair stays as it came.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
 from ..spatial.grid import apply_matrix
 from ..spatial.jacobian import folding_stats, jacobian_determinant
-from .prepare import moving_on
+from .prepare import moving_on, referee
 from .state import State
 
 __all__ = ["features", "network", "refine", "integrate", "deformable_gate", "IMPROVEMENT"]
@@ -142,13 +144,20 @@ def deformable_gate(s: State) -> None:
             mask = _fixed_mask(s, s.w_shape, s.w_aff4)
             c0 = mind_cost(ff, fm, None, mask)
             c1 = mind_cost(ff, fm, s.disp_w, mask)
-            if c1 < c0 * (1 - IMPROVEMENT):
-                s.keep("deformable", True, f"working-grid feature cost {c0:.4f} -> {c1:.4f}")
+            what = f"working-grid feature cost {c0:.4f} -> {c1:.4f}"
+            better = c1 < c0 * (1 - IMPROVEMENT)
+            if better:
+                judge = referee(s)
+                n0, n1 = judge.score(s.t_nd), judge.score(s.t_nd, s.disp_w, s.w_aff4)
+                what += f"; NMI {n0:.4f} -> {n1:.4f}"
+                better = n1 > n0
+            if better:
+                s.keep("deformable", True, what)
             else:
                 s.keep(
                     "deformable",
                     False,
-                    f"working-grid feature cost {c0:.4f} -> {c1:.4f}: no improvement, affine only kept",
+                    f"{what}: no improvement, affine only kept",
                 )
                 s.disp_w = torch.zeros_like(s.disp_w)
                 s.inv_disp_w = torch.zeros_like(s.inv_disp_w)

@@ -34,8 +34,9 @@ def qc(s: State) -> None:
             fmask = mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4)
         if s.opts.moving_mask is not None:
             t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
-            mmask = mask_on_grid(s.opts.moving_mask, s.w_shape, s.w_aff4,
-                                 world_map=lambda world, rows: apply_matrix(t_mat, world))
+            mmask = mask_on_grid(
+                s.opts.moving_mask, s.w_shape, s.w_aff4, world_map=lambda world, rows: apply_matrix(t_mat, world)
+            )
         s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 

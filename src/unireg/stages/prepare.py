@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..align.referee import Referee
 from ..errors import UniRegError
+from ..masks import mask_on_grid
 from ..preprocess import normalize_intensity, to_working_grid
 from ..spatial.grid import apply_matrix
 from ..spatial.world import native_factor, subdivided_grid, working_grid
@@ -56,3 +58,15 @@ def moving_on(s: State, shape, aff4, t_nd: np.ndarray) -> torch.Tensor:
         return apply_matrix(t_mat, world)
 
     return to_working_grid(s.moving_n, s.moving.affine, s.moving.spacing, shape, aff4, world_map=affine_map)
+
+
+def referee(s: State) -> Referee:
+    """The do-no-harm referee of this pair (NMI at the native grids; built once)."""
+    if s.referee is None:
+        mask = None
+        if s.opts.fixed_mask is not None:
+            mask = mask_on_grid(s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine).cpu().numpy()
+        s.referee = Referee(
+            s.fixed_n, s.fixed.affine, s.moving_n, s.moving.affine, s.nd, device=s.device, mask=mask, seed=s.opts.seed
+        )
+    return s.referee

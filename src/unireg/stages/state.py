@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..align.referee import Referee
 from ..errors import UniRegError
 from ..io.image import Image
 from ..models.registrar import Registrar
@@ -107,6 +108,7 @@ class State:
     qc: dict = field(default_factory=lambda: {"qc_score": None, "qc_flag": None})
     stages: dict = field(default_factory=dict)  # name -> {"kept": bool, "reason": str}
     outputs: dict = field(default_factory=dict)
+    referee: Optional[Referee] = None  # the do-no-harm NMI referee (built on first use)
 
     def __post_init__(self):
         self.timer = Timer(self.device)
