@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..align.referee import MARGIN as REFEREE_MARGIN
 from ..align.refine import mind_cost, pool_to, refine_multilevel, schedule
 from ..features.mind import MIND, mind_ssc
 from ..masks import mask_on_grid
@@ -150,7 +151,7 @@ def deformable_gate(s: State) -> None:
                 judge = referee(s)
                 n0, n1 = judge.score(s.t_nd), judge.score(s.t_nd, s.disp_w, s.w_aff4)
                 what += f"; NMI {n0:.4f} -> {n1:.4f}"
-                better = n1 > n0
+                better = n1 > n0 * (1 + REFEREE_MARGIN)
             if better:
                 s.keep("deformable", True, what)
             else:
