@@ -43,7 +43,8 @@ PEER = ROOT / "benchmarks" / "held_out_peer.py"
 UNIREG_CLI = "import sys; from unireg.cli.main import app; sys.argv[0] = 'unireg'; app()"
 FIELDS = ["case", "dim", "deformation", "intensity", "grid", "anatomy", "held_out", "method", "status", "dice",
           "dice_true_map", "epe_mm", "epe_p95_mm", "folded_pct", "logjac_err", "ic_mm", "seconds", "registration_s",
-          "peak_rss_mb", "fallback", "fallback_stages", "qc_flag", "ants_metric", "max_disp_mm", "load1"]
+          "peak_rss_mb", "fallback", "fallback_stages", "qc_flag", "ants_metric", "max_disp_mm", "load1",
+          "refused_stages"]
 
 
 def child_env(threads: int) -> dict:
@@ -105,12 +106,25 @@ def method_cmd(method: str, paths: dict, out: Path, spec, args) -> tuple[list[st
             "--threads", str(args.threads)], {}
 
 
-def fallbacks(report: dict) -> list[str]:
+def refused(report: dict) -> list[str]:
     """Stages UniReg did not keep (``report.json["stages"][name]["kept"] is False``); [] without the key."""
     stages = report.get("stages")
     if not isinstance(stages, dict):
         return []
     return [k for k, v in stages.items() if isinstance(v, dict) and v.get("kept") is False]
+
+
+def fallbacks(report: dict, deformation: str | None = None) -> list[str]:
+    """Stages the pair needed that UniReg refused, falling back to the stage before: the ``affine`` of a
+    pair whose true map has an affine part (the ``affine`` family), the ``deformable`` result of a pair
+    whose true map deforms (every family but ``aligned``).  Refusing an affine that the pair does not
+    have, or any deformation of an aligned pair, is the do-no-harm check doing its job, not a fallback
+    (``refused_stages`` in the CSV lists every refusal).  Without ``deformation``: every refused stage."""
+    out = refused(report)
+    if deformation is None:
+        return out
+    needed = {"affine": deformation == "affine", "deformable": deformation != "aligned"}
+    return [k for k in out if needed.get(k, False)]
 
 
 def evaluate_pair(spec, args, work: Path, writer, fh) -> list[dict]:
@@ -156,8 +170,9 @@ def evaluate_pair(spec, args, work: Path, writer, fh) -> list[dict]:
                     inv = read_displacement_field(out / "inverse_warp.nii.gz")
                 rep = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
                 if method == "unireg":
-                    fb = fallbacks(rep)
-                    row.update(fallback=int(bool(fb)), fallback_stages=";".join(fb))
+                    fb = fallbacks(rep, spec.deformation)
+                    row.update(fallback=int(bool(fb)), fallback_stages=";".join(fb),
+                               refused_stages=";".join(refused(rep)))
                     row["registration_s"] = (rep.get("runtime_s") or {}).get("total")
                     row["qc_flag"] = int(bool(rep.get("qc_flag")))
                 else:
@@ -203,7 +218,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
     head += [f"% folded {TITLES[m]}" for m in peers] + [f"logJ err {TITLES[m]}" for m in peers]
     head += [f"IC mm {TITLES[m]}" for m in peers if m != "elastix"]
     if "unireg" in methods:
-        head += ["UniReg < none", "fallbacks"]
+        head += ["UniReg < none", "fallbacks (needed stage refused)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     kinds = [("deformation", DEFORMATIONS), ("intensity", INTENSITIES), ("grid", GRIDS), ("anatomy", ANATOMIES)]
     for dim in sorted({r["dim"] for r in cases}):

@@ -43,6 +43,13 @@ def test_fallbacks_read_from_report():
     mod = _module()
     assert mod.fallbacks({}) == []
     assert mod.fallbacks({"stages": {"affine": {"kept": False, "reason": "worse"}, "deformable": {"kept": True}}}) == ["affine"]
+    both = {"stages": {"affine": {"kept": False}, "network": {"kept": False}, "deformable": {"kept": False}}}
+    assert mod.refused(both) == ["affine", "network", "deformable"]
+    # a refused affine is a fallback only where the true map has one; any deformation of an aligned pair
+    # may be refused
+    assert mod.fallbacks(both, "affine") == ["affine", "deformable"]
+    assert mod.fallbacks(both, "radial") == ["deformable"]
+    assert mod.fallbacks(both, "aligned") == []
 
 
 def test_child_rusage_is_the_childs_own(tmp_path):
