@@ -85,3 +85,21 @@ def test_rebuilt_page_loads_in_headless_chromium(tmp_path):
     st = re.search(r'<div id="selftest"[^>]*>', dom).group(0)
     assert 'data-status="pass"' in st and 'data-errors="0"' in st, (st, dom[-500:])
     assert 'id="qc-badge" class="flagged"' in dom
+
+
+def test_report_rebuilds_an_affine_only_result(tmp_path):
+    """The det J of an affine-only result (a deformation the do-no-harm checks refused) is 1 in
+    every voxel: the rebuild reads UniReg's own constant outputs (inputs to register are refused)."""
+    import numpy as np
+
+    from unireg.errors import UniRegError
+    from unireg.io.image import read_image, write_image
+
+    out = make_result_dir(tmp_path / "r", 3, with_dice=False)
+    jac = read_image(out / "jacobian.nii.gz")
+    write_image(out / "jacobian.nii.gz", np.ones(jac.spatial_shape, np.float32), jac.affine)
+    r = _invoke("report", str(out))
+    assert r.exit_code == 0, r.output
+    assert (out / "report.html").is_file()
+    with pytest.raises(UniRegError, match="constant"):
+        read_image(out / "jacobian.nii.gz")

@@ -193,7 +193,7 @@ def _to_spatial(arr: np.ndarray, p: Path) -> np.ndarray:
     return arr
 
 
-def _check_values(arr: np.ndarray, labels: bool, p: Path) -> np.ndarray:
+def _check_values(arr: np.ndarray, labels: bool, p: Path, constant_ok: bool = False) -> np.ndarray:
     if labels:
         if arr.dtype.kind == "b":
             arr = arr.astype(np.uint8)
@@ -214,7 +214,7 @@ def _check_values(arr: np.ndarray, labels: bool, p: Path) -> np.ndarray:
     if nbad:
         raise UniRegError(f"{nbad} of {arr.size} voxels are NaN or Inf", p)
     lo, hi = float(arr.min()), float(arr.max())
-    if lo == hi:
+    if lo == hi and not constant_ok:
         raise UniRegError(f"image is constant (every voxel is {lo:g})", p)
     return arr
 
@@ -239,7 +239,7 @@ def _check_affine(affine: np.ndarray, ndim: int, p: Path) -> np.ndarray:
     return affine
 
 
-def read_image(path: str | os.PathLike, *, labels: bool = False) -> Image:
+def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bool = False) -> Image:
     """Read a 2-D or 3-D scalar image or label map.
 
     Parameters
@@ -251,6 +251,9 @@ def read_image(path: str | os.PathLike, *, labels: bool = False) -> Image:
         one DICOM series (SimpleITK's ImageSeriesReader).
     labels : bool
         Read a label map: keep the integer dtype (float files with integral values become int32).
+    constant_ok : bool
+        Accept a constant image (UniReg's own outputs: the det J of an affine-only result is 1
+        everywhere, the warped image of a pair without overlap is 0); inputs to register are refused.
 
     Returns
     -------
@@ -289,7 +292,7 @@ def read_image(path: str | os.PathLike, *, labels: bool = False) -> Image:
     dtype = str(arr.dtype)
     arr = _to_spatial(arr, p)
     affine = _check_affine(affine, arr.ndim, p)
-    arr = _check_values(arr, labels, p)
+    arr = _check_values(arr, labels, p, constant_ok)
     return Image(data=arr[None], affine=affine, path=str(p), meta={"format": fmt, "file_dtype": dtype})
 
 

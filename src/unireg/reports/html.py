@@ -364,7 +364,10 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
             return None
         return reader(p)
 
-    warped = optional("warped.nii.gz", read_image)
+    def read_output(path):  # UniReg's own outputs may be constant (an affine-only det J is 1)
+        return read_image(path, constant_ok=True)
+
+    warped = optional("warped.nii.gz", read_output)
     warped_vol = None
     if warped is not None:
         if warped.spatial_shape != shape:
@@ -382,7 +385,7 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
     if pre.get("jacobian") is not None:
         jac_vol = np.asarray(pre["jacobian"])
     elif jac_img.is_file():
-        jac_vol = _first_channel_mean(read_image(jac_img))
+        jac_vol = _first_channel_mean(read_output(jac_img))
     elif field is not None:
         dv_t = torch.from_numpy(disp_world_to_vox(disp_world, faff))[None]
         jac_vol = jacobian_determinant(dv_t)[0].numpy()
@@ -571,7 +574,7 @@ def _thumbnail(pair_dir: Path, row: dict, max_px: int = 96) -> str | None:
         p = pair_dir / "warped.nii.gz"
         if not p.is_file():
             return None
-        img = read_image(p)
+        img = read_image(p, constant_ok=True)
         vol = _first_channel_mean(img)
         plane = planes_for(img.spatial_shape, img.affine)[-1]  # axial (3-D) or the plane (2-D)
         hw = _display_shape(plane, img.spatial_shape, [float(s) for s in img.spacing], max_px)
