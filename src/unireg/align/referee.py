@@ -103,10 +103,14 @@ class Referee:
             np.linalg.inv(affine_nd(moving_affine4, nd)), dtype=torch.float32, device=dev
         )
         self.device = dev
+        self._affine_only: dict[bytes, float] = {}  # scores of affine-only candidates (the gates ask twice)
 
     def score(self, t_nd: np.ndarray, disp_w: torch.Tensor | None = None, w_aff4: np.ndarray | None = None) -> float:
         """NMI through ``x -> t_nd(x + u(x))``; ``u`` the displacement ``disp_w`` ``(1, nd, *S_w)`` in voxels
         of the working grid ``w_aff4`` (None: the affine alone)."""
+        key = np.asarray(t_nd, dtype=np.float64).tobytes()
+        if disp_w is None and key in self._affine_only:
+            return self._affine_only[key]
         nd, dev = self.nd, self.device
         x = self.world
         n = x.shape[1]
@@ -121,4 +125,7 @@ class Referee:
         t = torch.as_tensor(np.asarray(t_nd, dtype=np.float64), dtype=torch.float32, device=dev)
         mv = apply_matrix(self.to_moving_vox @ t, x).view(1, nd, n, *([1] * (nd - 1)))
         m = sample(self.moving, mv).flatten()
-        return nmi(self.fixed_values, m)
+        score = nmi(self.fixed_values, m)
+        if disp_w is None:
+            self._affine_only[key] = score
+        return score
