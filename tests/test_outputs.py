@@ -31,8 +31,14 @@ def result(tmp_path_factory):
     write_image(d / "m.nii.gz", m, ma)
     write_image(d / "ml.nii.gz", ml.astype(np.uint8), ma)
     write_image(d / "fl.nii.gz", fl.astype(np.uint8), fa)
-    return api.register(d / "f.nii.gz", d / "m.nii.gz", labels=d / "ml.nii.gz", fixed_labels=d / "fl.nii.gz",
-                        model=tiny_registrar(2, 1.0), refine=2)
+    return api.register(
+        d / "f.nii.gz",
+        d / "m.nii.gz",
+        labels=d / "ml.nii.gz",
+        fixed_labels=d / "fl.nii.gz",
+        model=tiny_registrar(2, 1.0),
+        refine=2,
+    )
 
 
 def test_save_writes_everything(result, tmp_path):
@@ -126,3 +132,42 @@ def test_report_fixture_keys_are_the_pipelines(result, tmp_path):
     real = result.report
     assert set(fake) <= set(real), set(fake) - set(real)
     assert set(fake["runtime_s"]) <= set(real["runtime_s"]), set(fake["runtime_s"]) - set(real["runtime_s"])
+
+
+def test_a_failing_writer_thread_leaves_no_partial_outputs(result, tmp_path, monkeypatch):
+    """The image and field files are written by worker threads: an error in one still reaches the
+    caller, after the others have finished, and nothing of this save is left behind."""
+    import unireg.outputs as outputs
+
+    def boom(path, *a, **k):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(outputs, "write_displacement_field", boom)
+    with pytest.raises(OSError, match="No space left"):
+        result.save(tmp_path / "o")
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_identity_affine_deformable_files_are_the_whole_maps(tmp_path, monkeypatch):
+    """With no affine (identity) the ANTs split's deformable fields are the whole map's: the same
+    bytes as warp.nii.gz (and inverse_warp.nii.gz when both images share a grid), not recomputed."""
+    fs, fa = (40, 36), grid_affine((40, 36), (1.0, 1.2), rotation(2, 10)[:2, :2], (3.0, -4.0))
+    f, _ = phantom(fs, fa, (3.0, -4.0))
+    m, _ = phantom(fs, fa, (3.0, -4.0), shift=(1.0, 0.5))
+    res = api.register((f, fa), (m, fa), model=tiny_registrar(2, 1.0), refine=2, affine=False)
+    assert np.array_equal(res.affine_matrix, np.eye(4))
+    res.inverse_warp_mm  # noqa: B018 (computed once, for inverse_warp.nii.gz)
+
+    def no_recompute(*a, **k):
+        raise AssertionError("the deformable part was recomputed")
+
+    import unireg.outputs as outputs
+    import unireg.pipeline as pipeline
+
+    monkeypatch.setattr(outputs, "deformable_forward_mm", no_recompute)
+    monkeypatch.setattr(pipeline, "displacement_on_grid", no_recompute)
+    paths = res.save(tmp_path, qc=False, html=False)
+    assert paths["deformable_warp"].read_bytes() == paths["warp"].read_bytes()
+    assert paths["deformable_inverse_warp"].read_bytes() == paths["inverse_warp"].read_bytes()
+    w = nib.load(paths["deformable_warp"]).get_fdata()
+    assert np.abs(w).max() > 0.05  # a real deformation, not two empty files

@@ -15,7 +15,7 @@ import torch
 from unireg.io.image import Image, write_image
 from unireg.io.transform import read_affine, write_affine
 from unireg.outputs import OUTPUT_NAMES, _write_ants_split
-from unireg.pipeline import FixedToMoving
+from unireg.pipeline import FixedToMoving, displacement_on_grid
 from unireg.spatial.world import pull, working_grid
 
 from ..synthetic_pairs import grid_affine, phantom, rotation
@@ -42,19 +42,23 @@ def case(tmp_path_factory):
     t[:3, 3] = [2.5, -1.5, 1.0]
     w_shape, w_aff = working_grid(fs, fa, spacing=2.0)
     g = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in w_shape], indexing="ij"))
-    disp = torch.stack([2.2 * torch.sin(np.pi * g[1]) * torch.cos(np.pi * g[2] / 2),  # voxels of 2 mm: up to ~5 mm
-                        1.8 * torch.cos(np.pi * g[0] / 2) * torch.sin(np.pi * g[2]),
-                        1.5 * torch.sin(np.pi * g[0]) * torch.cos(np.pi * g[1] / 2)])[None].float()
+    disp = torch.stack(
+        [
+            2.2 * torch.sin(np.pi * g[1]) * torch.cos(np.pi * g[2] / 2),  # voxels of 2 mm: up to ~5 mm
+            1.8 * torch.cos(np.pi * g[0] / 2) * torch.sin(np.pi * g[2]),
+            1.5 * torch.sin(np.pi * g[0]) * torch.cos(np.pi * g[1] / 2),
+        ]
+    )[None].float()
     # the inverse of a smooth displacement by fixed-point iteration: u_inv(x) = -u(x + u_inv(x))
-    from unireg.spatial.grid import sample
-    from unireg.spatial.grid import identity_coords
+    from unireg.spatial.grid import identity_coords, sample
 
     ident = identity_coords(w_shape)
     inv = -disp.clone()
     for _ in range(30):
         inv = -sample(disp, (ident + inv[0])[None], padding_mode="border")
     mapping = FixedToMoving(3, w_aff, t, disp, inv)
-    res = SimpleNamespace(fixed=fixed, moving=moving, affine_matrix=t, mapping=mapping)
+    warp_mm = displacement_on_grid(mapping.forward, fs, fa)  # what the resample stage gives save()
+    res = SimpleNamespace(fixed=fixed, moving=moving, affine_matrix=t, mapping=mapping, warp_mm=warp_mm)
     paths = {k: d / v for k, v in OUTPUT_NAMES.items()}
     _write_ants_split(res, paths)
     write_image(d / "fixed.nii.gz", f, fa)
@@ -64,7 +68,7 @@ def case(tmp_path_factory):
     warped = pull(mt, ma, fs, fa, world_map=lambda x, rows: mapping.forward(x))[0].numpy()
     back = pull(torch.from_numpy(f[None]), fa, ms, ma, world_map=lambda y, rows: mapping.inverse(y))[0].numpy()
     deform_mm = np.abs(np.einsum("ij,j...->i...", w_aff[:3, :3], disp[0].numpy())).max()
-    return SimpleNamespace(d=d, paths=paths, warped=warped, back=back, t=t, deform_mm=deform_mm, f=f)
+    return SimpleNamespace(d=d, paths=paths, warped=warped, back=back, t=t, deform_mm=deform_mm, f=f, res=res)
 
 
 def test_affine_mat_round_trip_and_antspyx_reads_it(case):
@@ -79,8 +83,12 @@ def test_ants_chain_reproduces_warped(case):
     assert case.deform_mm >= 3.0
     fixed = ants.image_read(str(case.d / "fixed.nii.gz"))
     moving = ants.image_read(str(case.d / "moving.nii.gz"))
-    out = ants.apply_transforms(fixed, moving, transformlist=[str(case.paths["deformable_warp"]), str(case.paths["affine"])],
-                                interpolator="linear").numpy()
+    out = ants.apply_transforms(
+        fixed,
+        moving,
+        transformlist=[str(case.paths["deformable_warp"]), str(case.paths["affine"])],
+        interpolator="linear",
+    ).numpy()
     mask = case.warped > 0.05
     assert _corr(out, case.warped, mask) > 0.99
     # and the affine alone is clearly not enough: the deformable part matters
@@ -91,9 +99,13 @@ def test_ants_chain_reproduces_warped(case):
 def test_ants_inverse_chain_reproduces_inverse(case):
     fixed = ants.image_read(str(case.d / "fixed.nii.gz"))
     moving = ants.image_read(str(case.d / "moving.nii.gz"))
-    out = ants.apply_transforms(moving, fixed, transformlist=[str(case.paths["affine"]),
-                                                              str(case.paths["deformable_inverse_warp"])],
-                                whichtoinvert=[True, False], interpolator="linear").numpy()
+    out = ants.apply_transforms(
+        moving,
+        fixed,
+        transformlist=[str(case.paths["affine"]), str(case.paths["deformable_inverse_warp"])],
+        whichtoinvert=[True, False],
+        interpolator="linear",
+    ).numpy()
     mask = case.back > 0.05
     assert _corr(out, case.back, mask) > 0.99
 
@@ -119,14 +131,34 @@ def test_apply_chain_like_ants_apply_transforms(case, tmp_path):
     from unireg.io.image import read_image
 
     d, p = case.d, case.paths
-    r = _cli("apply", d / "moving.nii.gz", "-t", p["deformable_warp"], "-t", p["affine"], "--ref", d / "fixed.nii.gz",
-             "--out", tmp_path / "w.nii.gz")
+    r = _cli(
+        "apply",
+        d / "moving.nii.gz",
+        "-t",
+        p["deformable_warp"],
+        "-t",
+        p["affine"],
+        "--ref",
+        d / "fixed.nii.gz",
+        "--out",
+        tmp_path / "w.nii.gz",
+    )
     assert r.exit_code == 0, r.output
     ours = read_image(tmp_path / "w.nii.gz").data[0]
     mask = case.warped > 0.05
     assert _corr(ours, case.warped, mask) > 0.999
-    r = _cli("apply", d / "fixed.nii.gz", "-t", f"[{p['affine']},1]", "-t", p["deformable_inverse_warp"],
-             "--ref", d / "moving.nii.gz", "--out", tmp_path / "b.nii.gz")
+    r = _cli(
+        "apply",
+        d / "fixed.nii.gz",
+        "-t",
+        f"[{p['affine']},1]",
+        "-t",
+        p["deformable_inverse_warp"],
+        "--ref",
+        d / "moving.nii.gz",
+        "--out",
+        tmp_path / "b.nii.gz",
+    )
     assert r.exit_code == 0, r.output
     assert _corr(read_image(tmp_path / "b.nii.gz").data[0], case.back, case.back > 0.05) > 0.999
 
@@ -136,15 +168,42 @@ def test_apply_interpolation_matches_ants(case, tmp_path, ours, theirs, bar):
     from unireg.io.image import read_image
 
     d, p = case.d, case.paths
-    r = _cli("apply", d / "moving.nii.gz", "-t", p["deformable_warp"], "-t", p["affine"], "--ref", d / "fixed.nii.gz",
-             "--out", tmp_path / "w.nii.gz", "--interpolation", ours)
+    r = _cli(
+        "apply",
+        d / "moving.nii.gz",
+        "-t",
+        p["deformable_warp"],
+        "-t",
+        p["affine"],
+        "--ref",
+        d / "fixed.nii.gz",
+        "--out",
+        tmp_path / "w.nii.gz",
+        "--interpolation",
+        ours,
+    )
     assert r.exit_code == 0, r.output
     fixed = ants.image_read(str(d / "fixed.nii.gz"))
     moving = ants.image_read(str(d / "moving.nii.gz"))
-    ref = ants.apply_transforms(fixed, moving, transformlist=[str(p["deformable_warp"]), str(p["affine"])],
-                                interpolator=theirs).numpy()
+    ref = ants.apply_transforms(
+        fixed, moving, transformlist=[str(p["deformable_warp"]), str(p["affine"])], interpolator=theirs
+    ).numpy()
     got = read_image(tmp_path / "w.nii.gz").data[0]
     mask = ref > 0.05
     assert _corr(got, ref, mask) > bar
     if ours == "nearest":  # nearest: the very same voxel values almost everywhere
         assert np.mean(np.isclose(got[mask], ref[mask], atol=1e-5)) > 0.97
+
+
+def test_deformable_forward_is_computed_from_the_whole_map(case):
+    """deformable_warp = T^-1(x + warp(x)) - x from the whole map's field: the same as resampling the
+    deformable part itself (to float32 precision)."""
+    from unireg.outputs import deformable_forward_mm
+
+    res = case.res
+    direct = displacement_on_grid(
+        lambda x: res.mapping._through(x, res.mapping.disp_vox), res.fixed.spatial_shape, res.fixed.affine
+    )
+    got = deformable_forward_mm(res)
+    assert np.abs(direct).max() > 3.0
+    assert np.abs(got - direct).max() < 1e-3
