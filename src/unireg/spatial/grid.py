@@ -11,6 +11,7 @@ Conventions (see docs/conventions.md):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -65,7 +66,70 @@ def sample(
     ``mode`` is ``"bilinear"`` (linear/trilinear) or ``"nearest"``.  Returns ``(B, C, *out)``.
     """
     grid = coords_vox_to_norm(coords_vox.to(image.dtype), image.shape[2:])
+    parts = _parts(image, grid)
+    if parts > 1:
+        return _ThreadedSample3d.apply(image, grid, _MODES[mode], _PADDINGS[padding_mode], parts)
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+# --------------------------------------------------------------------- 3-D sampling on several CPU cores
+# ATen's 3-D grid_sample on the CPU parallelises over the batch only: a registration samples one
+# image (batch 1) at a million points on one core whatever ``torch.set_num_threads`` says.  Here the
+# points are split into one chunk per thread and sampled by worker threads (ATen releases the GIL).
+# Every output value (and every gradient w.r.t. a point) depends on its own point only, so the figures
+# are bitwise those of one call.  Used when the image needs no gradient (feature maps, images, labels);
+# a gradient w.r.t. the image would be a sum over chunks and gains nothing (measured).
+THREADED_MIN_POINTS = 32_768
+_MODES = {"bilinear": 0, "nearest": 1}
+_PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _parts(image: torch.Tensor, grid: torch.Tensor) -> int:
+    """How many chunks to sample ``grid`` in (1: one ATen call)."""
+    if image.device.type != "cpu" or image.dim() != 5 or image.shape[0] != 1 or grid.shape[0] != 1:
+        return 1
+    if image.requires_grad and torch.is_grad_enabled():
+        return 1
+    k = min(torch.get_num_threads(), 8, grid.shape[1])
+    if k < 2 or grid.shape[1] * grid.shape[2] * grid.shape[3] < THREADED_MIN_POINTS:
+        return 1
+    return k
+
+
+def _pool(k: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers < k:
+        _POOL = ThreadPoolExecutor(max_workers=k, thread_name_prefix="unireg-sample")
+    return _POOL
+
+
+class _ThreadedSample3d(torch.autograd.Function):
+    """``grid_sample(image, grid, align_corners=True)`` (3-D, batch 1, no gradient w.r.t. ``image``),
+    the grid's first spatial axis cut into ``parts`` chunks sampled by worker threads."""
+
+    @staticmethod
+    def forward(ctx, image, grid, mode: int, padding: int, parts: int):  # type: ignore[override]
+        chunks = grid.chunk(parts, dim=1)
+        outs = list(_pool(parts).map(lambda g: torch.grid_sampler(image, g, mode, padding, True), chunks))
+        ctx.save_for_backward(image, grid)
+        ctx.mode, ctx.padding, ctx.parts = mode, padding, parts
+        return torch.cat(outs, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        image, grid = ctx.saved_tensors
+        chunks = grid.chunk(ctx.parts, dim=1)
+        grads = grad_out.split([c.shape[1] for c in chunks], dim=2)
+
+        def one(args):
+            g, go = args
+            return torch.ops.aten.grid_sampler_3d_backward(
+                go.contiguous(), image, g, ctx.mode, ctx.padding, True, [False, True]
+            )[1]
+
+        grad_grid = torch.cat(list(_pool(ctx.parts).map(one, zip(chunks, grads, strict=True))), dim=1)
+        return None, grad_grid, None, None, None
 
 
 def warp(
