@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,6 +111,19 @@ def guard_inputs(paths: dict[str, Path], inputs: list[str | None]) -> None:
     for p in paths.values():
         if os.path.realpath(p) in ins:
             raise UniRegError("output would overwrite an input file; choose another --out folder", p)
+
+
+def prefetch_report_modules() -> None:
+    """Import the qc.png / report.html renderers (matplotlib, PIL: ~1.5 s) in a daemon thread, so that
+    the import overlaps the registration (whose sampling leaves a core idle) instead of following it."""
+
+    def load() -> None:
+        try:
+            from .reports import html, qc  # noqa: F401
+        except Exception:  # noqa: BLE001 (save() imports them again and reports any error itself)
+            pass
+
+    threading.Thread(target=load, name="unireg-prefetch", daemon=True).start()
 
 
 def write_json(path: Path, obj: dict) -> None:

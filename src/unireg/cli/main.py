@@ -210,10 +210,12 @@ def register(
     from .. import api
     from ..errors import UniRegError
     from ..io.atomic import check_output_dir
-    from ..outputs import guard_inputs, output_names, parse_outputs
+    from ..outputs import guard_inputs, output_names, parse_outputs, prefetch_report_modules
     from .progress import StageProgress
 
-    parse_outputs(outputs)  # an unknown name is a bad input before anything runs
+    wanted = parse_outputs(outputs)  # an unknown name is a bad input before anything runs
+    if not no_qc and (wanted is None or wanted & {"qc", "html"}):
+        prefetch_report_modules()
     created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     check_output_dir(out)
     prog = StageProgress(enabled=not quiet)
