@@ -134,10 +134,15 @@ def test_report_fixture_keys_are_the_pipelines(result, tmp_path):
     assert set(fake["runtime_s"]) <= set(real["runtime_s"]), set(fake["runtime_s"]) - set(real["runtime_s"])
 
 
-def test_a_failing_writer_thread_leaves_no_partial_outputs(result, tmp_path, monkeypatch):
-    """The image and field files are written by worker threads: an error in one still reaches the
-    caller, after the others have finished, and nothing of this save is left behind."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_failing_writer_thread_leaves_no_partial_outputs(result, tmp_path, monkeypatch, threads):
+    """The image and field files are written by worker threads (in line with one torch thread): an
+    error in one still reaches the caller, after the others have finished, and nothing of this save
+    is left behind."""
     import unireg.outputs as outputs
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert isinstance(outputs._writers(), outputs._InLine) == (threads == 1)
 
     def boom(path, *a, **k):
         raise OSError(28, "No space left on device", str(path))

@@ -115,7 +115,10 @@ def guard_inputs(paths: dict[str, Path], inputs: list[str | None]) -> None:
 
 def prefetch_report_modules() -> None:
     """Import the qc.png / report.html renderers (matplotlib, PIL: ~1.5 s) in a daemon thread, so that
-    the import overlaps the registration (whose sampling leaves a core idle) instead of following it."""
+    the import overlaps the registration (whose sampling leaves a core idle) instead of following it.
+    Not with one torch thread (``--threads 1``: one core)."""
+    if torch.get_num_threads() < 2:
+        return
 
     def load() -> None:
         try:
@@ -166,15 +169,40 @@ def save_result(
 
 
 # image and field files are compressed by parallel writers (ISA-L and numpy release the GIL) while the
-# main thread renders qc.png and report.html: measured on the 1 mm MNI pair, 2 cores
+# main thread renders qc.png and report.html (1 mm MNI pair, 2 cores: 9.0 s -> 4.7 s); with one torch
+# thread (``--threads 1``) everything is written in line, on the one core the user gave us
 WRITERS = 2
+
+
+class _InLine:
+    """An executor that runs each job when it is submitted (the one-thread case)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 (handed to the caller like a worker's error)
+            f.set_exception(e)
+        return f
+
+
+def _writers():
+    if torch.get_num_threads() < 2:
+        return _InLine()
+    return ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="unireg-write")
 
 
 def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) -> None:
     fixed = result.fixed
     moving = result.moving
     jobs: dict[str, Future] = {}
-    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="unireg-write") as pool:
+    with _writers() as pool:
         if "warped" in paths:
             jobs["warped"] = pool.submit(
                 write_image, paths["warped"], result.warped.data, fixed.affine, dtype=np.float32

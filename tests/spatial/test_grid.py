@@ -77,3 +77,28 @@ def test_warp_gradcheck_3d():
     img = torch.rand(1, 1, 4, 4, 4, dtype=torch.float64)
     disp = (0.3 * torch.rand(1, 3, 4, 4, 4, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda d: warp(img, d), (disp,))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+def test_threaded_3d_sampling_is_bitwise_one_call(monkeypatch, mode, padding):
+    """With several torch threads, 3-D sampling of an image that needs no gradient is cut into chunks
+    sampled by worker threads: values and gradients w.r.t. the points must be exactly one call's."""
+    import unireg.spatial.grid as grid
+
+    img = torch.rand(1, 5, 20, 24, 28, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(1, 3, 40_000, 1, 1, generator=g) * torch.tensor([22.0, 27.0, 31.0]).view(1, 3, 1, 1, 1) - 2.0
+
+    def run(threads):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        p = pts.clone().requires_grad_(True)
+        out = sample(img, p, mode=mode, padding_mode=padding)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), p.grad, out.grad_fn
+
+    one, g1, fn1 = run(1)
+    two, g2, fn2 = run(3)  # 3 chunks of unequal size
+    assert type(fn2).__name__.startswith("_ThreadedSample3d") and not type(fn1).__name__.startswith("_Threaded")
+    assert torch.equal(one, two) and torch.equal(g1, g2)
+    assert grid._parts(img.requires_grad_(True), pts.movedim(1, -1)) == 1  # an image gradient: one call

@@ -209,7 +209,11 @@ def _native_features(fine, levels) -> Future | None:
     run (on the CPU with two or more threads: their 3-D sampling keeps one core busy and leaves the
     other mostly idle; the native features are the refinement's largest single cost, ~3.5 s of the
     1 mm MNI pair's 16 s at two threads).  None: computed in line, when the native level starts."""
-    if fine is None or fine[0].device.type != "cpu" or not any(lv.name == "native" and lv.iterations > 0 for lv in levels):
+    if (
+        fine is None
+        or fine[0].device.type != "cpu"
+        or not any(lv.name == "native" and lv.iterations > 0 for lv in levels)
+    ):
         return None
     threads = torch.get_num_threads()
     if threads < 2:

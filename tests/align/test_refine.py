@@ -1,0 +1,41 @@
+"""The multi-level refinement: the native level's features computed by a worker thread change nothing."""
+
+from __future__ import annotations
+
+import torch
+
+import unireg.align.refine as refine
+from unireg.align.refine import refine_multilevel, schedule
+
+
+def _pair():
+    g = torch.Generator().manual_seed(0)
+    fine_shape = (33, 37, 29)
+    fixed = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *fine_shape, generator=g), 5, 1, 2)
+    moving = torch.roll(fixed, shifts=(1, -1, 1), dims=(2, 3, 4))
+    w_shape = (17, 19, 15)
+    down = lambda x: torch.nn.functional.interpolate(x, size=w_shape, mode="trilinear", align_corners=True)  # noqa: E731
+    return down(fixed), down(moving), fixed, moving
+
+
+def test_native_features_from_a_worker_thread_are_the_in_line_ones(monkeypatch):
+    fixed_w, moving_w, fixed_f, moving_f = _pair()
+    v0 = torch.zeros(1, 3, 9, 10, 8)
+    levels = schedule(iterations=3)
+    assert [lv.name for lv in levels] == ["coarse", "working", "native"]
+    calls = []
+    real = refine._native_features
+
+    def spy(fine, lv):
+        fut = real(fine, lv)
+        calls.append(fut)
+        return fut
+
+    monkeypatch.setattr(refine, "_native_features", spy)
+    out = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        out[threads] = refine_multilevel(v0, fixed_w, moving_w, levels, fine=(fixed_f, moving_f, 2.0), seed=3)
+    assert calls[0] is None and calls[1] is not None  # in line with one thread, a worker with two
+    assert out[1].abs().max() > 1e-3  # the pair moved the velocity
+    assert torch.equal(out[1], out[2])
