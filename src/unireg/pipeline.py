@@ -177,8 +177,7 @@ def register_images(
     deformable.deformable_gate(s)
     disp_w, inv_disp_w = s.disp_w.cpu(), s.inv_disp_w.cpu()
     mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, disp_w, inv_disp_w)
-    finish.qc(s)
-    finish.resample(s)
+    finish.qc_and_resample(s)
     report = finish.report(s, t_start)
     o = s.outputs
     return RegistrationResult(

@@ -1,0 +1,54 @@
+"""The finishing stages: the failure score computed beside the resampling gives the same report."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from unireg.stages import deformable, finish
+
+from .test_device_residency import build_state
+
+
+@pytest.fixture(scope="module")
+def state():
+    s = build_state()
+    for stage in (deformable.features, deformable.network, deformable.refine, deformable.integrate,
+                  deformable.deformable_gate):
+        stage(s)
+    return s
+
+
+def test_qc_beside_resample_is_qc_then_resample(state, monkeypatch):
+    runs = {}
+    real_qc = finish.qc
+    for threads in (1, 2):
+        s = copy.copy(state)
+        s.outputs = {}
+        s.timer = type(state.timer)(state.device)
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        seen = []
+        monkeypatch.setattr(finish, "qc", lambda st, seen=seen, **k: (seen.append(k), real_qc(st, **k))[1])
+        finish.qc_and_resample(s)
+        runs[threads] = (s.qc, s.outputs, seen)
+    (qc1, out1, seen1), (qc2, out2, seen2) = runs[1], runs[2]
+    assert seen1 == [{}] and seen2 == [{"announce": False}]  # in line with one thread, a worker with two
+    assert qc1 == qc2 and qc1["qc_score"] is not None
+    assert np.array_equal(out1["warp_mm"], out2["warp_mm"]) and np.array_equal(out1["jacobian"], out2["jacobian"])
+    assert np.array_equal(out1["warped"].data, out2["warped"].data)
+
+
+def test_an_error_in_the_qc_worker_reaches_the_caller(state, monkeypatch):
+    s = copy.copy(state)
+    s.outputs = {}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+
+    def boom(*a, **k):
+        raise RuntimeError("qc failed")
+
+    monkeypatch.setattr(finish, "qc", boom)
+    with pytest.raises(RuntimeError, match="qc failed"):
+        finish.qc_and_resample(s)
