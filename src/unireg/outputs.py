@@ -209,9 +209,10 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
             )
         if "warp" in paths:
             jobs["warp"] = pool.submit(write_displacement_field, paths["warp"], result.warp_mm, fixed.affine)
-        if "inverse_warp" in paths:
-            inverse = result.inverse_warp_mm  # computed here, once (the ANTs split may reuse its file)
-            jobs["inverse_warp"] = pool.submit(write_displacement_field, paths["inverse_warp"], inverse, moving.affine)
+        if "inverse_warp" in paths:  # computed by its writer (a whole-volume pass); the ANTs split may copy its file
+            jobs["inverse_warp"] = pool.submit(
+                lambda: write_displacement_field(paths["inverse_warp"], result.inverse_warp_mm, moving.affine)
+            )
         if "jacobian" in paths:
             jobs["jacobian"] = pool.submit(
                 write_image, paths["jacobian"], result.jacobian.astype(np.float32), fixed.affine, dtype=np.float32
