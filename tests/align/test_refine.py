@@ -38,4 +38,5 @@ def test_native_features_from_a_worker_thread_are_the_in_line_ones(monkeypatch):
         out[threads] = refine_multilevel(v0, fixed_w, moving_w, levels, fine=(fixed_f, moving_f, 2.0), seed=3)
     assert calls[0] is None and calls[1] is not None  # in line with one thread, a worker with two
     assert out[1].abs().max() > 1e-3  # the pair moved the velocity
-    assert torch.equal(out[1], out[2])
+    # equal up to float rounding (the squarings' image gradient is summed over threads)
+    assert (out[1] - out[2]).abs().max() < 1e-3

@@ -66,6 +66,11 @@ def sample(
     ``mode`` is ``"bilinear"`` (linear/trilinear) or ``"nearest"``.  Returns ``(B, C, *out)``.
     """
     grid = coords_vox_to_norm(coords_vox.to(image.dtype), image.shape[2:])
+    return _grid_sample(image, grid, mode, padding_mode)
+
+
+def _grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+    """``F.grid_sample(..., align_corners=True)``, on several CPU threads where that pays (3-D)."""
     parts = _parts(image, grid)
     if parts > 1:
         return _ThreadedSample3d.apply(image, grid, _MODES[mode], _PADDINGS[padding_mode], parts)
@@ -76,9 +81,10 @@ def sample(
 # ATen's 3-D grid_sample on the CPU parallelises over the batch only: a registration samples one
 # image (batch 1) at a million points on one core whatever ``torch.set_num_threads`` says.  Here the
 # points are split into one chunk per thread and sampled by worker threads (ATen releases the GIL).
-# Every output value (and every gradient w.r.t. a point) depends on its own point only, so the figures
-# are bitwise those of one call.  Used when the image needs no gradient (feature maps, images, labels);
-# a gradient w.r.t. the image would be a sum over chunks and gains nothing (measured).
+# Every output value (and every gradient w.r.t. a point) depends on its own point only, so those are
+# bitwise one call's; a gradient w.r.t. the image (the velocity's squarings) is the sum of the chunks'
+# (equal up to float rounding).  2 threads, one squaring of a 4 mm whole-head velocity: forward 9.6 ->
+# 6.5 ms, backward 30.8 -> 23.7 ms; 40k points of 12 feature maps at 1 mm: 163 -> 90 ms.
 THREADED_MIN_POINTS = 32_768
 _MODES = {"bilinear": 0, "nearest": 1}
 _PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}
@@ -88,8 +94,6 @@ _POOL: ThreadPoolExecutor | None = None
 def _parts(image: torch.Tensor, grid: torch.Tensor) -> int:
     """How many chunks to sample ``grid`` in (1: one ATen call)."""
     if image.device.type != "cpu" or image.dim() != 5 or image.shape[0] != 1 or grid.shape[0] != 1:
-        return 1
-    if image.requires_grad and torch.is_grad_enabled():
         return 1
     k = min(torch.get_num_threads(), 8, grid.shape[1])
     if k < 2 or grid.shape[1] * grid.shape[2] * grid.shape[3] < THREADED_MIN_POINTS:
@@ -105,8 +109,8 @@ def _pool(k: int) -> ThreadPoolExecutor:
 
 
 class _ThreadedSample3d(torch.autograd.Function):
-    """``grid_sample(image, grid, align_corners=True)`` (3-D, batch 1, no gradient w.r.t. ``image``),
-    the grid's first spatial axis cut into ``parts`` chunks sampled by worker threads."""
+    """``grid_sample(image, grid, align_corners=True)`` (3-D, batch 1), the grid's first spatial axis
+    cut into ``parts`` chunks sampled by worker threads."""
 
     @staticmethod
     def forward(ctx, image, grid, mode: int, padding: int, parts: int):  # type: ignore[override]
@@ -122,14 +126,21 @@ class _ThreadedSample3d(torch.autograd.Function):
         chunks = grid.chunk(ctx.parts, dim=1)
         grads = grad_out.split([c.shape[1] for c in chunks], dim=2)
 
+        need_image = bool(ctx.needs_input_grad[0])
+
         def one(args):
             g, go = args
             return torch.ops.aten.grid_sampler_3d_backward(
-                go.contiguous(), image, g, ctx.mode, ctx.padding, True, [False, True]
-            )[1]
+                go.contiguous(), image, g, ctx.mode, ctx.padding, True, [need_image, True]
+            )
 
-        grad_grid = torch.cat(list(_pool(ctx.parts).map(one, zip(chunks, grads, strict=True))), dim=1)
-        return None, grad_grid, None, None, None
+        res = list(_pool(ctx.parts).map(one, zip(chunks, grads, strict=True)))
+        grad_image = None
+        if need_image:
+            grad_image = res[0][0]
+            for r in res[1:]:
+                grad_image = grad_image + r[0]
+        return grad_image, torch.cat([r[1] for r in res], dim=1), None, None, None
 
 
 def warp(
@@ -193,5 +204,5 @@ def exp_velocity(velocity: torch.Tensor, steps: int) -> torch.Tensor:
     ident = coords_vox_to_norm(identity_coords(shape, velocity.device, velocity.dtype).unsqueeze(0), shape)
     for _ in range(steps):
         grid = ident + d.movedim(1, -1)
-        d = d + F.grid_sample(d, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        d = d + _grid_sample(d, grid, "bilinear", "border")
     return d.flip(1) / scale
