@@ -69,3 +69,21 @@ def test_two_dimensional_images():
     fixed = _volume((50, 40, 1), seed=6)[..., 0]
     judge = Referee(fixed, np.eye(4), 1.0 - fixed, np.eye(4), 2)
     assert judge.score(np.eye(3)) > judge.score(_shift(1.0, nd=2))
+
+
+def test_the_moving_mask_keeps_an_artefact_out_of_the_score():
+    """``--moving-mask``: what lies outside it (a bright artefact) must not sway the referee; without
+    the mask the same artefact pulls the score down at the true map."""
+    fixed = _volume(seed=5)
+    moving = fixed.copy()
+    keep = np.ones(fixed.shape, bool)
+    keep[:12] = False
+    moving[:12] = 1.0 - moving[:12]  # the artefact, outside the mask
+    full = np.ones(fixed.shape, bool)
+    clean = Referee(fixed, np.eye(4), fixed, np.eye(4), 3, mask=full, moving_mask=keep)
+    with_art = Referee(fixed, np.eye(4), moving, np.eye(4), 3, mask=full)
+    masked = Referee(fixed, np.eye(4), moving, np.eye(4), 3, mask=full, moving_mask=keep)
+    for t in (np.eye(4), _shift(1.0)):
+        assert masked.score(t) == pytest.approx(clean.score(t), abs=1e-6)  # the artefact is not seen
+    assert with_art.score(np.eye(4)) < masked.score(np.eye(4)) - 0.05  # ... and it would be without the mask
+    assert masked.score(np.eye(4)) > masked.score(_shift(1.0))  # still peaks at the true map

@@ -62,8 +62,10 @@ class Referee:
 
     ``fixed``/``moving``: normalised intensities on their native grids (``(*S)`` arrays or tensors)
     with 4x4 voxel-to-world matrices; ``mask``: a ``(*S_fixed)`` boolean where the fixed image counts
-    (None: where it is above ``FOREGROUND``).  The same points serve every candidate, so two scores
-    differ by the maps alone.
+    (None: where it is above ``FOREGROUND``); ``moving_mask``: a ``(*S_moving)`` boolean where the
+    moving image counts (``--moving-mask``: a point that a candidate maps outside it is left out of
+    that candidate's histogram).  The same points serve every candidate, so two scores differ by the
+    maps alone.
     """
 
     def __init__(
@@ -77,11 +79,15 @@ class Referee:
         mask=None,
         points: int = POINTS,
         seed: int = 0,
+        moving_mask=None,
     ):
         dev = torch.device(device) if device is not None else torch.device("cpu")
         self.nd = nd = int(ndim)
         f = torch.as_tensor(np.asarray(fixed, dtype=np.float32)).to(dev)
         self.moving = torch.as_tensor(np.asarray(moving, dtype=np.float32)).to(dev)[None, None]
+        self.moving_mask = None
+        if moving_mask is not None:
+            self.moving_mask = torch.as_tensor(np.asarray(moving_mask, dtype=np.float32)).to(dev)[None, None]
         shape = f.shape
         g = torch.Generator().manual_seed(int(seed) + 7)
         n = min(int(points), int(np.prod(shape)))
@@ -125,7 +131,13 @@ class Referee:
         t = torch.as_tensor(np.asarray(t_nd, dtype=np.float64), dtype=torch.float32, device=dev)
         mv = apply_matrix(self.to_moving_vox @ t, x).view(1, nd, n, *([1] * (nd - 1)))
         m = sample(self.moving, mv).flatten()
-        score = nmi(self.fixed_values, m)
+        weight = None
+        if self.moving_mask is not None:
+            # only points whose interpolation stencil lies inside the mask (no value from outside it)
+            weight = (sample(self.moving_mask, mv).flatten() > 0.999).float()
+            if float(weight.sum()) < 100:  # a map that leaves the moving mask entirely: score every point
+                weight = None
+        score = nmi(self.fixed_values, m, weight=weight)
         if disp_w is None:
             self._affine_only[key] = score
         return score

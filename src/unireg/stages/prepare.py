@@ -63,10 +63,20 @@ def moving_on(s: State, shape, aff4, t_nd: np.ndarray) -> torch.Tensor:
 def referee(s: State) -> Referee:
     """The do-no-harm referee of this pair (NMI at the native grids; built once)."""
     if s.referee is None:
-        mask = None
+        mask = moving_mask = None
         if s.opts.fixed_mask is not None:
             mask = mask_on_grid(s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine).cpu().numpy()
+        if s.opts.moving_mask is not None:
+            moving_mask = mask_on_grid(s.opts.moving_mask, s.moving.spatial_shape, s.moving.affine).cpu().numpy()
         s.referee = Referee(
-            s.fixed_n, s.fixed.affine, s.moving_n, s.moving.affine, s.nd, device=s.device, mask=mask, seed=s.opts.seed
+            s.fixed_n,
+            s.fixed.affine,
+            s.moving_n,
+            s.moving.affine,
+            s.nd,
+            device=s.device,
+            mask=mask,
+            seed=s.opts.seed,
+            moving_mask=moving_mask,
         )
     return s.referee
