@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import UniRegError
 from ..features import create_extractor
-from ..spatial.grid import resize_field
+from ..spatial.grid import resize_field, warp
 from ..spatial.integrate import integrate_velocity
 from .corrnet import CorrNet
 from .unet import UNet
@@ -114,6 +114,21 @@ class Registrar(nn.Module):
         if not torch.is_tensor(smoothness):
             smoothness = torch.full((fixed_feat.shape[0],), float(smoothness), device=fixed_feat.device)
         return self.unet(fixed_feat, moving_feat, smoothness)
+
+    def predict(
+        self, fixed_feat: torch.Tensor, moving_feat: torch.Tensor, smoothness: torch.Tensor | float = 1.0,
+        passes: int = 1,
+    ) -> torch.Tensor:
+        """The network applied ``passes`` times as a recursive cascade (Zhao et al., ICCV 2019): each
+        pass sees the moving features pulled through the velocity so far and predicts what is left,
+        which is added to it.  A pass works where the remaining misalignment is small, i.e. in the
+        middle of what the network was trained on; the sum of the velocities is a first-order
+        composition (their exponential is what the pipeline uses, diffeomorphic whatever the sum)."""
+        v = self(fixed_feat, moving_feat, smoothness)
+        for _ in range(int(passes) - 1):
+            disp = self.displacement(v, fixed_feat.shape[2:])
+            v = v + self(fixed_feat, warp(moving_feat, disp, padding_mode="border"), smoothness)
+        return v
 
     def displacement(self, velocity: torch.Tensor, shape) -> torch.Tensor:
         """Integrate ``velocity`` and bring the displacement to ``shape`` (voxels of that grid)."""

@@ -10,6 +10,8 @@ biases) scores it above the affine alone: an aligned pair stays as it came.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -26,6 +28,14 @@ from .state import State
 __all__ = ["features", "network", "refine", "integrate", "deformable_gate", "IMPROVEMENT"]
 
 IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
+# Passes of the network (a recursive cascade, Registrar.predict) per dimension; overridden by the
+# environment variable UNIREG_NETWORK_PASSES (experiments).
+NETWORK_PASSES = {2: 1, 3: 1}
+
+
+def network_passes(nd: int) -> int:
+    env = os.environ.get("UNIREG_NETWORK_PASSES")
+    return int(env) if env else NETWORK_PASSES[nd]
 
 
 def _fixed_mask(s: State, shape, aff4) -> torch.Tensor | None:
@@ -54,7 +64,7 @@ def features(s: State) -> None:
 def network(s: State) -> None:
     s.announce("network")
     with s.timer("network"), torch.no_grad():
-        v = s.model(s.ff, s.fm, s.opts.smoothness)
+        v = s.model.predict(s.ff, s.fm, s.opts.smoothness, passes=network_passes(s.nd) if s.model.trained else 1)
         if not s.model.trained:
             s.velocity = torch.zeros_like(v)
             s.keep("network", False, "untrained network: refinement starts from zero velocity")
