@@ -96,8 +96,14 @@ def main() -> None:
     ap.add_argument("--contrasts", nargs="+", default=["t1", "t2", "pd", "flair"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ants", action="store_true", help="also run antspyx SyN (MI) on every pair (minutes each)")
+    ap.add_argument("--passes", type=int, default=None,
+                    help="passes of the network (recursive cascade; default: the pipeline's for --refine 0)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.passes is not None:
+        from unireg.stages import deformable
+
+        deformable.NETWORK_ONLY_PASSES[3] = args.passes
     from unireg.models.registrar import load_registrar
     from unireg.pipeline import register_images
 

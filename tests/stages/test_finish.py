@@ -16,8 +16,13 @@ from .test_device_residency import build_state
 @pytest.fixture(scope="module")
 def state():
     s = build_state()
-    for stage in (deformable.features, deformable.network, deformable.refine, deformable.integrate,
-                  deformable.deformable_gate):
+    for stage in (
+        deformable.features,
+        deformable.network,
+        deformable.refine,
+        deformable.integrate,
+        deformable.deformable_gate,
+    ):
         stage(s)
     return s
 
@@ -52,3 +57,20 @@ def test_an_error_in_the_qc_worker_reaches_the_caller(state, monkeypatch):
     monkeypatch.setattr(finish, "qc", boom)
     with pytest.raises(RuntimeError, match="qc failed"):
         finish.qc_and_resample(s)
+
+
+@pytest.mark.parametrize(("refine", "passes"), [(0, 3), (None, 1)])
+def test_the_network_is_a_cascade_only_when_nothing_refines_after_it(monkeypatch, refine, passes):
+    from unireg.models.registrar import Registrar
+
+    s = build_state()
+    s.opts.refine = refine
+    s.model.trained = True
+    seen = []
+    real = Registrar.predict
+    monkeypatch.setattr(
+        Registrar, "predict", lambda self, *a, **k: (seen.append(k.get("passes")), real(self, *a, **k))[1]
+    )
+    deformable.features(s)
+    deformable.network(s)
+    assert seen == [passes]

@@ -33,6 +33,7 @@ def create_deformation_net(ndim: int, in_channels: int, **kwargs) -> UNet | Corr
         raise UniRegError(f"unknown deformation network {arch!r}; available: {', '.join(sorted(_ARCHS))}")
     return _ARCHS[arch](ndim, in_channels, **kwargs)
 
+
 __all__ = ["Registrar", "load_registrar", "default_model_path", "DEFAULT_WORKING"]
 
 # Working grid defaults per dimensionality: isotropic spacing (mm) and the cap on the largest side.
@@ -116,18 +117,30 @@ class Registrar(nn.Module):
         return self.unet(fixed_feat, moving_feat, smoothness)
 
     def predict(
-        self, fixed_feat: torch.Tensor, moving_feat: torch.Tensor, smoothness: torch.Tensor | float = 1.0,
+        self,
+        fixed_feat: torch.Tensor,
+        moving_feat: torch.Tensor,
+        smoothness: torch.Tensor | float = 1.0,
         passes: int = 1,
     ) -> torch.Tensor:
-        """The network applied ``passes`` times as a recursive cascade (Zhao et al., ICCV 2019): each
-        pass sees the moving features pulled through the velocity so far and predicts what is left,
-        which is added to it.  A pass works where the remaining misalignment is small, i.e. in the
-        middle of what the network was trained on; the sum of the velocities is a first-order
-        composition (their exponential is what the pipeline uses, diffeomorphic whatever the sum)."""
+        """The network applied up to ``passes`` times as a recursive cascade (Zhao et al., ICCV 2019):
+        each pass sees the moving features pulled through the velocity so far and predicts what is
+        left, which is added to it (a first-order composition; the pipeline integrates the sum, so
+        the map stays diffeomorphic).  A pass is kept only if it lowers the feature MSE of the pair
+        (the similarity the network was trained on); the cascade stops at the first that does not."""
         v = self(fixed_feat, moving_feat, smoothness)
+        if int(passes) <= 1:
+            return v
+        shape = fixed_feat.shape[2:]
+        moved = warp(moving_feat, self.displacement(v, shape), padding_mode="border")
+        cost = (fixed_feat - moved).pow(2).mean()  # the feature MSE (unireg.losses.feature_mse)
         for _ in range(int(passes) - 1):
-            disp = self.displacement(v, fixed_feat.shape[2:])
-            v = v + self(fixed_feat, warp(moving_feat, disp, padding_mode="border"), smoothness)
+            v_next = v + self(fixed_feat, moved, smoothness)
+            moved_next = warp(moving_feat, self.displacement(v_next, shape), padding_mode="border")
+            cost_next = (fixed_feat - moved_next).pow(2).mean()
+            if not bool(cost_next < cost):
+                break
+            v, moved, cost = v_next, moved_next, cost_next
         return v
 
     def displacement(self, velocity: torch.Tensor, shape) -> torch.Tensor:
