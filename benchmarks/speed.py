@@ -21,14 +21,13 @@ labels; the ratio ANTs/UniReg and the Dice difference (UniReg - ANTs, points).  
 "loaded" (two ``python -c "while True: pass"`` processes keep two cores busy; started and killed
 here), each with the machine's load average.
 
-Cross-check from outside with ``farm-bench`` (times whole commands, pairs A against B), e.g. after
+Cross-check one pair of whole commands from outside with ``/usr/bin/time -v``, e.g. after
 ``python -c "from unireg.demo import make_demo_pair; make_demo_pair('/tmp/pair')"``::
 
-    OMP_NUM_THREADS=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=2 farm-bench -n 3 --timeout 900 -- \\
-        unireg --threads 2 register /tmp/pair/fixed_t1.nii.gz /tmp/pair/moving_t2.nii.gz -o /tmp/u \\
-        --labels /tmp/pair/moving_t2_labels.nii.gz \\
-        --vs "python benchmarks/held_out_peer.py ants /tmp/pair/fixed_t1.nii.gz /tmp/pair/moving_t2.nii.gz /tmp/a \\
-        --labels /tmp/pair/moving_t2_labels.nii.gz"
+    OMP_NUM_THREADS=2 /usr/bin/time -v unireg --threads 2 register /tmp/pair/fixed_t1.nii.gz \\
+        /tmp/pair/moving_t2.nii.gz -o /tmp/u --labels /tmp/pair/moving_t2_labels.nii.gz
+    OMP_NUM_THREADS=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=2 /usr/bin/time -v python benchmarks/held_out_peer.py \\
+        ants /tmp/pair/fixed_t1.nii.gz /tmp/pair/moving_t2.nii.gz /tmp/a --labels /tmp/pair/moving_t2_labels.nii.gz
 """
 
 from __future__ import annotations
