@@ -3,8 +3,10 @@
 ``pipeline.register_images`` runs them in order; each can be run, tested or replaced on its own:
 
 ``prepare`` (working and native grids) -> ``affine`` (multi-start, do-no-harm) -> ``features`` ->
-``network`` (do-no-harm) -> ``refine`` (coarse, working, native levels) -> ``integrate`` ->
-``deformable_gate`` (do-no-harm) -> ``qc`` -> ``resample`` -> ``report``.
+``network`` (do-no-harm; a cascade of passes when nothing refines after it) -> ``refine`` (coarse,
+working, native levels; on a multi-core CPU the native features are computed by a worker thread
+meanwhile) -> ``integrate`` -> ``deformable_gate`` (do-no-harm) -> ``qc`` and ``resample`` (side by
+side on a multi-core CPU: ``finish.qc_and_resample``) -> ``report``.
 """
 
 from .state import Options, State, Timer
