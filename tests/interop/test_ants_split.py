@@ -126,12 +126,10 @@ def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_apply_chain_like_ants_apply_transforms(case, tmp_path):
-    """`unireg apply -t A -t B` follows antsApplyTransforms' order, forward and inverse."""
-    from unireg.io.image import read_image
-
+def _apply_forward_chain(case, out, *extra):
+    """`unireg apply MOVING -t deformable_warp -t affine.mat --ref FIXED --out OUT [extra]` (the ANTs order)."""
     d, p = case.d, case.paths
-    r = _cli(
+    return _cli(
         "apply",
         d / "moving.nii.gz",
         "-t",
@@ -141,8 +139,17 @@ def test_apply_chain_like_ants_apply_transforms(case, tmp_path):
         "--ref",
         d / "fixed.nii.gz",
         "--out",
-        tmp_path / "w.nii.gz",
+        out,
+        *extra,
     )
+
+
+def test_apply_chain_like_ants_apply_transforms(case, tmp_path):
+    """`unireg apply -t A -t B` follows antsApplyTransforms' order, forward and inverse."""
+    from unireg.io.image import read_image
+
+    d, p = case.d, case.paths
+    r = _apply_forward_chain(case, tmp_path / "w.nii.gz")
     assert r.exit_code == 0, r.output
     ours = read_image(tmp_path / "w.nii.gz").data[0]
     mask = case.warped > 0.05
@@ -168,20 +175,7 @@ def test_apply_interpolation_matches_ants(case, tmp_path, ours, theirs, bar):
     from unireg.io.image import read_image
 
     d, p = case.d, case.paths
-    r = _cli(
-        "apply",
-        d / "moving.nii.gz",
-        "-t",
-        p["deformable_warp"],
-        "-t",
-        p["affine"],
-        "--ref",
-        d / "fixed.nii.gz",
-        "--out",
-        tmp_path / "w.nii.gz",
-        "--interpolation",
-        ours,
-    )
+    r = _apply_forward_chain(case, tmp_path / "w.nii.gz", "--interpolation", ours)
     assert r.exit_code == 0, r.output
     fixed = ants.image_read(str(d / "fixed.nii.gz"))
     moving = ants.image_read(str(d / "moving.nii.gz"))
