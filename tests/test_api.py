@@ -81,7 +81,7 @@ def test_register_with_untrained_default_refines():
 
     f, _, a = _img2d()
     res = api.register((f, a), (np.roll(f, 1, 0), a), model=tiny_registrar(2, 1.0), refine=None)
-    want = [{"level": lv.name, "iterations": lv.iterations} for lv in schedule(None, native=False)]
+    want = [{"level": lv.name, "iterations": lv.iterations} for lv in schedule(None, native=False, ndim=2)]
     assert res.report["refine_levels"] == want and "warning" in res.report
     assert res.report["stages"]["network"]["kept"] is False
     assert res.report["refine_iterations"] == sum(lv["iterations"] for lv in want) > 0

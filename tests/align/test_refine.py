@@ -21,7 +21,7 @@ def _pair():
 def test_native_features_from_a_worker_thread_are_the_in_line_ones(monkeypatch):
     fixed_w, moving_w, fixed_f, moving_f = _pair()
     v0 = torch.zeros(1, 3, 9, 10, 8)
-    levels = schedule(iterations=3)
+    levels = schedule(iterations=3, ndim=3)
     assert [lv.name for lv in levels] == ["coarse", "working", "native"]
     calls = []
     real = refine._native_features

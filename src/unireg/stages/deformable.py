@@ -38,7 +38,7 @@ NETWORK_ONLY_PASSES = {2: 1, 3: 3}
 def network_passes(s: State) -> int:
     if not s.model.trained:
         return 1
-    refined = bool(schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1))
+    refined = bool(schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1, ndim=s.nd))
     return 1 if refined else NETWORK_ONLY_PASSES[s.nd]
 
 
@@ -108,7 +108,7 @@ def _grid_of(s: State, shape) -> np.ndarray:
 
 
 def refine(s: State) -> None:
-    levels = schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1)
+    levels = schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1, ndim=s.nd)
     s.refine_levels = [{"level": lv.name, "iterations": lv.iterations} for lv in levels]
     if not levels:
         s.keep("refine", False, "no refinement asked for (--refine 0)")
