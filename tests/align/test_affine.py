@@ -61,6 +61,31 @@ def test_optimize_affine_recovers_a_shift():
     assert np.allclose(t[:2, :2], np.eye(2), atol=0.05)
 
 
+def test_optimize_affine_starts_side_by_side_end_where_each_ends_alone():
+    """K starts optimised in one batched run: each ends where its own run ends (its loss, gradient
+    and Adam state are its own), whatever its neighbours do, with and without a moving mask."""
+    shape = (40, 44)
+    centres = [(20, 22), (12, 30), (28, 12), (10, 10)]
+    fixed = _blobs(shape, centres)
+    moving = _blobs(shape, [(cy + 2.0, cx - 1.5) for cy, cx in centres])
+    a = np.eye(4)
+    mind = create_extractor("mind", 2)
+    with torch.no_grad():
+        ff, fm = mind(fixed[None, None]), mind(moving[None, None])
+    starts = [np.eye(3), np.array([[1.0, 0.1, 3.0], [-0.1, 1.0, -2.0], [0, 0, 1]]), np.diag([1.1, 0.9, 1.0])]
+    mmask = torch.ones(shape, dtype=torch.bool)
+    mmask[:, :6] = False
+    for mask in (None, mmask):
+        levels = ((2, 15), (1, 5))
+        together = optimize_affine(ff, a, fm, a, np.stack(starts), levels=levels, moving_mask=mask)
+        assert together.shape == (3, 3, 3)
+        for k, m in enumerate(starts):
+            alone = optimize_affine(ff, a, fm, a, m, levels=levels, moving_mask=mask)
+            assert alone.shape == (3, 3)
+            assert np.allclose(together[k], alone, atol=1e-6), (k, together[k] - alone)
+        assert not np.allclose(together[0], together[1], atol=1e-3)
+
+
 def test_refine_velocity_reduces_feature_loss():
     shape = (32, 32)
     fixed = _blobs(shape, [(16, 16), (8, 22)])

@@ -65,7 +65,8 @@ def test_the_referee_refuses_an_affine_the_feature_cost_was_fooled_by(monkeypatc
         c, o = real_cost(ff, fg, fm, mg, m, weight)
         return (c if np.allclose(m, np.eye(3)) else 0.0), o
 
-    monkeypatch.setattr(affine_stage, "optimize_affine", lambda *a, **k: bad.copy())
+    # every start (one matrix, or a stack of screened starts) ends at the planted bad affine
+    monkeypatch.setattr(affine_stage, "optimize_affine", lambda *a, **k: np.broadcast_to(bad, np.shape(a[4])).copy())
     monkeypatch.setattr(affine_stage, "affine_cost", fooled)
     res = api.register((t1, aff), (_t2_copy(t1), aff), refine=0, qc=False)
     rec = res.report["stages"]["affine"]
@@ -81,7 +82,8 @@ def test_affine_stage_refuses_a_bad_affine(monkeypatch):
     c, s = np.cos(np.radians(25)), np.sin(np.radians(25))
     bad[:2, :2] = [[c, -s], [s, c]]
     bad[:2, 2] = [15.0, -10.0]
-    monkeypatch.setattr(affine_stage, "optimize_affine", lambda *a, **k: bad.copy())
+    # every start (one matrix, or a stack of screened starts) ends at the planted bad affine
+    monkeypatch.setattr(affine_stage, "optimize_affine", lambda *a, **k: np.broadcast_to(bad, np.shape(a[4])).copy())
     res = api.register((t1, aff), (_t2_copy(t1), aff), refine=0, qc=False)
     rec = res.report["stages"]["affine"]
     assert rec["kept"] is False and "identity kept" in rec["reason"]

@@ -16,8 +16,13 @@ from ..spatial.world import affine_nd, pooled_affine
 from .optim import Adam
 
 __all__ = [
-    "center_of_mass_world", "center_of_mass_init", "optimize_affine", "affine_cost", "rotation_starts",
-    "structure_mask", "SHEAR_SCALE_PENALTY",
+    "center_of_mass_world",
+    "center_of_mass_init",
+    "optimize_affine",
+    "affine_cost",
+    "rotation_starts",
+    "structure_mask",
+    "SHEAR_SCALE_PENALTY",
 ]
 
 # weight of ||A - I||_F^2 next to the feature MSE (typically 0.01-0.05)
@@ -62,6 +67,9 @@ def optimize_affine(
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
+    ``init``: one ``(n+1, n+1)`` matrix, or ``(K, n+1, n+1)`` for K starts optimised side by side
+    (one batched sampling per step instead of K; each start's loss, gradient and Adam update are its
+    own, so each ends where it would alone); the result has the shape of ``init``.
     ``fixed_feat`` / ``moving_feat``: ``(1, C, *S)`` features on their own working grids whose 4x4
     voxel-to-world affines are ``fixed_grid4`` / ``moving_grid4``.  ``levels`` lists (pooling factor,
     iterations), coarse to fine.  The affine is parameterised about the fixed field-of-view centre,
@@ -75,22 +83,24 @@ def optimize_affine(
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
     wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
-    t0 = torch.as_tensor(init, dtype=torch.float64, device=dev)
+    t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev)
+    single = t0.dim() == 2
+    t0 = t0.reshape(-1, nd + 1, nd + 1)
+    k = t0.shape[0]
     shape = fixed_feat.shape[2:]
     centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64, device=dev)
     centre = wf[:nd, :nd] @ centre_vox + wf[:nd, nd]
     half_extent = float(max((n - 1) * float(torch.linalg.norm(wf[:nd, i])) for i, n in enumerate(shape))) / 2
-    lin = torch.zeros(nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
-    trans = torch.zeros(nd, dtype=torch.float64, device=dev, requires_grad=True)
+    lin = torch.zeros(k, nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
+    trans = torch.zeros(k, nd, dtype=torch.float64, device=dev, requires_grad=True)
     opt = Adam([lin, trans], lr=lr)
+    eye = torch.eye(nd, dtype=torch.float64, device=dev)
 
-    def matrix() -> torch.Tensor:
-        m = torch.eye(nd + 1, dtype=torch.float64, device=dev)
-        a = torch.eye(nd, dtype=torch.float64, device=dev) + lin
-        m = m.clone()
-        m[:nd, :nd] = a
-        m[:nd, nd] = centre - a @ centre + trans * half_extent
-        return t0 @ m
+    def matrix() -> torch.Tensor:  # (K, n+1, n+1)
+        a = eye + lin
+        top = torch.cat([a, (centre - a @ centre + trans * half_extent).unsqueeze(-1)], dim=-1)
+        bottom = torch.eye(nd + 1, dtype=torch.float64, device=dev)[nd:].expand(k, 1, nd + 1)
+        return t0 @ torch.cat([top, bottom], dim=1)
 
     for factor, iters in levels:
         ff, fm = (pooled or {}).get(factor) or (pool(fixed_feat, factor), pool(moving_feat, factor))
@@ -106,22 +116,29 @@ def optimize_affine(
         if fixed_mask is not None:
             fmask = (pool(fixed_mask.to(dev).float()[None, None], factor) >= 0.5).float()
             structure = structure * fmask if (structure * fmask).sum() > 0 else fmask
-        mov_in = torch.ones_like(fm[:, :1])
+        fm_k = fm.expand(k, *fm.shape[1:])
+        ones_k = torch.ones_like(fm_k[:, :1])
+        mov_in = ones_k
         if moving_mask is not None:
-            mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).to(fm.dtype)
+            mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).to(fm.dtype).expand_as(ones_k)
         for _ in range(iters):
             opt.zero_grad()
-            coords = apply_matrix(wm_l_inv @ matrix() @ wf_l, ident)
-            warped = sample(fm, coords.unsqueeze(0).float())
-            inside = sample(torch.ones_like(fm[:, :1]), coords.unsqueeze(0).float()).detach() > 0.99
+            mats = wm_l_inv @ matrix() @ wf_l
+            coords = torch.stack([apply_matrix(m, ident) for m in mats.unbind(0)]).float()
+            warped = sample(fm_k, coords)
+            inside = sample(ones_k, coords).detach() > 0.99
             if moving_mask is not None:
-                inside = inside & (sample(mov_in, coords.unsqueeze(0).float()).detach() >= 0.5)
-            loss = feature_mse(ff, warped, mask=inside.float() * structure)
+                inside = inside & (sample(mov_in, coords).detach() >= 0.5)
+            w = inside.float() * structure
+            d = (ff - warped).pow(2).mean(dim=1, keepdim=True)
+            # each start's feature MSE (feature_mse's, per start), summed: the starts' gradients stay apart
+            loss = ((d * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)).sum()
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()
             opt.step()
-    return matrix().detach().cpu().numpy()
+    out = matrix().detach().cpu().numpy()
+    return out[0] if single else out
 
 
 def structure_mask(feat: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:

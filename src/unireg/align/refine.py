@@ -83,8 +83,10 @@ DEFAULT_ITERATIONS = {
 POINTS = 40_000  # random points per iteration of the working and native levels
 # Squarings inside the refinement loops (the final integration uses the model's own, 7 by default):
 # the velocity is optimised smooth and small per step, 5 squarings differ from 7 by < 0.01 voxel
-# there and cost 30 % less per iteration.
-REFINE_INT_STEPS = 4
+# there and cost 30 % less per iteration.  3 instead of 4 (each squaring's backward is most of an
+# iteration): in-process on the held-out suite, 10 3-D pairs, every pair within 0.002 Dice of 4
+# squarings (mean 0.929 / EPE 1.10 mm both); 50 2-D pairs, mean Dice 0.946 both, no pair moved by 0.01.
+REFINE_INT_STEPS = 3
 # Up to this many working-grid voxels (a 2-D slice, a 3-D crop or organ), the working and native
 # levels optimise the velocity on the working grid itself (finer deformations); beyond it (a whole
 # head at 2 mm is 1.1 M voxels) the velocity stays on its half-resolution control grid, whose

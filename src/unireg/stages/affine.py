@@ -111,7 +111,10 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
 
     # beam search: a few coarse steps for the best raw starts (one near the basin's edge gets in), ranked again
     ranked = rank(starts)[:SCREENED_STARTS]
-    scored = rank([(name, optimise(m, ((2, SCREEN_ITERATIONS),)) if SCREEN_ITERATIONS else m) for _, name, m in ranked])
+    if SCREEN_ITERATIONS:  # the screened starts side by side, one batched optimisation
+        moved = optimise(np.stack([m for _, _, m in ranked]), ((2, SCREEN_ITERATIONS),))
+        ranked = [(c, name, m) for (c, name, _), m in zip(ranked, moved, strict=True)]
+    scored = rank([(name, m) for _, name, m in ranked])
     best_cost, best_name, best, best_c, best_o = float("inf"), "", start, float("inf"), 0.0
     for _, name, m in scored[:OPTIMISED_STARTS]:
         t = optimise(m, ((2, 60), (1, 12)))
