@@ -101,3 +101,22 @@ def test_threaded_3d_sampling_is_one_call(monkeypatch, mode, padding):
     assert type(fn2).__name__.startswith("_ThreadedSample3d") and not type(fn1).__name__.startswith("_Threaded")
     assert torch.equal(one, two) and torch.equal(g1, g2)
     assert i1.abs().max() > 1.0 and torch.allclose(i1, i2, rtol=1e-5, atol=1e-5)
+
+
+def test_with_caller_threads_carries_the_callers_torch_thread_count_into_a_worker():
+    """A new thread does not inherit ``torch.set_num_threads``; the wrapper carries it over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unireg.spatial.grid import with_caller_threads
+
+    before = torch.get_num_threads()
+    with ThreadPoolExecutor(1) as pool:
+        plain = pool.submit(torch.get_num_threads).result()
+    want = plain + 1  # a count a fresh thread would not report
+    try:
+        torch.set_num_threads(want)
+        with ThreadPoolExecutor(1) as pool:
+            got = pool.submit(with_caller_threads(torch.get_num_threads)).result()
+    finally:
+        torch.set_num_threads(before)
+    assert got == want != plain

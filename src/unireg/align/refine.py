@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..features.mind import mind_ssc
 from ..losses import feature_mse, gradient_l2
-from ..spatial.grid import resize_field, sample, warp
+from ..spatial.grid import resize_field, sample, warp, with_caller_threads
 from ..spatial.integrate import integrate_velocity
 from .optim import Adam
 
@@ -230,16 +230,14 @@ def _native_features(fine, levels) -> Future | None:
         or not any(lv.name == "native" and lv.iterations > 0 for lv in levels)
     ):
         return None
-    threads = torch.get_num_threads()
-    if threads < 2:
+    if torch.get_num_threads() < 2:
         return None
 
     def work():
-        torch.set_num_threads(threads)  # a new thread does not inherit the caller's setting
         with torch.no_grad():
             return mind_ssc(fine[0]), mind_ssc(fine[1])
 
-    return _WORKER.submit(work)
+    return _WORKER.submit(with_caller_threads(work))
 
 
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unireg-native-mind")

@@ -12,12 +12,13 @@ Conventions (see docs/conventions.md):
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "with_caller_threads",
     "identity_coords",
     "coords_vox_to_norm",
     "sample",
@@ -86,9 +87,22 @@ def _grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str, padding_mod
 # (equal up to float rounding).  2 threads, one squaring of a 4 mm whole-head velocity: forward 9.6 ->
 # 6.5 ms, backward 30.8 -> 23.7 ms; 40k points of 12 feature maps at 1 mm: 163 -> 90 ms.
 THREADED_MIN_POINTS = 32_768
+T = TypeVar("T")
 _MODES = {"bilinear": 0, "nearest": 1}
 _PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}
 _POOL: ThreadPoolExecutor | None = None
+
+
+def with_caller_threads(fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` wrapped to run in another thread with the calling thread's torch thread count (a new
+    thread does not inherit ``torch.set_num_threads``): for the pipeline's CPU worker threads."""
+    threads = torch.get_num_threads()
+
+    def run() -> T:
+        torch.set_num_threads(threads)
+        return fn()
+
+    return run
 
 
 def _parts(image: torch.Tensor, grid: torch.Tensor) -> int:

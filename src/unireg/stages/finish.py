@@ -17,7 +17,7 @@ from ..io.image import Image
 from ..masks import mask_on_grid
 from ..report_schema import REPORT_FORMAT, Report
 from ..resample import resample_fixed_grid, warp_labels
-from ..spatial.grid import apply_matrix
+from ..spatial.grid import apply_matrix, with_caller_threads
 from ..spatial.world import embed_nd
 from .state import State
 
@@ -33,14 +33,8 @@ def qc_and_resample(s: State) -> None:
         resample(s)
         return
     s.announce("qc")
-    threads = torch.get_num_threads()
-
-    def work() -> None:
-        torch.set_num_threads(threads)  # a new thread does not inherit the caller's setting
-        qc(s, announce=False)
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unireg-qc") as pool:
-        job = pool.submit(work)
+        job = pool.submit(with_caller_threads(lambda: qc(s, announce=False)))
         try:
             resample(s)
         finally:
