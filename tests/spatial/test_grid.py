@@ -104,19 +104,22 @@ def test_threaded_3d_sampling_is_one_call(monkeypatch, mode, padding):
 
 
 def test_with_caller_threads_carries_the_callers_torch_thread_count_into_a_worker():
-    """A new thread does not inherit ``torch.set_num_threads``; the wrapper carries it over."""
+    """A pool's thread keeps the torch thread count it started with (the pipeline's workers live as
+    long as the process); the wrapper gives each job the caller's count at submission."""
     from concurrent.futures import ThreadPoolExecutor
 
     from unireg.spatial.grid import with_caller_threads
 
     before = torch.get_num_threads()
-    with ThreadPoolExecutor(1) as pool:
-        plain = pool.submit(torch.get_num_threads).result()
-    want = plain + 1  # a count a fresh thread would not report
+    pool = ThreadPoolExecutor(1)
     try:
+        started = pool.submit(torch.get_num_threads).result()  # the worker thread exists from here
+        want = started + 1
         torch.set_num_threads(want)
-        with ThreadPoolExecutor(1) as pool:
-            got = pool.submit(with_caller_threads(torch.get_num_threads)).result()
+        stale = pool.submit(torch.get_num_threads).result()
+        got = pool.submit(with_caller_threads(torch.get_num_threads)).result()
     finally:
         torch.set_num_threads(before)
-    assert got == want != plain
+        pool.shutdown()
+    assert stale == started  # what a job without the wrapper sees
+    assert got == want

@@ -94,8 +94,9 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def with_caller_threads(fn: Callable[[], T]) -> Callable[[], T]:
-    """``fn`` wrapped to run in another thread with the calling thread's torch thread count (a new
-    thread does not inherit ``torch.set_num_threads``): for the pipeline's CPU worker threads."""
+    """``fn`` wrapped to run in another thread with the calling thread's torch thread count at the
+    time of wrapping: a pool's thread keeps the count it started with (OpenMP's is per thread), and
+    the pipeline's workers outlive a call that changes it (``--threads``, a batch, the tests)."""
     threads = torch.get_num_threads()
 
     def run() -> T:
