@@ -167,8 +167,8 @@ def markdown(aggs, cfg: dict) -> str:
              "no file I/O; UniReg: affine + features + network (+ refine) + resampling); peak MB = peak resident memory of",
              "the method's worker process sampled while that pair ran (includes the interpreter and its libraries; one worker runs",
              "all pairs of a method and dimensionality, and memory the allocator kept from an earlier, larger pair still counts,",
-             "so read it as an upper bound -- `python benchmarks/speed.py` (benchmarks/results/speed_cli.json) has one-pair, whole-process figures).",
-             "Timings: one thread per method, on a shared 2-core machine (see the load note of speed_cli.json); compare within a row group.", ""]
+             "so read it as an upper bound -- `python benchmarks/speed.py` (benchmarks/results/speed_cli.md) has one-pair, whole-process figures).",
+             "Timings: one thread per method, on a shared 2-core machine (see the load note of speed_cli.md); compare within a row group.", ""]
     for nd in sorted({a["ndim"] for a in aggs}):
         sp = cfg["spacing_3d"] if nd == 3 else 1.0
         lines += [f"## {nd}-D ({'MNI at %g mm' % sp if nd == 3 else '1 mm axial slices of MNI'}; phantoms on the same kind of grid)", "",
