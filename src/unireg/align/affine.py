@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..losses import feature_mse
+from ..losses import feature_mse, feature_mse_each
 from ..spatial.frames import voxel_to_world
 from ..spatial.grid import apply_matrix, identity_coords, sample
 from ..spatial.world import affine_nd, pooled_affine
@@ -129,10 +129,8 @@ def optimize_affine(
             inside = sample(ones_k, coords).detach() > 0.99
             if moving_mask is not None:
                 inside = inside & (sample(mov_in, coords).detach() >= 0.5)
-            w = inside.float() * structure
-            d = (ff - warped).pow(2).mean(dim=1, keepdim=True)
-            # each start's feature MSE (feature_mse's, per start), summed: the starts' gradients stay apart
-            loss = ((d * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)).sum()
+            # each start's own feature MSE, summed: the starts' gradients stay apart
+            loss = feature_mse_each(ff, warped, inside.float() * structure).sum()
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()

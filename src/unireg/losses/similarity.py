@@ -14,6 +14,14 @@ def feature_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = No
     return (d * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def feature_mse_each(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`feature_mse` of each batch item on its own, ``(B,)``: items optimised side by side
+    (a sum of these keeps their gradients apart)."""
+    d = (a - b).pow(2).mean(dim=1, keepdim=True) * mask
+    m = mask.expand_as(d)
+    return d.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+
 def dice_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """1 - mean soft Dice over channels of one-hot/probability maps ``(B, L, *S)``."""
     dims = tuple(range(2, a.dim()))
