@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..features.mind import mind_ssc
 from ..losses import feature_mse, gradient_l2
-from ..spatial.grid import resize_field, sample, warp, with_caller_threads
+from ..spatial.grid import channels_last, resize_field, sample, warp, with_caller_threads
 from ..spatial.integrate import integrate_velocity
 from .optim import Adam
 
@@ -199,6 +199,7 @@ def _point_refine(
     lo, hi = nz.amin(0).to(v.dtype), nz.amax(0).to(v.dtype)  # the object's bounding box
     ff_flat = fixed_fine.flatten(2)  # (1, C, N)
     strides = torch.tensor([math.prod(f_shape[i + 1 :]) for i in range(nd)], device=v.device)
+    moving_fine = channels_last(moving_fine)  # sampled at scattered points: each corner's channels at once
     v = v.detach().clone().requires_grad_(True)
     opt = Adam([v], lr=level.lr)
     for _ in range(level.iterations):
@@ -235,7 +236,7 @@ def _native_features(fine, levels) -> Future | None:
 
     def work():
         with torch.no_grad():
-            return mind_ssc(fine[0]), mind_ssc(fine[1])
+            return mind_ssc(fine[0]), channels_last(mind_ssc(fine[1]))
 
     return _WORKER.submit(with_caller_threads(work))
 
