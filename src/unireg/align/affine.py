@@ -5,13 +5,15 @@ The transform ``T`` maps fixed world points (RAS mm) to moving world points, as 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..losses import feature_mse, feature_mse_each
 from ..spatial.frames import voxel_to_world
-from ..spatial.grid import apply_matrix, identity_coords, sample
+from ..spatial.grid import apply_matrix, channels_last, identity_coords, sample
 from ..spatial.world import affine_nd, pooled_affine
 from .optim import Adam
 
@@ -19,6 +21,7 @@ __all__ = [
     "center_of_mass_world",
     "center_of_mass_init",
     "optimize_affine",
+    "polish_affine",
     "affine_cost",
     "rotation_starts",
     "structure_mask",
@@ -51,6 +54,93 @@ def pool(x: torch.Tensor, f: int) -> torch.Tensor:
     if f == 1:
         return x
     return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, f, f, ceil_mode=True)
+
+
+def _frame(wf: torch.Tensor, shape) -> tuple[torch.Tensor, float]:
+    """Centre (world mm) and half the largest extent (mm) of the fixed grid: the affine's parameter frame."""
+    nd = len(shape)
+    centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64, device=wf.device)
+    centre = wf[:nd, :nd] @ centre_vox + wf[:nd, nd]
+    half_extent = float(max((n - 1) * float(torch.linalg.norm(wf[:nd, i])) for i, n in enumerate(shape))) / 2
+    return centre, half_extent
+
+
+def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float):
+    """Trainable ``(lin, trans)`` for ``K`` starts ``t0`` ``(K, n+1, n+1)`` and the function giving their
+    matrices: ``t0 @ [[I + lin, c - (I + lin) c + trans * half_extent], [0, 1]]`` (about the fixed
+    field-of-view centre ``c``; the translation scaled by its size so one learning rate fits every image)."""
+    k, nd = t0.shape[0], t0.shape[1] - 1
+    dev = t0.device
+    lin = torch.zeros(k, nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
+    trans = torch.zeros(k, nd, dtype=torch.float64, device=dev, requires_grad=True)
+    eye = torch.eye(nd, dtype=torch.float64, device=dev)
+    bottom = torch.eye(nd + 1, dtype=torch.float64, device=dev)[nd:].expand(k, 1, nd + 1)
+
+    def matrix() -> torch.Tensor:  # (K, n+1, n+1)
+        a = eye + lin
+        top = torch.cat([a, (centre - a @ centre + trans * half_extent).unsqueeze(-1)], dim=-1)
+        return t0 @ torch.cat([top, bottom], dim=1)
+
+    return lin, trans, matrix
+
+
+def polish_affine(
+    fixed_feat: torch.Tensor,
+    fixed_grid4: np.ndarray,
+    moving_feat: torch.Tensor,
+    moving_grid4: np.ndarray,
+    init: np.ndarray,
+    iterations: int = 30,
+    lr: float = 0.005,
+    points: int = 40_000,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Refine one affine ``init`` on finer features than :func:`optimize_affine`'s pyramid reaches, at
+    ``points`` random fixed voxels drawn afresh every iteration inside the box of the fixed structure
+    (as elastix's random sampler does: an iteration costs the same at any resolution).
+
+    Same conventions, parameterisation and loss as :func:`optimize_affine` (feature MSE over fixed
+    voxels with structure, inside ``fixed_mask``, whose mapped position falls inside the moving grid
+    and ``moving_mask``; the same weak pull towards ``init``'s linear part).
+    """
+    nd = fixed_feat.dim() - 2
+    dev = fixed_feat.device
+    shape = tuple(fixed_feat.shape[2:])
+    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
+    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
+    t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev).reshape(1, nd + 1, nd + 1)
+    centre, half_extent = _frame(wf, shape)
+    lin, trans, matrix = _parameters(t0, centre, half_extent)
+    opt = Adam([lin, trans], lr=lr)
+    weight = structure_mask(fixed_feat)[0, 0]
+    if fixed_mask is not None:
+        fm_ = fixed_mask.to(dev).float()
+        weight = weight * fm_ if (weight * fm_).sum() > 0 else fm_
+    nz = (weight > 0).nonzero()
+    lo, hi = nz.amin(0).double(), nz.amax(0).double()
+    strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(nd)], device=dev)
+    ff_flat, w_flat = fixed_feat.flatten(2), weight.flatten()
+    moving_feat = channels_last(moving_feat)
+    ones = torch.ones_like(moving_feat[:, :1])
+    mov_in = ones if moving_mask is None else moving_mask.to(dev).to(moving_feat.dtype)[None, None]
+    g = torch.Generator().manual_seed(int(seed))
+    for _ in range(int(iterations)):
+        u = torch.rand((nd, points), generator=g, dtype=torch.float64).to(dev)
+        idx = torch.round(lo.view(nd, 1) + u * (hi - lo).view(nd, 1))  # (n, N) fixed voxels in the box
+        pick = (idx.long() * strides.view(nd, 1)).sum(0)
+        opt.zero_grad()
+        m = (wm_inv @ matrix() @ wf)[0]
+        coords = apply_matrix(m, idx).float().view(1, nd, points, *([1] * (nd - 1)))
+        warped = sample(moving_feat, coords)  # (1, C, N, 1[, 1])
+        inside = (sample(ones, coords) > 0.99) & (sample(mov_in, coords) >= 0.5)
+        w = w_flat[pick].view_as(inside[:, 0:1]) * inside.detach().float()
+        target = ff_flat[:, :, pick].view_as(warped)
+        loss = feature_mse_each(target, warped, w).sum() + SHEAR_SCALE_PENALTY * (lin * lin).sum()
+        loss.backward()
+        opt.step()
+    return matrix().detach().cpu().numpy()[0]
 
 
 def optimize_affine(
@@ -88,19 +178,9 @@ def optimize_affine(
     t0 = t0.reshape(-1, nd + 1, nd + 1)
     k = t0.shape[0]
     shape = fixed_feat.shape[2:]
-    centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64, device=dev)
-    centre = wf[:nd, :nd] @ centre_vox + wf[:nd, nd]
-    half_extent = float(max((n - 1) * float(torch.linalg.norm(wf[:nd, i])) for i, n in enumerate(shape))) / 2
-    lin = torch.zeros(k, nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
-    trans = torch.zeros(k, nd, dtype=torch.float64, device=dev, requires_grad=True)
+    centre, half_extent = _frame(wf, shape)
+    lin, trans, matrix = _parameters(t0, centre, half_extent)
     opt = Adam([lin, trans], lr=lr)
-    eye = torch.eye(nd, dtype=torch.float64, device=dev)
-
-    def matrix() -> torch.Tensor:  # (K, n+1, n+1)
-        a = eye + lin
-        top = torch.cat([a, (centre - a @ centre + trans * half_extent).unsqueeze(-1)], dim=-1)
-        bottom = torch.eye(nd + 1, dtype=torch.float64, device=dev)[nd:].expand(k, 1, nd + 1)
-        return t0 @ torch.cat([top, bottom], dim=1)
 
     for factor, iters in levels:
         ff, fm = (pooled or {}).get(factor) or (pool(fixed_feat, factor), pool(moving_feat, factor))
