@@ -123,7 +123,8 @@ def register(
     affine : run the affine pre-alignment first.
     refine : instance-optimisation iterations per refinement level (coarse, working grid, native
         resolution); None: the default schedule; 0: the network alone.
-    fast : network + coarse refinement only (no working-grid or native-resolution level).
+    fast : network, then the coarse and native-resolution refinement levels only (no working-grid level,
+        fewer coarse iterations in 3-D: ``unireg.align.refine.FAST_ITERATIONS``).
     do_no_harm : keep a stage (affine, network, deformation) only if it improves the feature
         similarity over its input; report.json's ``stages`` says which were kept and why.
     progress : ``progress(stage_name)`` called as each stage starts.

@@ -139,7 +139,7 @@ def register_images(
     """Register ``moving`` onto ``fixed`` (both :class:`Image`) with a :class:`Registrar`.
 
     Runs the stages of :mod:`unireg.stages` in order.  ``refine``: iterations per refinement level
-    (None: the default schedule, 0: network only); ``fast``: network + coarse refinement;
+    (None: the default schedule, 0: network only); ``fast``: network + coarse and native levels only;
     ``native=False`` skips the native-resolution level; ``do_no_harm=False`` keeps every stage even
     when it worsens the similarity; ``qc_score=False`` skips the failure score (``qc_score: null``).
     ``progress(stage)`` is called as each stage starts.  The caller's model is never moved in place.

@@ -40,3 +40,17 @@ def test_native_features_from_a_worker_thread_are_the_in_line_ones(monkeypatch):
     assert out[1].abs().max() > 1e-3  # the pair moved the velocity
     # equal up to float rounding (the squarings' image gradient is summed over threads)
     assert (out[1] - out[2]).abs().max() < 1e-3
+
+
+def test_fast_schedule_skips_the_working_level_and_keeps_native_where_there_is_one():
+    """--fast: coarse then native (fewer coarse iterations in 3-D); without a native grid, coarse only."""
+    from unireg.align.refine import FAST_ITERATIONS
+
+    assert [(lv.name, lv.iterations) for lv in schedule(fast=True, ndim=3)] == [
+        ("coarse", FAST_ITERATIONS[3]["coarse"]),
+        ("native", FAST_ITERATIONS[3]["native"]),
+    ]
+    assert FAST_ITERATIONS[3]["coarse"] < schedule(ndim=3)[0].iterations
+    assert [lv.name for lv in schedule(fast=True, native=False, ndim=2)] == ["coarse"]
+    assert [lv.name for lv in schedule(ndim=3)] == ["coarse", "working", "native"]
+    assert schedule(iterations=0, fast=True, ndim=3) == ()

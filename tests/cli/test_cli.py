@@ -303,13 +303,14 @@ def test_apply_points_bad_csv_is_user_error(registered, tmp_path):
 
 
 def test_fast_and_keep_all_stages_reach_the_pipeline(inputs, tmp_path):
-    """--fast runs the coarse level only; --keep-all-stages turns the do-no-harm checks off."""
+    """--fast runs the coarse and native levels (no working level); --keep-all-stages turns the
+    do-no-harm checks off."""
     out = tmp_path / "fast"
     res = _run(["register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "--out", out, "--no-qc", "--quiet",
                 "--model", inputs / "tiny.pt", "--refine", "2", "--fast", "--keep-all-stages", "--allow-flagged"])
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
-    assert rep["refine_levels"] == [{"level": "coarse", "iterations": 2}]
+    assert rep["refine_levels"] == [{"level": "coarse", "iterations": 2}, {"level": "native", "iterations": 2}]
     assert "do-no-harm check off" in rep["stages"]["affine"]["reason"]
     assert rep["stages"]["deformable"] == {"kept": True, "reason": "do-no-harm check off"}
 

@@ -42,7 +42,9 @@ REFINE = typer.Option(
     help="Instance-optimisation iterations per refinement level (default: the multi-resolution "
     "schedule; 0: the network alone).",
 )
-FAST = typer.Option(False, "--fast", help="Network + coarse refinement only (no working-grid or native level).")
+FAST = typer.Option(
+    False, "--fast", help="Network, then coarse and native refinement only (no working-grid level; fewer iterations)."
+)
 KEEP_ALL_STAGES = typer.Option(
     False, "--keep-all-stages", help="Keep every stage even if it worsens the similarity (turns do-no-harm off)."
 )

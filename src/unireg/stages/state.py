@@ -24,7 +24,7 @@ class Options:
 
     affine: bool = True
     refine: Optional[int] = None  # iterations per refinement level; None = default schedule, 0 = none
-    fast: bool = False  # network + coarse refinement only
+    fast: bool = False  # network + coarse and native refinement (no working level; align.refine.FAST_ITERATIONS)
     native: bool = True  # the native-resolution level
     smoothness: float = 1.0
     device: str = "cpu"
