@@ -121,10 +121,10 @@ def polish_affine(
     nz = (weight > 0).nonzero()
     lo, hi = nz.amin(0).double(), nz.amax(0).double()
     strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(nd)], device=dev)
-    ff_flat, w_flat = fixed_feat.flatten(2), weight.flatten()
+    ff_rows, w_flat = fixed_feat[0].flatten(1).t().contiguous(), weight.flatten()  # a voxel's channels in a row
     moving_feat = channels_last(moving_feat)
     ones = torch.ones_like(moving_feat[:, :1])
-    mov_in = ones if moving_mask is None else moving_mask.to(dev).to(moving_feat.dtype)[None, None]
+    mov_in = None if moving_mask is None else moving_mask.to(dev).to(moving_feat.dtype)[None, None]
     g = torch.Generator().manual_seed(int(seed))
     for _ in range(int(iterations)):
         u = torch.rand((nd, points), generator=g, dtype=torch.float64).to(dev)
@@ -134,9 +134,11 @@ def polish_affine(
         m = (wm_inv @ matrix() @ wf)[0]
         coords = apply_matrix(m, idx).float().view(1, nd, points, *([1] * (nd - 1)))
         warped = sample(moving_feat, coords)  # (1, C, N, 1[, 1])
-        inside = (sample(ones, coords) > 0.99) & (sample(mov_in, coords) >= 0.5)
+        inside = sample(ones, coords) > 0.99
+        if mov_in is not None:
+            inside = inside & (sample(mov_in, coords) >= 0.5)
         w = w_flat[pick].view_as(inside[:, 0:1]) * inside.detach().float()
-        target = ff_flat[:, :, pick].view_as(warped)
+        target = ff_rows[pick].t().reshape(warped.shape)
         loss = feature_mse_each(target, warped, w).sum() + SHEAR_SCALE_PENALTY * (lin * lin).sum()
         loss.backward()
         opt.step()
