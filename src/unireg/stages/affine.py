@@ -4,8 +4,8 @@ Starts: identity (or the user's ``--initial-transform``), the intensity centre o
 of two foreground masks (a fixed threshold and each image's Otsu threshold), and rotations of each
 about the fixed centroid (large misalignments).  Each is scored at 8 mm (one feature comparison); the
 best few get a few 8 mm optimiser steps (a beam search: a start at the edge of the basin scores badly
-before it moves) and are ranked again; the best is optimised at 8 and 4 mm, then (3-D) polished on
-the 2 mm working grid's features at random points.  The winner replaces the
+before it moves) and are ranked again; the best is optimised at 8 and 4 mm (a polish on the working
+grid's features, ``POLISH_ITERATIONS``, is off by default).  The winner replaces the
 starting transform only if its feature cost is lower than the start's (``affine_cost``) **and** the
 do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`) agrees that it is better;
 else the start is kept and report.json says why.
@@ -51,8 +51,13 @@ SCREEN_ITERATIONS = 15
 # mean error 0.81 -> 0.65 mm (T1-like), 1.10 -> 0.97 mm (T2-like), ~0.5 s at one thread; the held-out
 # suite's 10 3-D pairs with the full pipeline, mean Dice 0.929 -> 0.929, EPE 1.10 -> 0.95 mm (the large
 # affine body pair 3.48 -> 1.75 mm).  2-D (working grid 1 mm, finest affine level 2 mm): the 25 suite
-# pairs lost 0.1 Dice point (a B-spline pair 0.875 -> 0.844), so it stays off there.
-POLISH_ITERATIONS = {2: 0, 3: 30}
+# pairs lost 0.1 Dice point (a B-spline pair 0.875 -> 0.844), so it stays off there.  Off in 3-D too
+# since a small phantom with a fixed mask (tests/interop/test_inputs_outputs.py) came out worse with
+# it: 30 steps lowered the 1.5 mm feature cost (0.0067 -> 0.0048) while the translation error grew
+# 0.04 -> 0.18 mm and the linear part drifted 0.017 -> 0.080 (an eroded mask and a decaying rate did
+# not help): the finer feature cost's minimum is not the true transform there.  Kept as an option
+# until it is understood.
+POLISH_ITERATIONS = {2: 0, 3: 0}
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as object for the foreground centroid
 
 
