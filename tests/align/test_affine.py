@@ -153,3 +153,31 @@ def test_polish_affine_keeps_an_exact_start_and_respects_the_moving_mask():
     mmask[:, 26:] = False
     got = polish_affine(ff, a, fm, a, start, iterations=40, points=2000, moving_mask=mmask)
     assert np.abs(_translation_of(got, centre) - shift).max() < 0.15
+
+
+def test_affine_stage_runs_its_polish_when_switched_on(monkeypatch):
+    """The stage's polish path (off by default) still runs and keeps a clean shift found."""
+    from unireg import api
+    from unireg.stages import affine as affine_stage
+
+    from ..synthetic_pairs import grid_affine, phantom, tiny_registrar
+
+    c = np.zeros(3)
+    fs = (32, 32, 28)
+    fa = grid_affine(fs, (1.5, 1.5, 1.5), np.eye(3), c)
+    f, _ = phantom(fs, fa, c)
+    shift = np.array([4.0, -3.0, 2.0])
+    m, _ = phantom(fs, fa, c, shift=shift)
+    calls = []
+    real = affine_stage.polish_affine
+
+    def spy(*args, **kw):
+        calls.append(kw["iterations"])
+        return real(*args, **kw)
+
+    monkeypatch.setitem(affine_stage.POLISH_ITERATIONS, 3, 10)
+    monkeypatch.setattr(affine_stage, "polish_affine", spy)
+    r = api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
+    t = np.array(r.report["affine_matrix"])
+    assert calls == [10]
+    assert np.linalg.norm(t[:3, 3] - shift) < 0.5, t

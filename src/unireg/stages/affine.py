@@ -48,7 +48,7 @@ SCREEN_ITERATIONS = 15
 # the winner's last steps: on the working grid's own features (the optimiser's finest level is twice
 # as coarse), at random points (align.affine.polish_affine), per dimension; 0 = off.  3-D, in-process:
 # the affine alone against the true rigid offset of experiments/validate_1mm.py's pairs (2 per family),
-# mean error 0.81 -> 0.65 mm (T1-like), 1.10 -> 0.97 mm (T2-like), ~0.5 s at one thread; the held-out
+# mean error 0.81 -> 0.65 mm (T1-like), 1.10 -> 0.97 mm (T2-like), ~1.5-2 s of a 2-thread run; the held-out
 # suite's 10 3-D pairs with the full pipeline, mean Dice 0.929 -> 0.929, EPE 1.10 -> 0.95 mm (the large
 # affine body pair 3.48 -> 1.75 mm).  2-D (working grid 1 mm, finest affine level 2 mm): the 25 suite
 # pairs lost 0.1 Dice point (a B-spline pair 0.875 -> 0.844), so it stays off there.  Off in 3-D too
