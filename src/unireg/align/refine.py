@@ -98,8 +98,9 @@ FINE_CONTROL_VOXELS = 400_000
 
 # ``fast``: the coarse level, then straight to the native level (no working level), fewer coarse
 # iterations in 3-D.  Held-out suite, 10 3-D pairs in-process at one thread (mean Dice / EPE mm / CPU s
-# per pair, at be95af6 with the affine polish on): default 0.929 / 0.94 / ~19; coarse x30 only (the fast mode before) 0.885 / 1.52 / 10.4,
-# two pairs refused to no registration; coarse x15 + native x10 0.919 / 1.09 / 13.8, no pair refused.
+# per pair, at be95af6 with the affine polish on): default 0.929 / 0.94 / ~19; coarse x30 only (the
+# fast mode before) 0.885 / 1.52 / 10.4, two pairs refused to no registration; coarse x15 + native x10
+# 0.919 / 1.09 / 13.8, no pair refused.
 # A 2-D slice at 1 mm has no native level: there fast is the coarse level at its default count.
 FAST_ITERATIONS = {
     2: {"coarse": 60, "native": 10},
