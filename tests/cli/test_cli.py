@@ -373,7 +373,7 @@ def test_out_of_memory_names_the_stage(inputs, tmp_path, monkeypatch):
     assert res.exit_code == 2, res.output
     last = res.stderr.strip().splitlines()[-1]  # (the line before: the untrained-model warning)
     assert last.startswith("unireg: error: out of") and "Traceback" not in res.output
-    for frag in ("memory", "stage 'refine'", "--fast"):
+    for frag in ("memory", "stage 'refine'", "--refine 0"):
         assert frag in last, last
     assert not (tmp_path / "o").exists()
 

@@ -40,8 +40,8 @@ class Options:
 
 
 OOM_HINT = {
-    "cuda": "try --fast, a smaller image (crop it) or --device cpu",
-    "cpu": "try --fast, a smaller image (crop it) or a machine with more memory",
+    "cuda": "try --refine 0 (the network alone), a smaller image (crop it) or --device cpu",
+    "cpu": "try --refine 0 (the network alone), a smaller image (crop it) or a machine with more memory",
 }
 
 
