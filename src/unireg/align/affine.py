@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..losses import feature_mse, feature_mse_each
 from ..spatial.frames import voxel_to_world
-from ..spatial.grid import apply_matrix, channels_last, identity_coords, sample
+from ..spatial.grid import apply_matrix, channels_last, identity_coords, random_box_voxels, sample
 from ..spatial.world import affine_nd, pooled_affine
 from .optim import Adam
 
@@ -127,9 +127,7 @@ def polish_affine(
     mov_in = None if moving_mask is None else moving_mask.to(dev).to(moving_feat.dtype)[None, None]
     g = torch.Generator().manual_seed(int(seed))
     for _ in range(int(iterations)):
-        u = torch.rand((nd, points), generator=g, dtype=torch.float64).to(dev)
-        idx = torch.round(lo.view(nd, 1) + u * (hi - lo).view(nd, 1))  # (n, N) fixed voxels in the box
-        pick = (idx.long() * strides.view(nd, 1)).sum(0)
+        idx, pick = random_box_voxels(lo, hi, strides, points, g, torch.float64)  # (n, N) fixed voxels
         opt.zero_grad()
         m = (wm_inv @ matrix() @ wf)[0]
         coords = apply_matrix(m, idx).float().view(1, nd, points, *([1] * (nd - 1)))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..features.mind import mind_ssc
 from ..losses import feature_mse, gradient_l2
-from ..spatial.grid import channels_last, resize_field, sample, warp, with_caller_threads
+from ..spatial.grid import channels_last, random_box_voxels, resize_field, sample, warp, with_caller_threads
 from ..spatial.integrate import integrate_velocity
 from .optim import Adam
 
@@ -217,9 +217,7 @@ def _point_refine(
     v = v.detach().clone().requires_grad_(True)
     opt = Adam([v], lr=level.lr)
     for _ in range(level.iterations):
-        u = torch.rand((nd, n_pts), generator=generator, dtype=v.dtype).to(v.device)
-        idx = torch.round(lo.view(nd, 1) + u * (hi - lo).view(nd, 1))  # (n, N) fine voxels in the box
-        pick = (idx.long() * strides.view(nd, 1)).sum(0)
+        idx, pick = random_box_voxels(lo, hi, strides, n_pts, generator, v.dtype)  # (n, N) fine voxels
         pts_f = idx.view(1, nd, n_pts, *([1] * (nd - 1)))
         opt.zero_grad()
         disp = integrate_velocity(v, int_steps)
