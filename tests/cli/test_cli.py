@@ -344,6 +344,23 @@ def test_apply_and_apply_points_on_a_device(inputs, registered, tmp_path, device
     assert np.allclose(got, api.apply_points(out / "warp.nii.gz", pts), atol=1e-4)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_register_and_batch_on_a_device(inputs, registered, tmp_path, device):
+    """`register --device` and `batch --device` write the CPU run's warp (within float tolerance on CUDA)."""
+    res = _run(["register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "--out", tmp_path / "r",
+                "--labels", inputs / "labels.nii.gz", "--fixed-labels", inputs / "fixed_labels.nii.gz",
+                "--model", inputs / "tiny.pt", "--refine", 3, "--device", device])
+    assert res.exit_code == 0, res.output
+    ref = nib.load(registered["out"] / "warp.nii.gz").get_fdata()
+    assert np.abs(nib.load(tmp_path / "r" / "warp.nii.gz").get_fdata() - ref).max() < 0.05  # mm
+    man = tmp_path / "m.csv"
+    man.write_text(f"id,fixed,moving\np,{inputs / 'fixed.nii.gz'},{inputs / 'moving.nii.gz'}\n")
+    res = _run(["batch", man, "--out", tmp_path / "b", "--model", inputs / "tiny.pt", "--refine", 3,
+                "--device", device, "--no-progress", "--no-qc", "--allow-flagged"])
+    assert res.exit_code == 0, res.output
+    assert np.abs(nib.load(tmp_path / "b" / "p" / "warp.nii.gz").get_fdata() - ref).max() < 0.05
+
+
 @pytest.mark.parametrize("device", ["gpu7", "cuda:0"])
 def test_apply_unusable_device_is_user_error(inputs, registered, tmp_path, device):
     import torch

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One prepared GPU session (issues #11 and #12), run from the repository root on a machine with CUDA:
+#   OUT=results_dir bash benchmarks/gpu_session.sh            # DEVICE=cpu QUICK=1 to exercise it on a CPU
+# 1. benchmarks/gpu_check.py: the 1 mm MNI demo pair, per-stage seconds (synchronised), call and whole-CLI time
+# 2. the CUDA-parametrised tests (register, apply, batch, training, device residency)
+# 3. the batched torch synthesizer's pairs/s on the device
+# 4. a training check: experiments/train_3d.yaml from scratch, batch 8, TRAIN_MIN minutes, validation on the device
+# 5. --resume on the device: the shipped model's stage-3 checkpoint (with its Adam state, FT_CKPT) continued
+#    at batch 8 for FT_MIN minutes (experiments/train_3d_stage3.yaml), checkpoint written before validation.
+# Every step has its own time limit and writes its log under $OUT, so a step that fails or hangs costs only itself.
+# Where .devcarry/ exists (the device machine has no PyPI): nibabel/isal wheels, SimpleITK as .tar.xz, and the MNI
+# template files of nilearn's wheel are unpacked first.
+set -u
+OUT=${OUT:-/tmp/gpu_session}
+DEVICE=${DEVICE:-cuda}
+QUICK=${QUICK:-0}
+TRAIN_MIN=${TRAIN_MIN:-1.0}
+FT_MIN=${FT_MIN:-2.5}
+FT_CKPT=${FT_CKPT:-.devcarry/stage3_opt.pt}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+if [ -d .devcarry ] && ! $PY -c "import nibabel, SimpleITK" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devcarry/whl/*.whl || exit 1
+  tar -xJf .devcarry/sitk.tar.xz -C /tmp/site || exit 1
+  cp -r .devcarry/nilearn_slim/nilearn /tmp/site/ || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+{ date; nvidia-smi -L 2>/dev/null; $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"; nproc; } 2>&1 | tee "$OUT/env.txt"
+
+step() {  # step NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  echo "=== $name (limit ${secs}s) $(date +%T)"
+  local t0=$SECONDS
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$name.log"
+  echo "=== $name rc=$rc wall=$((SECONDS - t0))s"
+}
+
+Q=(); [ "$QUICK" = 1 ] && Q=(--quick)
+step gpu_check 170 $PY benchmarks/gpu_check.py --device "$DEVICE" "${Q[@]}"
+step cuda_tests 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda or on_a_device or on_device or on_the_model_device or before_validation" \
+  tests/cli/test_cli.py tests/stages/test_device_residency.py tests/training/test_trainer_device.py
+step synth_speed 60 $PY experiments/synth_speed.py --ndim 3 --crop 48 48 48 --batch 8 --batches 5 --threads 1 --device "$DEVICE" --skip-old
+step train_check $(python3 -c "print(int(60 * $TRAIN_MIN + 60))") $PY -m unireg.training --config experiments/train_3d.yaml \
+  --device "$DEVICE" --batch-size 8 --time-limit-min "$TRAIN_MIN" --log-every 25 --checkpoint-every 500 --out /tmp/train_check.pt
+if [ -f "$FT_CKPT" ]; then
+  cp "$FT_CKPT" "$OUT/unireg_3d_gpu_ft.pt"
+  step finetune $(python3 -c "print(int(60 * $FT_MIN + 75))") $PY -m unireg.training --config experiments/train_3d_stage3.yaml \
+    --device "$DEVICE" --batch-size 8 --time-limit-min "$FT_MIN" --log-every 50 --checkpoint-every 200 --seed 5 \
+    --resume --out "$OUT/unireg_3d_gpu_ft.pt"
+fi
+echo "=== done $(date +%T)"
