@@ -65,8 +65,8 @@ def main(argv=None) -> int:
         print(f"| **total** | **{stages.get('total', sum(stages.values())):.3f}** |")
         print(f"api.register: 1st call {calls[0]:.2f} s, 2nd call {calls[1]:.2f} s")
         t0 = time.perf_counter()
-        fast = api.register(str(paths["fixed"]), str(paths["moving"]), labels=str(paths["moving_labels"]),
-                            device=a.device, fast=True)
+        api.register(str(paths["fixed"]), str(paths["moving"]), labels=str(paths["moving_labels"]),
+                     device=a.device, fast=True)
         if a.device == "cuda":
             torch.cuda.synchronize()
         print(f"api.register --fast (warm): {time.perf_counter() - t0:.2f} s")
