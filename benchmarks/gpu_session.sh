@@ -17,6 +17,7 @@ QUICK=${QUICK:-0}
 TRAIN_MIN=${TRAIN_MIN:-1.0}
 FT_MIN=${FT_MIN:-2.5}
 FT_CKPT=${FT_CKPT:-.devcarry/stage3_opt.pt}
+STEPS=${STEPS:-gpu_check cuda_tests synth_speed train_check finetune}  # a rerun can name fewer
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -31,6 +32,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 
 step() {  # step NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2
+  case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
   echo "=== $name (limit ${secs}s) $(date +%T)"
   local t0=$SECONDS
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
@@ -46,7 +48,7 @@ step cuda_tests 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda 
 step synth_speed 60 $PY experiments/synth_speed.py --ndim 3 --crop 48 48 48 --batch 8 --batches 5 --threads 1 --device "$DEVICE" --skip-old
 step train_check $(python3 -c "print(int(60 * $TRAIN_MIN + 60))") $PY -m unireg.training --config experiments/train_3d.yaml \
   --device "$DEVICE" --batch-size 8 --time-limit-min "$TRAIN_MIN" --log-every 25 --checkpoint-every 500 --out /tmp/train_check.pt
-if [ -f "$FT_CKPT" ]; then
+if [ -f "$FT_CKPT" ] && [[ " $STEPS " == *" finetune "* ]]; then
   cp "$FT_CKPT" "$OUT/unireg_3d_gpu_ft.pt"
   step finetune $(python3 -c "print(int(60 * $FT_MIN + 75))") $PY -m unireg.training --config experiments/train_3d_stage3.yaml \
     --device "$DEVICE" --batch-size 8 --time-limit-min "$FT_MIN" --log-every 50 --checkpoint-every 200 --seed 5 \

@@ -25,11 +25,11 @@ MAX_LABELWISE = 64
 def labelwise_argmax(probs: torch.Tensor) -> torch.Tensor:
     """Index of the largest of ``probs`` ``(L, *S)`` per voxel, first wins ties (a running maximum:
     argmax over a strided dimension is slow)."""
-    best, idx = probs[0], torch.zeros(probs.shape[1:], dtype=torch.int64)
+    best, idx = probs[0], torch.zeros(probs.shape[1:], dtype=torch.int64, device=probs.device)
     for k in range(1, probs.shape[0]):
         better = probs[k] > best
         best = torch.where(better, probs[k], best)
-        idx = torch.where(better, torch.tensor(k), idx)
+        idx = idx.masked_fill(better, k)
     return idx
 
 

@@ -116,8 +116,8 @@ def test_the_mode_catches_a_planted_transfer(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_register_on_cuda_matches_cpu():
-    """api.register on ``cuda``: same outputs as on the CPU (within float tolerance), the caller's model
-    left where it was."""
+    """api.register on ``cuda``: same outputs and failure score as on the CPU (within float tolerance), masks
+    and label resampling included, the caller's model left where it was."""
     from unireg import api
 
     mni = load_mni(4.0)
@@ -126,8 +126,10 @@ def test_register_on_cuda_matches_cpu():
     from unireg.io.image import Image
 
     model = Registrar(ndim=2).eval()
+    body = ((t1 > 0.05 * t1.max()).astype(np.uint8), aff)
     res = {d: api.register((t1, aff), (mov, aff), model=model, labels=Image(lab[None], aff, None), device=d,
-                           qc=False) for d in ("cpu", "cuda")}
+                           fixed_mask=body, moving_mask=body) for d in ("cpu", "cuda")}
+    assert abs(res["cuda"].report["qc_score"] - res["cpu"].report["qc_score"]) < 0.02
     assert next(model.parameters()).device.type == "cpu"
     assert np.abs(res["cuda"].warp_mm - res["cpu"].warp_mm).max() < 0.05  # mm
     assert (res["cuda"].warped_labels.data != res["cpu"].warped_labels.data).mean() < 0.01

@@ -52,12 +52,12 @@ def qc(s: State, announce: bool = True) -> None:
         feats = (s.ff, s.fm) if s.model.extractor_name == "mind" else ()
         fmask = mmask = None
         if s.opts.fixed_mask is not None:
-            fmask = mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4)
+            fmask = mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).to(s.device)
         if s.opts.moving_mask is not None:
             t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
             mmask = mask_on_grid(
                 s.opts.moving_mask, s.w_shape, s.w_aff4, world_map=lambda world, rows: apply_matrix(t_mat, world)
-            )
+            ).to(s.device)
         s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 
