@@ -106,6 +106,10 @@ def foreground_mask(image: torch.Tensor | np.ndarray, level: float = 0.05) -> to
     return m
 
 
+def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+
+
 def _structure_mask(fixed_feat: torch.Tensor) -> torch.Tensor:
     """Voxels where the fixed MIND features are not flat (flat regions give all channels = 1)."""
     m = (1.0 - fixed_feat[0].amin(0)) > 0.01
@@ -129,26 +133,30 @@ def qc_components(
     jac : ``(*S)`` det J of the displacement on that grid.
     mask : ``(*S)`` boolean foreground, or None for the voxels where the fixed features are not flat.
     """
-    ff = fixed_feat.detach().float().cpu()
-    fw = warped_moving_feat.detach().float().cpu()
+    ff = fixed_feat.detach().float()  # on the features' device: one host read at the end
+    dev = ff.device
+    fw = warped_moving_feat.detach().float().to(dev)
     if ff.shape != fw.shape or ff.dim() not in (4, 5) or ff.shape[0] != 1:
         raise ValueError(f"expected two (1, C, *S) feature maps of one shape, got {tuple(ff.shape)}, {tuple(fw.shape)}")
     nd = ff.dim() - 2
     spatial = tuple(ff.shape[2:])
-    m = _structure_mask(ff) if mask is None else torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).bool().cpu()
+    m = _structure_mask(ff) if mask is None else _as_tensor(mask).bool().to(dev)
     if tuple(m.shape) != spatial:
         raise ValueError(f"mask shape {tuple(m.shape)} differs from the feature grid {spatial}")
-    j = torch.as_tensor(np.asarray(jac) if not torch.is_tensor(jac) else jac).float().cpu().reshape(spatial)
+    j = _as_tensor(jac).float().to(dev).reshape(spatial)
 
     d0 = (ff - fw).abs().mean(1, keepdim=True)
     ds = [(ff - _shift(fw, a, s * SHIFT_VOX)).abs().mean(1, keepdim=True) for a in range(nd) for s in (1, -1)]
     n = m.sum().clamp_min(1)
-    mean0 = float((d0[0, 0] * m).sum() / n)
-    mean_s = float(sum(float((d[0, 0] * m).sum() / n) for d in ds) / len(ds))
     b0 = _box(d0, SMOOTH_RADIUS)
     bmin = torch.stack([_box(d, SMOOTH_RADIUS) for d in ds]).amin(0)
-    mismatch = float(((b0 >= bmin)[0, 0] & m).sum() / n)
-    folded = float(((j <= 0) & m).sum() / n) * 100.0
+    sums = [(d0[0, 0] * m).sum() / n] + [(d[0, 0] * m).sum() / n for d in ds]
+    sums += [((b0 >= bmin)[0, 0] & m).sum() / n, ((j <= 0) & m).sum() / n]
+    vals = torch.stack(sums).tolist()
+    mean0 = vals[0]
+    mean_s = sum(vals[1 : 1 + len(ds)]) / len(ds)
+    mismatch = vals[-2]
+    folded = vals[-1] * 100.0
     return {
         "mind_distance": mean0,
         "shift_ratio": mean0 / max(mean_s, 1e-12),
@@ -227,17 +235,19 @@ def score_registration(
     moving_mask : optional boolean ``(*S)`` moving mask already on the working grid through the
         affine; it is carried through ``disp_w`` and scoring keeps the voxels that land inside it.
     """
+    dev = disp_w.device  # everything is scored where the displacement lives
     if fixed_feat is None or moving_feat is None:
-        fixed_feat = mind_ssc(fixed_w[None].float().cpu())
-        moving_feat = mind_ssc(moving_w[None].float().cpu())
-    fixed_feat, moving_feat = fixed_feat.float().cpu(), moving_feat.float().cpu()
-    warped = warp(moving_feat, disp_w.float().cpu(), padding_mode="border")
-    mask = foreground_mask(fixed_w[0])
+        fixed_feat = mind_ssc(fixed_w[None].float().to(dev))
+        moving_feat = mind_ssc(moving_w[None].float().to(dev))
+    fixed_feat, moving_feat = fixed_feat.float().to(dev), moving_feat.float().to(dev)
+    disp = disp_w.float()
+    warped = warp(moving_feat, disp, padding_mode="border")
+    mask = foreground_mask(fixed_w[0]).to(dev)
     user = None
     if fixed_mask is not None:
-        user = torch.as_tensor(fixed_mask).bool().cpu()
+        user = _as_tensor(fixed_mask).bool().to(dev)
     if moving_mask is not None:
-        mw = warp(torch.as_tensor(moving_mask).float().cpu()[None, None], disp_w.float().cpu())[0, 0] >= 0.5
+        mw = warp(_as_tensor(moving_mask).float().to(dev)[None, None], disp)[0, 0] >= 0.5
         user = mw if user is None else user & mw
     if user is not None:
         both = mask & user
