@@ -87,6 +87,10 @@ def main(argv=None) -> int:
             dice = gm_wm_dice(paths["fixed_labels"], Path(tmp) / f"out{len(secs) - 1}" / "warped_labels.nii.gz")
             print(f"whole CLI (unireg register --device {a.device} {' '.join(extra)}, every default output): "
                   f"{secs[name]:.2f} s, GM/WM Dice {dice:.3f}")
+            # the CLI's own timeline (stage=NAME t=SECONDS since its start): where the rest of the time goes
+            marks = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("stage=")]
+            print("  CLI timeline (s since the first stage): "
+                  + ", ".join(f"{m[0][6:]} {t[2:]}" for m in marks for t in m[1:] if t.startswith("t=")))
         cli_s = secs["default"]
 
     if a.device != "cuda":

@@ -172,6 +172,7 @@ def save_result(
 # main thread renders qc.png and report.html (1 mm MNI pair, 2 cores: 9.0 s -> 4.7 s); with one torch
 # thread (``--threads 1``) everything is written in line, on the one core the user gave us
 WRITERS = 2
+MAX_WRITERS = 6  # warped, warp, inverse warp, Jacobian, labels, ANTs split
 
 
 class _InLine:
@@ -193,9 +194,11 @@ class _InLine:
 
 
 def _writers():
-    if torch.get_num_threads() < 2:
+    threads = torch.get_num_threads()
+    if threads < 2:
         return _InLine()
-    return ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="unireg-write")
+    # compression (ISA-L) and copies release the GIL: a many-core machine writes the big files side by side
+    return ThreadPoolExecutor(max_workers=min(max(WRITERS, threads), MAX_WRITERS), thread_name_prefix="unireg-write")
 
 
 def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) -> None:
@@ -321,6 +324,7 @@ def _write_ants_split(
         _copy_written(inverse_job, paths["inverse_warp"], paths["deformable_inverse_warp"])
     else:
         inv = displacement_on_grid(
-            lambda x: mapping._through(x, mapping.inv_disp_vox), fixed.spatial_shape, fixed.affine
+            lambda x: mapping._through(x, mapping.inv_disp_vox), fixed.spatial_shape, fixed.affine,
+            device=mapping.device,
         )
         write_displacement_field(paths["deformable_inverse_warp"], inv, fixed.affine)

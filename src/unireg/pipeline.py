@@ -45,30 +45,37 @@ class FixedToMoving:
     disp_vox: torch.Tensor  # (1, n, *S_w) forward displacement, working voxels
     inv_disp_vox: torch.Tensor  # (1, n, *S_w) inverse displacement, working voxels
 
+    @property
+    def device(self) -> torch.device:
+        """Where the displacement fields live (the registration's device): whole-grid passes run there."""
+        return self.disp_vox.device
+
     def _through(self, world: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-        w = torch.as_tensor(self.work_affine, dtype=world.dtype)
+        w = torch.as_tensor(self.work_affine, dtype=world.dtype, device=world.device)
         p = apply_matrix(torch.linalg.inv(w), world)
-        d = sample(disp.to(world.dtype), p.unsqueeze(0), padding_mode="border")[0]
+        d = sample(disp.to(world.device, world.dtype), p.unsqueeze(0), padding_mode="border")[0]
         return apply_matrix(w, p + d)
 
     def forward(self, world: torch.Tensor) -> torch.Tensor:
-        """Fixed world points ``(n, *S)`` -> moving world points."""
-        return apply_matrix(torch.as_tensor(self.affine_matrix, dtype=world.dtype), self._through(world, self.disp_vox))
+        """Fixed world points ``(n, *S)`` -> moving world points (on the points' device)."""
+        t = torch.as_tensor(self.affine_matrix, dtype=world.dtype, device=world.device)
+        return apply_matrix(t, self._through(world, self.disp_vox))
 
     def inverse(self, world: torch.Tensor) -> torch.Tensor:
-        """Moving world points ``(n, *S)`` -> fixed world points."""
-        tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=world.dtype)
+        """Moving world points ``(n, *S)`` -> fixed world points (on the points' device)."""
+        tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=world.dtype, device=world.device)
         return self._through(apply_matrix(tinv, world), self.inv_disp_vox)
 
 
-def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int = 2_000_000) -> np.ndarray:
-    """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32."""
+def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int = 2_000_000, device=None) -> np.ndarray:
+    """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32.
+    The slabs' points are made on ``device`` (default CPU) and each slab's result is copied back."""
     nd = len(shape)
     out = np.empty((nd,) + tuple(shape), dtype=np.float32)
-    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32)
+    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32, device=device)
     for rows in slabs(shape, chunk_voxels):
-        x = apply_matrix(a, slab_voxels(shape, rows))
-        out[:, rows] = (mapping(x) - x).numpy().astype(np.float32)
+        x = apply_matrix(a, slab_voxels(shape, rows, device=device))
+        out[:, rows] = (mapping(x) - x).cpu().numpy().astype(np.float32)
     return out
 
 
@@ -95,7 +102,7 @@ class RegistrationResult:
         Computed on first use (a whole-volume pass: skipped when nobody asks for the inverse)."""
         if self._inverse_warp_mm is None:
             self._inverse_warp_mm = displacement_on_grid(self.mapping.inverse, self.moving.spatial_shape,
-                                                         self.moving.affine)
+                                                         self.moving.affine, device=self.mapping.device)
         return self._inverse_warp_mm
 
     def before_image(self) -> np.ndarray:
@@ -175,8 +182,8 @@ def register_images(
     deformable.refine(s)
     deformable.integrate(s)
     deformable.deformable_gate(s)
-    disp_w, inv_disp_w = s.disp_w.cpu(), s.inv_disp_w.cpu()
-    mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, disp_w, inv_disp_w)
+    # on the registration's device: the inverse warp's whole-grid pass runs there (points are moved to it)
+    mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, s.disp_w.detach(), s.inv_disp_w.detach())
     finish.qc_and_resample(s)
     report = finish.report(s, t_start)
     o = s.outputs

@@ -353,6 +353,9 @@ def test_register_and_batch_on_a_device(inputs, registered, tmp_path, device):
     assert res.exit_code == 0, res.output
     ref = nib.load(registered["out"] / "warp.nii.gz").get_fdata()
     assert np.abs(nib.load(tmp_path / "r" / "warp.nii.gz").get_fdata() - ref).max() < 0.05  # mm
+    for name in ("inverse_warp.nii.gz", "deformable_inverse_warp.nii.gz"):  # whole-grid passes on the device
+        inv = nib.load(registered["out"] / name).get_fdata()
+        assert np.abs(nib.load(tmp_path / "r" / name).get_fdata() - inv).max() < 0.05
     man = tmp_path / "m.csv"
     man.write_text(f"id,fixed,moving\np,{inputs / 'fixed.nii.gz'},{inputs / 'moving.nii.gz'}\n")
     res = _run(["batch", man, "--out", tmp_path / "b", "--model", inputs / "tiny.pt", "--refine", 3,
