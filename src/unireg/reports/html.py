@@ -65,7 +65,7 @@ _JAC_RANGE = (0.0, 1.0, 2.0)  # vmin, centre, vmax of the det J map
 def png_data_uri(rgb: np.ndarray) -> str:
     """``(H, W)`` or ``(H, W, 3)`` uint8 -> ``data:image/png;base64,...``."""
     buf = io.BytesIO()
-    PILImage.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=6)
+    PILImage.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -323,5 +323,5 @@ def render_qc_png(
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, pil_kwargs={"compress_level": 1})
     return path
