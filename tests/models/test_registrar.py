@@ -165,3 +165,41 @@ def test_a_pass_that_raises_the_feature_cost_ends_the_cascade(monkeypatch):
     monkeypatch.setattr(reg, "forward", fake)
     v = reg.predict(ff, ff.clone(), passes=3)
     assert torch.equal(v, outputs[0]) and len(calls) == 2  # the harmful second pass refused, no third
+
+
+def test_symmetric_prediction_is_inverse_consistent():
+    """predict(symmetric=True): the mean of the (fixed, moving) estimate and the negated (moving, fixed)
+    one, so swapping the images negates the velocity exactly (exp(-v) is the inverse of exp(v)); the
+    one-way prediction of a random network does not have that property."""
+    from unireg.models.registrar import Registrar
+
+    torch.manual_seed(0)
+    reg = Registrar(3, extractor="mind", unet={"enc": [4, 4, 4], "dec": [4, 4]}).eval()
+    with torch.no_grad():  # the velocity head starts at zero: give every weight a random value
+        for w in reg.unet.parameters():
+            w.normal_(0.0, 0.3)
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.nn.functional.avg_pool3d(torch.rand(1, 12, 16, 16, 16, generator=g), 3, 1, 1) for _ in range(2))
+    with torch.no_grad():
+        v_ab, v_ba = reg.predict(a, b, symmetric=True), reg.predict(b, a, symmetric=True)
+        assert torch.allclose(v_ab, -v_ba, atol=1e-6)
+        assert torch.allclose(v_ab, 0.5 * (reg(a, b) - reg(b, a)), atol=1e-6)
+        one_way = reg.predict(a, b), reg.predict(b, a)
+    assert v_ab.abs().amax() > 1e-2
+    assert not torch.allclose(one_way[0], -one_way[1], atol=1e-3)
+
+
+def test_the_network_is_symmetrised_only_when_it_has_the_last_word():
+    """3-D `--refine 0`: symmetrised passes; with refinement after it (the default) one one-way pass."""
+    from types import SimpleNamespace
+
+    from unireg.stages import deformable
+
+    def state(refine, nd=3, trained=True):
+        opts = SimpleNamespace(refine=refine, fast=False, native=True)
+        return SimpleNamespace(model=SimpleNamespace(trained=trained), opts=opts, fine_factor=2, nd=nd)
+
+    assert deformable.network_symmetric(state(0)) is deformable.NETWORK_ONLY_SYMMETRIC[3] is True
+    assert deformable.network_passes(state(0)) == deformable.NETWORK_ONLY_PASSES[3]
+    assert deformable.network_symmetric(state(None)) is False and deformable.network_passes(state(None)) == 1
+    assert deformable.network_symmetric(state(0, trained=False)) is False

@@ -122,20 +122,30 @@ class Registrar(nn.Module):
         moving_feat: torch.Tensor,
         smoothness: torch.Tensor | float = 1.0,
         passes: int = 1,
+        symmetric: bool = False,
     ) -> torch.Tensor:
         """The network applied up to ``passes`` times as a recursive cascade (Zhao et al., ICCV 2019):
         each pass sees the moving features pulled through the velocity so far and predicts what is
         left, which is added to it (a first-order composition; the pipeline integrates the sum, so
         the map stays diffeomorphic).  A pass is kept only if it lowers the feature MSE of the pair
-        (the similarity the network was trained on); the cascade stops at the first that does not."""
-        v = self(fixed_feat, moving_feat, smoothness)
+        (the similarity the network was trained on); the cascade stops at the first that does not.
+
+        ``symmetric``: every pass's velocity is the mean of the network's estimate for (fixed, moving)
+        and the negated estimate for (moving, fixed) -- the inverse of ``exp(v)`` is ``exp(-v)``, so
+        both estimate the same map: an inverse-consistent two-member ensemble at twice the cost."""
+
+        def net(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            v = self(f, m, smoothness)
+            return 0.5 * (v - self(m, f, smoothness)) if symmetric else v
+
+        v = net(fixed_feat, moving_feat)
         if int(passes) <= 1:
             return v
         shape = fixed_feat.shape[2:]
         moved = warp(moving_feat, self.displacement(v, shape), padding_mode="border")
         cost = (fixed_feat - moved).pow(2).mean()  # the feature MSE (unireg.losses.feature_mse)
         for _ in range(int(passes) - 1):
-            v_next = v + self(fixed_feat, moved, smoothness)
+            v_next = v + net(fixed_feat, moved)
             moved_next = warp(moving_feat, self.displacement(v_next, shape), padding_mode="border")
             cost_next = (fixed_feat - moved_next).pow(2).mean()
             if not bool(cost_next < cost):
