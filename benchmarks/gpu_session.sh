@@ -9,7 +9,14 @@
 #    at batch 8 for FT_MIN minutes (experiments/train_3d_stage3.yaml), checkpoint written before validation.
 # Every step has its own time limit and writes its log under $OUT, so a step that fails or hangs costs only itself.
 # Where .devcarry/ exists (the device machine has no PyPI): nibabel/isal wheels, SimpleITK as .tar.xz, and the MNI
-# template files of nilearn's wheel are unpacked first.
+# template files of nilearn's wheel are unpacked first.  Made on the CPU machine (ignored by git; < 64 MiB with the tree):
+#   P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64"
+#   pip download $P -d .devcarry/whl nibabel==5.4.2 isal==1.9.1 importlib-resources
+#   pip download $P -d /tmp/w SimpleITK==2.5.3 nilearn==0.14.1; (cd /tmp/w && unzip -q simpleitk-*.whl 'SimpleITK/*' \
+#     && tar cf - SimpleITK | xz -9 -T2 > $OLDPWD/.devcarry/sitk.tar.xz && unzip -q nilearn-*.whl)
+#   mkdir -p .devcarry/nilearn_slim/nilearn/datasets/data; echo '__version__ = "0.14.1"' > .devcarry/nilearn_slim/nilearn/__init__.py
+#   cp /tmp/w/nilearn/datasets/data/mni_icbm152_*_tal_nlin_sym_09a_converted.nii.gz .devcarry/nilearn_slim/nilearn/datasets/data/
+#   cp <checkpoint with optimiser state> .devcarry/stage3_opt.pt       # for the resume step (optional)
 set -u
 OUT=${OUT:-/tmp/gpu_session}
 DEVICE=${DEVICE:-cuda}
