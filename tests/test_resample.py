@@ -70,3 +70,14 @@ def test_displacement_on_grid_by_hand_and_chunk_invariant():
     assert u.shape == (3, *shape) and u.dtype == np.float32
     assert np.allclose(u[:, 2, 3, 1], [1.5, -1.0, 4.0])
     assert np.array_equal(u, displacement_on_grid(mapping, shape, aff, chunk_voxels=10**6))
+
+
+def test_labelwise_argmax_stays_on_the_probabilities_device():
+    """The running maximum builds its index where the probabilities are (on CUDA it once built it on
+    the CPU and every labelled registration crashed); the meta device stands in for a GPU here."""
+    from unireg.resample import labelwise_argmax
+
+    probs = torch.tensor([[0.2, 0.5, 0.5], [0.7, 0.1, 0.5], [0.1, 0.4, 0.0]])
+    assert labelwise_argmax(probs).tolist() == [1, 0, 0]  # first wins ties
+    out = labelwise_argmax(torch.empty(3, 4, 5, device="meta"))
+    assert out.device.type == "meta" and out.shape == (4, 5) and out.dtype == torch.int64
