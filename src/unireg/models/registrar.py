@@ -132,7 +132,7 @@ class Registrar(nn.Module):
 
         ``symmetric``: every pass's velocity is the mean of the network's estimate for (fixed, moving)
         and the negated estimate for (moving, fixed) -- the inverse of ``exp(v)`` is ``exp(-v)``, so
-        both estimate the same map: an inverse-consistent two-member ensemble at twice the cost."""
+        both estimate the same map: an inverse-consistent two-member ensemble (two network evaluations a pass)."""
 
         def net(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             v = self(f, m, smoothness)
