@@ -18,9 +18,8 @@ from ..align.refine import mind_cost, pool_to, refine_multilevel, schedule
 from ..features.mind import MIND, mind_ssc
 from ..masks import mask_on_grid
 from ..preprocess import to_working_grid
-from ..spatial.grid import apply_matrix
 from ..spatial.jacobian import folding_stats, jacobian_determinant
-from .prepare import moving_on, referee
+from .prepare import moving_mask_on, moving_on, referee
 from .state import State
 
 __all__ = ["features", "network", "refine", "integrate", "deformable_gate", "IMPROVEMENT"]
@@ -69,8 +68,7 @@ def _fixed_mask(s: State, shape, aff4) -> torch.Tensor | None:
     if fixed is not None:
         m &= mask_on_grid(fixed, shape, aff4)
     if moving is not None:
-        t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
-        m &= mask_on_grid(moving, shape, aff4, world_map=lambda world, rows: apply_matrix(t_mat, world))
+        m &= moving_mask_on(s, shape, aff4)
     return m.float()[None, None].to(s.device)
 
 

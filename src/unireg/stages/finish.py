@@ -17,8 +17,9 @@ from ..io.image import Image
 from ..masks import mask_on_grid
 from ..report_schema import REPORT_FORMAT, Report
 from ..resample import resample_fixed_grid, warp_labels
-from ..spatial.grid import apply_matrix, with_caller_threads
+from ..spatial.grid import with_caller_threads
 from ..spatial.world import embed_nd
+from .prepare import moving_mask_on
 from .state import State
 
 __all__ = ["qc", "resample", "qc_and_resample", "report", "versions"]
@@ -54,10 +55,7 @@ def qc(s: State, announce: bool = True) -> None:
         if s.opts.fixed_mask is not None:
             fmask = mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).to(s.device)
         if s.opts.moving_mask is not None:
-            t_mat = torch.as_tensor(s.t_nd, dtype=torch.float32)
-            mmask = mask_on_grid(
-                s.opts.moving_mask, s.w_shape, s.w_aff4, world_map=lambda world, rows: apply_matrix(t_mat, world)
-            ).to(s.device)
+            mmask = moving_mask_on(s, s.w_shape, s.w_aff4).to(s.device)
         s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 

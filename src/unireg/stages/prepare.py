@@ -13,7 +13,7 @@ from ..spatial.grid import apply_matrix
 from ..spatial.world import native_factor, subdivided_grid, working_grid
 from .state import State
 
-__all__ = ["prepare", "moving_on", "check_working_size", "MIN_WORKING_SIDE"]
+__all__ = ["prepare", "moving_on", "moving_mask_on", "affine_map", "check_working_size", "MIN_WORKING_SIDE"]
 
 # Smallest working-grid side, per dimensionality, that features, affine pooling and the Jacobian's
 # torch.gradient accept (3-D MIND pools with a 5-voxel kernel; 2-D needs 2 for finite differences;
@@ -50,14 +50,25 @@ def prepare(s: State) -> None:
         s.f_shape, s.f_aff4 = subdivided_grid(s.w_shape, s.w_aff4, s.fine_factor)
 
 
-def moving_on(s: State, shape, aff4, t_nd: np.ndarray) -> torch.Tensor:
-    """The normalised moving image through the affine ``t_nd`` onto a grid of the fixed frame."""
+def affine_map(t_nd: np.ndarray):
+    """``world_map`` (as for :func:`unireg.spatial.world.pull`) carrying fixed-frame world points through
+    the fixed->moving affine ``t_nd``."""
     t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
 
-    def affine_map(world, rows=None):
+    def world_map(world, rows=None):
         return apply_matrix(t_mat, world)
 
-    return to_working_grid(s.moving_n, s.moving.affine, s.moving.spacing, shape, aff4, world_map=affine_map)
+    return world_map
+
+
+def moving_on(s: State, shape, aff4, t_nd: np.ndarray) -> torch.Tensor:
+    """The normalised moving image through the affine ``t_nd`` onto a grid of the fixed frame."""
+    return to_working_grid(s.moving_n, s.moving.affine, s.moving.spacing, shape, aff4, world_map=affine_map(t_nd))
+
+
+def moving_mask_on(s: State, shape, aff4) -> torch.Tensor:
+    """The user's moving mask seen from a grid of the fixed frame through the current affine (bool, CPU)."""
+    return mask_on_grid(s.opts.moving_mask, shape, aff4, world_map=affine_map(s.t_nd))
 
 
 def referee(s: State) -> Referee:
