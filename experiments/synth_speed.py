@@ -1,11 +1,16 @@
 """Pairs/s of the old per-pair synthesizer vs the batched torch one (same threads, same crop).
 
-    python experiments/synth_speed.py --ndim 3 --crop 48 48 48 --batch 8 --threads 1 [--device cuda]
+    python experiments/synth_speed.py --ndim 3 --crop 48 48 48 --batch 8 --batches 10 --threads 1 --label-stride 2
+
+Batches of the two alternate (a busy neighbour slows both alike); it prints the median pairs/s of
+each and their ratio.  ``--device cuda --skip-old`` times the torch one on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 
 import torch
@@ -28,26 +33,44 @@ def main() -> None:
 
     spacing = 2.0 if args.ndim == 3 else 1.0
     new = TorchPairSynthesizer(args.ndim, spacing, args.crop, device=args.device, label_stride=args.label_stride)
+    old = (
+        None
+        if args.skip_old
+        else PairSynthesizer(args.ndim, spacing, args.crop, 8.0, ["t1"], 0.2, 0.02, 4.0, 0.04, 3.0)
+    )
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def rate(fn, b: int) -> float:
+        seeds = range(b * args.batch, (b + 1) * args.batch)
+        sync()
+        t = time.perf_counter()
+        fn(seeds)
+        sync()
+        return args.batch / (time.perf_counter() - t)
+
     new.batch(range(args.batch))  # warm-up
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
+    if old is not None:
+        old.batch([0])
+    # one batch of each in turn, so that a noisy neighbour slows both alike: medians and their ratio
+    new_rates, old_rates = [], []
     for b in range(args.batches):
-        new.batch(range(b * args.batch, (b + 1) * args.batch))
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    new_rate = args.batches * args.batch / (time.perf_counter() - t)
-    print(f"new (TorchPairSynthesizer, {args.device}, label_stride {args.label_stride}): {new_rate:.2f} pairs/s")
-    if args.skip_old:
+        new_rates.append(rate(new.batch, b))
+        if old is not None:
+            old_rates.append(rate(old.batch, b))
+    new_rate = statistics.median(new_rates)
+    print(
+        f"new (TorchPairSynthesizer, {args.device}, label_stride {args.label_stride}): {new_rate:.2f} pairs/s "
+        f"(median of {args.batches} batches; {min(new_rates):.1f}-{max(new_rates):.1f})"
+    )
+    if old is None:
         return
-    old = PairSynthesizer(args.ndim, spacing, args.crop, 8.0, ["t1"], 0.2, 0.02, 4.0, 0.04, 3.0)
-    old.batch([0])
-    t = time.perf_counter()
-    for b in range(args.batches):
-        old.batch(range(b * args.batch, (b + 1) * args.batch))
-    old_rate = args.batches * args.batch / (time.perf_counter() - t)
-    print(f"old (PairSynthesizer, cpu): {old_rate:.2f} pairs/s")
-    print(f"ratio new/old: {new_rate / old_rate:.1f}x  (threads={args.threads}, crop={args.crop}, batch={args.batch})")
+    old_rate = statistics.median(old_rates)
+    ratios = sorted(n / o for n, o in zip(new_rates, old_rates, strict=True))
+    print(f"old (PairSynthesizer, cpu): {old_rate:.2f} pairs/s ({min(old_rates):.1f}-{max(old_rates):.1f})")
+    print(
+        f"ratio new/old: {new_rate / old_rate:.1f}x of the medians; batch by batch {ratios[0]:.1f}-{ratios[-1]:.1f}x  "
+        f"(threads={args.threads}, crop={args.crop}, batch={args.batch}, load {os.getloadavg()[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ field, Gaussian noise, robust normalisation (optionally inversion).  Never drawn
 held-out families of the evaluation suite): random B-spline displacement grids, radial/local
 expansion fields, random non-monotonic piecewise-linear intensity maps, CT-like maps.
 
-All heavy work is batched: one ``grid_sample`` pass over the template for the ``2B`` images of a
-batch, one scaling-and-squaring for the ``B`` velocities.  Small random parameters are drawn per pair
+All heavy work is batched: one sampling pass over the template for the ``2B`` images of a batch, one
+scaling-and-squaring for the ``B`` velocities.  On the CPU both sample through ATen's vectorised 2-D
+kernel (:mod:`unireg.spatial.mosaic`), the smooth grids are upsampled by separable matrix products
+(:func:`unireg.spatial.grid.linear_resize`) and the intensity passes run a few views at a time;
+on a GPU ``grid_sample`` as it is.  Small random parameters are drawn per pair
 from a CPU generator seeded by the pair's seed; the per-voxel noise comes from a device generator
 seeded by the batch's seeds, so a batch is a pure function of its seeds on a given device.
 """
@@ -31,13 +34,17 @@ import torch.nn.functional as F
 
 from ..data.mni import load_mni
 from ..data.synth import CONTRASTS
-from ..spatial.grid import identity_coords, sample
+from ..spatial.grid import identity_coords, linear_resize, sample
 from ..spatial.integrate import integrate_velocity
+from ..spatial.mosaic import SliceMosaic, exp_velocity_values
 
 __all__ = ["TorchPairSynthesizer", "SVF_LEVELS_MM"]
 
 # The contrast maps training may draw (unireg.data.synth.CONTRASTS names); held-out ones are absent.
 TRAINING_CONTRASTS = ("t1", "t2", "pd", "flair")
+
+# voxels per pass of the intensity augmentation (a few 48^3 views: cache-sized passes)
+CHUNK_VOXELS = 1 << 19
 
 # control-point spacings (mm) of the multi-scale smooth velocity noise
 SVF_LEVELS_MM = (48.0, 32.0, 16.0, 8.0)
@@ -113,6 +120,8 @@ class TorchPairSynthesizer:
         self.image_vol = t1[None, None].float().contiguous().to(self.device)  # (1, 1, *S3)
         self.label_vol = torch.stack([gm, wm])[None].float().contiguous().to(self.device)  # (1, 2, *S3)
         self.src_shape = list(self.image_vol.shape[2:])
+        # laid out once for ATen's vectorised 2-D sampler (~2x faster than its 3-D one on the CPU)
+        self.image_mosaic, self.label_mosaic = SliceMosaic(self.image_vol), SliceMosaic(self.label_vol)
         # velocities live at half the crop resolution (as the network's do)
         self.vshape = [max(2, math.ceil(n / 2)) for n in self.crop]
         extent_mm = [(n - 1) * self.spacing for n in self.crop]
@@ -179,8 +188,7 @@ class TorchPairSynthesizer:
 
     # --- batched geometry ------------------------------------------------------------------------
     def _smooth(self, ctrl: torch.Tensor, shape) -> torch.Tensor:
-        mode = "bilinear" if self.ndim == 2 else "trilinear"
-        return F.interpolate(ctrl, size=tuple(shape), mode=mode, align_corners=True)
+        return linear_resize(ctrl, shape)  # (bi/tri)linear, align_corners=True
 
     def _relative_velocity(self, ps: list[dict]) -> torch.Tensor:
         """``(B, nd, *vshape)`` velocity in voxels of the velocity grid."""
@@ -207,6 +215,22 @@ class TorchPairSynthesizer:
         return (torch.einsum("bij,bj...->bi...", m, pts - c)
                 + torch.einsum("bij,bj...->bi...", emb, c.expand(len(ps), -1, *([1] * nd))) + start)
 
+    def _fixed_coords(self, ps: list[dict]) -> torch.Tensor:
+        """:meth:`_base_coords` of the crop grid itself: affine, so a sum of one ramp per axis
+        (one full-size addition instead of a matrix product over every point)."""
+        dev, nd = self.device, self.ndim
+        c = self.centre.to(dev).float()
+        lin = torch.stack([p["subj_lin"] for p in ps]).to(dev).float()
+        emb = torch.stack([p["emb"] for p in ps]).to(dev).float()
+        start = torch.stack([p["start3"] for p in ps]).to(dev).float()
+        m = emb @ lin  # (B, 3, nd)
+        out = (emb @ c + start - m @ c).view(len(ps), 3, *([1] * nd))
+        for j, n in enumerate(self.crop):
+            shape = [len(ps), 3] + [1] * nd
+            shape[2 + j] = n
+            out = out + (m[:, :, j : j + 1] * torch.arange(n, device=dev, dtype=m.dtype)).view(shape)
+        return out
+
     def _moving_points(self, ps: list[dict], ident_v: torch.Tensor) -> torch.Tensor:
         """Crop points ``T(p)`` ``(B, nd, *vshape)`` the moving image shows at the velocity-grid points
         ``p``: the small affine after ``exp(-v)``.  (Everything is linear in these points, so the crop
@@ -214,7 +238,9 @@ class TorchPairSynthesizer:
         dev, nd = self.device, self.ndim
         v = self._relative_velocity(ps)
         scale = torch.tensor([(nc - 1) / (nv - 1) for nv, nc in zip(self.vshape, self.crop, strict=True)], device=dev)
-        disp = integrate_velocity(-v, self.int_steps) * scale.view(1, nd, *([1] * nd))  # crop voxels
+        # on the CPU in 3-D each squaring goes through ATen's vectorised 2-D sampler (spatial.mosaic)
+        exp = exp_velocity_values if nd == 3 and dev.type == "cpu" and self.int_steps > 0 else integrate_velocity
+        disp = exp(-v, self.int_steps) * scale.view(1, nd, *([1] * nd))  # crop voxels
         c = self.centre.to(dev).view(1, nd, *([1] * nd)).float()
         lin = torch.stack([p["rel_lin"] for p in ps]).to(dev).float()
         t = torch.stack([p["rel_t"] for p in ps]).to(dev).float().view(-1, nd, *([1] * nd))
@@ -225,31 +251,54 @@ class TorchPairSynthesizer:
                    noise_gen: torch.Generator) -> torch.Tensor:
         """``img`` ``(N, 1, *crop)``: view ``i`` uses the parameters ``ps[i][keys[i] + ...]``."""
         named = [p[k + "_contrast"] for p, k in zip(ps, keys, strict=True)]
-        x = img.clamp(0, 1)
+        x = img.clamp(0, 1)  # a fresh tensor: everything below is in place
         if any(c != "t1" for c in named):
             x = torch.stack([_piecewise(x[i], c) if c != "t1" else x[i] for i, c in enumerate(named)])
         n = x.shape[0]
         bshape = (n, 1) + (1,) * self.ndim
         gam = torch.tensor([p[k + "_gamma"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
-        x = x.pow(gam)
-        # separable smooth bias exp(b_0(x_0) + b_1(x_1) [+ b_2(x_2)]): broadcast, no volume interpolation
+        sig = torch.tensor([p[k + "_noise"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
+        # separable smooth bias exp(b_0(x_0)) exp(b_1(x_1)) [exp(b_2(x_2))]: one broadcast product per axis
         bias = torch.stack([p[k + "_bias"] for p, k in zip(ps, keys, strict=True)]).to(x.device)  # (n, nd, 4)
-        logb = torch.zeros((), dtype=bias.dtype, device=x.device)
+        curves = []
         for ax, m in enumerate(self.crop):
             curve = F.interpolate(bias[:, ax : ax + 1], size=m, mode="linear", align_corners=True)  # (n, 1, m)
             shape = [n, 1] + [1] * self.ndim
             shape[2 + ax] = m
-            logb = logb + curve.view(shape)
-        x = x * torch.exp(logb)
-        sig = torch.tensor([p[k + "_noise"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
-        x = (x + sig * torch.randn(x.shape, generator=noise_gen, device=x.device)).clamp_min(0)
-        # robust normalisation as the pipeline does it (99.5th percentile of a regular subsample)
-        flat = x.flatten(1)
-        sub = flat[:, :: max(1, flat.shape[1] // 16_384)]
-        hi = torch.kthvalue(sub, max(1, int(round(0.995 * sub.shape[1]))), dim=1).values.clamp_min(1e-6)
-        x = (x / hi.view(bshape)).clamp(0, 1)
-        inv = torch.tensor([p[k + "_invert"] for p, k in zip(ps, keys, strict=True)], device=x.device).view(bshape)
-        return torch.where(inv, 1.0 - x, x)
+            curves.append(torch.exp(curve).view(shape))
+        # a few views at a time, in place: the passes below then stay in the cache
+        step = max(1, CHUNK_VOXELS // x[0].numel())
+        for i in range(0, n, step):
+            xi, sl = x[i : i + step], slice(i, i + step)
+            xi.pow_(gam[sl])
+            for curve in curves:
+                xi.mul_(curve[sl])
+            xi.add_(torch.randn(xi.shape, generator=noise_gen, device=x.device).mul_(sig[sl])).clamp_min_(0)
+            # robust normalisation as the pipeline does it (99.5th percentile of a regular subsample)
+            flat = xi.flatten(1)
+            sub = flat[:, :: max(1, flat.shape[1] // 16_384)]
+            k = sub.shape[1] - max(1, int(round(0.995 * sub.shape[1]))) + 1  # the k-th largest, by a partial sort
+            hi = torch.topk(sub, k, dim=1).values[:, -1].clamp_min(1e-6)
+            xi.div_(hi.view((-1,) + bshape[1:])).clamp_(0, 1)
+        inv = [p[k + "_invert"] for p, k in zip(ps, keys, strict=True)]
+        if any(inv):
+            x = torch.where(torch.tensor(inv, device=x.device).view(bshape), 1.0 - x, x)
+        return x
+
+    def _pull(self, vol: torch.Tensor, mosaic: SliceMosaic, qs: list[torch.Tensor]) -> torch.Tensor:
+        """``vol`` at template voxels ``qs`` (each ``(N_i, 3, *out)``), concatenated along the batch:
+        through the 2-D mosaic on the CPU (written in place, no concatenation), ATen's 3-D sampler
+        elsewhere (on a GPU it is not the bottleneck)."""
+        if self.device.type != "cpu":
+            q = torch.cat(qs)
+            return sample(vol.expand(q.shape[0], -1, *self.src_shape), q)
+        n = sum(q.shape[0] for q in qs)
+        out = torch.empty((n, vol.shape[1]) + tuple(qs[0].shape[2:]), dtype=vol.dtype)
+        i = 0
+        for q in qs:
+            mosaic.sample(q, out=out[i : i + q.shape[0]])
+            i += q.shape[0]
+        return out
 
     @torch.no_grad()
     def batch(self, seeds, moving_contrast: str | None = None) -> dict:
@@ -266,12 +315,14 @@ class TorchPairSynthesizer:
         sq = (lambda t: t.unsqueeze(2)) if nd == 2 else (lambda t: t)  # 2-D planes are sampled in 3-D
         uq = (lambda t: t.squeeze(2)) if nd == 2 else (lambda t: t)
         # fixed views are affine in the crop points: exact at full resolution without interpolation
-        ident = identity_coords(self.crop, self.device).unsqueeze(0).expand(B, *([-1] * (nd + 1)))
-        q = torch.cat([self._base_coords(ps, ident), self._smooth(q_v[B:], self.crop)])
-        img = uq(sample(self.image_vol.expand(2 * B, -1, *self.src_shape), sq(q)))
-        q_l = q if self.label_stride == 1 else q_v if self.label_stride == 2 else \
-            self._smooth(q_v, [max(2, math.ceil(n / self.label_stride)) for n in self.crop])
-        labs = uq(sample(self.label_vol.expand(2 * B, -1, *self.src_shape), sq(q_l)))
+        q = [sq(self._fixed_coords(ps)), sq(self._smooth(q_v[B:], self.crop))]
+        img = uq(self._pull(self.image_vol, self.image_mosaic, q))
+        if self.label_stride == 1:
+            q_l = q
+        else:  # stride 2 is the velocity grid itself
+            grid_l = [max(2, math.ceil(n / self.label_stride)) for n in self.crop]
+            q_l = [sq(q_v if self.label_stride == 2 else self._smooth(q_v, grid_l))]
+        labs = uq(self._pull(self.label_vol, self.label_mosaic, q_l))
         gen = torch.Generator(device=self.device).manual_seed(int(np.random.SeedSequence(seeds).generate_state(1)[0]))
         img = self._intensity(img, ps + ps, ["f"] * B + ["m"] * B, gen)
         lab = torch.cat([(1.0 - labs[:, :1] - labs[:, 1:2]).clamp_min(0), labs], dim=1)
