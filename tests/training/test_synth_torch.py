@@ -60,3 +60,18 @@ def test_moving_contrast_override_changes_only_moving(synth3):
     a, b = synth3.batch([7]), synth3.batch([7], moving_contrast="t2")
     assert torch.equal(a["fixed"], b["fixed"]) and not torch.equal(a["moving"], b["moving"])
     assert torch.equal(a["moving_labels"], b["moving_labels"])
+
+
+@pytest.mark.parametrize(("ndim", "crop", "stride"), [(3, [24, 20, 22], 2), (3, [16, 16, 16], 1), (2, [40, 36], 1)])
+def test_cpu_mosaic_path_makes_the_pairs_grid_sample_makes(ndim, crop, stride):
+    """On the CPU the template and the squarings are sampled through spatial.mosaic; elsewhere (a GPU)
+    through grid_sample: both must give the same pairs (the trained model saw the latter's)."""
+    spacing = 4.0 if ndim == 3 else 2.0
+    fast = TorchPairSynthesizer(ndim, spacing, crop, contrasts=("t1", "t2"), label_stride=stride, invert=0.5)
+    ref = TorchPairSynthesizer(ndim, spacing, crop, contrasts=("t1", "t2"), label_stride=stride, invert=0.5)
+    ref.use_mosaic = False
+    assert fast.use_mosaic
+    a, b = fast.batch(range(7, 11)), ref.batch(range(7, 11))
+    for k in a:
+        assert a[k].shape == b[k].shape
+        assert (a[k] - b[k]).abs().mean() < 1e-4 and (a[k] - b[k]).abs().max() < 2e-2, k

@@ -120,7 +120,9 @@ class TorchPairSynthesizer:
         self.image_vol = t1[None, None].float().contiguous().to(self.device)  # (1, 1, *S3)
         self.label_vol = torch.stack([gm, wm])[None].float().contiguous().to(self.device)  # (1, 2, *S3)
         self.src_shape = list(self.image_vol.shape[2:])
-        # laid out once for ATen's vectorised 2-D sampler (~2x faster than its 3-D one on the CPU)
+        # laid out once for ATen's vectorised 2-D sampler (~2x faster than its 3-D one on the CPU; on a
+        # GPU grid_sample as it is): the same pairs to ~1e-4 either way (tests/training/test_synth_torch.py)
+        self.use_mosaic = self.device.type == "cpu"
         self.image_mosaic, self.label_mosaic = SliceMosaic(self.image_vol), SliceMosaic(self.label_vol)
         # velocities live at half the crop resolution (as the network's do)
         self.vshape = [max(2, math.ceil(n / 2)) for n in self.crop]
@@ -239,7 +241,7 @@ class TorchPairSynthesizer:
         v = self._relative_velocity(ps)
         scale = torch.tensor([(nc - 1) / (nv - 1) for nv, nc in zip(self.vshape, self.crop, strict=True)], device=dev)
         # on the CPU in 3-D each squaring goes through ATen's vectorised 2-D sampler (spatial.mosaic)
-        exp = exp_velocity_values if nd == 3 and dev.type == "cpu" and self.int_steps > 0 else integrate_velocity
+        exp = exp_velocity_values if nd == 3 and self.use_mosaic and self.int_steps > 0 else integrate_velocity
         disp = exp(-v, self.int_steps) * scale.view(1, nd, *([1] * nd))  # crop voxels
         c = self.centre.to(dev).view(1, nd, *([1] * nd)).float()
         lin = torch.stack([p["rel_lin"] for p in ps]).to(dev).float()
@@ -289,11 +291,11 @@ class TorchPairSynthesizer:
         """``vol`` at template voxels ``qs`` (each ``(N_i, 3, *out)``), concatenated along the batch:
         through the 2-D mosaic on the CPU (written in place, no concatenation), ATen's 3-D sampler
         elsewhere (on a GPU it is not the bottleneck)."""
-        if self.device.type != "cpu":
+        if not self.use_mosaic:
             q = torch.cat(qs)
             return sample(vol.expand(q.shape[0], -1, *self.src_shape), q)
         n = sum(q.shape[0] for q in qs)
-        out = torch.empty((n, vol.shape[1]) + tuple(qs[0].shape[2:]), dtype=vol.dtype)
+        out = torch.empty((n, vol.shape[1]) + tuple(qs[0].shape[2:]), dtype=vol.dtype, device=vol.device)
         i = 0
         for q in qs:
             mosaic.sample(q, out=out[i : i + q.shape[0]])
