@@ -221,8 +221,9 @@ def _search(s: State, start: np.ndarray, identity: _Frame) -> tuple[np.ndarray, 
     best_score, best = float("inf"), (start, "", identity)
     for _, name, m, f in rank([(name, m, f) for _, name, m, f in ranked])[:OPTIMISED_STARTS]:
         t = f.optimise(m, ((2, 60), (1, 12)))
-        if _score(f.cost(t)) < best_score:
-            best_score, best = _score(f.cost(t)), (t, name, f)
+        score = _score(f.cost(t))
+        if score < best_score:
+            best_score, best = score, (t, name, f)
     return best
 
 
