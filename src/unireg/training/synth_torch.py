@@ -123,7 +123,8 @@ class TorchPairSynthesizer:
         # laid out once for ATen's vectorised 2-D sampler (~2x faster than its 3-D one on the CPU; on a
         # GPU grid_sample as it is): the same pairs to ~1e-4 either way (tests/training/test_synth_torch.py)
         self.use_mosaic = self.device.type == "cpu"
-        self.image_mosaic, self.label_mosaic = SliceMosaic(self.image_vol), SliceMosaic(self.label_vol)
+        self.image_mosaic = SliceMosaic(self.image_vol) if self.use_mosaic else None
+        self.label_mosaic = SliceMosaic(self.label_vol) if self.use_mosaic else None
         # velocities live at half the crop resolution (as the network's do)
         self.vshape = [max(2, math.ceil(n / 2)) for n in self.crop]
         extent_mm = [(n - 1) * self.spacing for n in self.crop]
@@ -287,11 +288,11 @@ class TorchPairSynthesizer:
             x = torch.where(torch.tensor(inv, device=x.device).view(bshape), 1.0 - x, x)
         return x
 
-    def _pull(self, vol: torch.Tensor, mosaic: SliceMosaic, qs: list[torch.Tensor]) -> torch.Tensor:
+    def _pull(self, vol: torch.Tensor, mosaic: SliceMosaic | None, qs: list[torch.Tensor]) -> torch.Tensor:
         """``vol`` at template voxels ``qs`` (each ``(N_i, 3, *out)``), concatenated along the batch:
         through the 2-D mosaic on the CPU (written in place, no concatenation), ATen's 3-D sampler
         elsewhere (on a GPU it is not the bottleneck)."""
-        if not self.use_mosaic:
+        if mosaic is None or not self.use_mosaic:
             q = torch.cat(qs)
             return sample(vol.expand(q.shape[0], -1, *self.src_shape), q)
         n = sum(q.shape[0] for q in qs)
