@@ -50,7 +50,7 @@ class SliceMosaic:
         both = torch.cat([padded[:, :, :n], padded[:, :, 1 : n + 1]], dim=1)  # (B, 2C, n, h + 2, w + 2)
         tiled = both.view(b, 2 * c, self.rows, self.cols, h + 2, w + 2).permute(0, 1, 2, 4, 3, 5)
         self.image = tiled.reshape(b, 2 * c, self.rows * (h + 2), self.cols * (w + 2))
-        self.dtype, self.device = volume.dtype, volume.device
+        self.dtype = volume.dtype
         rows, cols = self.image.shape[2:]
         self._step = (2.0 / (rows - 1), 2.0 / (cols - 1))
 
@@ -95,10 +95,9 @@ class SliceMosaic:
         torch.mul(y.add_(1.0 - 1.0 / sy).add_(trow, alpha=float(h + 2)), sy, out=grid[..., 1])
         torch.mul(x.add_(1.0 - 1.0 / sx).add_(tcol, alpha=float(w + 2)), sx, out=grid[..., 0])
         # the 2-D kernel vectorises along the grid's last axis: keep the points' last axis there
-        image = self.image if self.batch == 1 else self.image[: z.shape[0]]
         v = F.grid_sample(
-            image,
-            grid.view(image.shape[0], -1, z.shape[-1], 2),
+            self.image,
+            grid.view(self.batch, -1, z.shape[-1], 2),
             mode="bilinear",
             padding_mode="zeros",
             align_corners=True,

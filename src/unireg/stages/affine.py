@@ -109,10 +109,8 @@ class _Frame:
         nd = s.nd
         self.q_inv = np.eye(nd + 1)
         if not np.allclose(rot, np.eye(nd)):
-            a = affine_nd(s.moving.affine, nd)
-            corners = np.array(np.meshgrid(*[[0, n - 1] for n in s.moving.spatial_shape], indexing="ij"))
-            corners = corners.reshape(nd, -1)
-            c = (a[:nd, :nd] @ corners + a[:nd, nd : nd + 1]).mean(1)
+            a = affine_nd(s.moving.affine, nd)  # the field of view's centre voxel, in world mm
+            c = a[:nd, :nd] @ ((np.asarray(s.moving.spatial_shape, dtype=np.float64) - 1) / 2) + a[:nd, nd]
             self.q_inv[:nd, :nd], self.q_inv[:nd, nd] = rot, c
         self.q = np.linalg.inv(self.q_inv)
         to_moving = None if np.allclose(self.q_inv, np.eye(nd + 1)) else affine_map(self.q_inv)

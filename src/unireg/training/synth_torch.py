@@ -206,32 +206,35 @@ class TorchPairSynthesizer:
             v = v + self._smooth(ctrl * (amp / peak).view(-1, *([1] * (ctrl.dim() - 1))), self.vshape)
         return v * factor.view(1, -1, *([1] * self.ndim))  # crop voxels -> velocity-grid voxels
 
-    def _base_coords(self, ps: list[dict], pts: torch.Tensor) -> torch.Tensor:
-        """3-D template voxel coordinates ``(B, 3, *crop)`` of crop points ``pts`` ``(B, nd, *crop)``."""
-        dev, nd = self.device, self.ndim
-        c = self.centre.to(dev).view(1, nd, *([1] * nd)).float()
-        lin = torch.stack([p["subj_lin"] for p in ps]).to(dev).float()
-        emb = torch.stack([p["emb"] for p in ps]).to(dev).float()
-        start = torch.stack([p["start3"] for p in ps]).to(dev).float().view(-1, 3, *([1] * nd))
-        # one (3 x nd) map: embedding after the subject affine about the crop centre
-        m = emb @ lin
-        return (torch.einsum("bij,bj...->bi...", m, pts - c)
-                + torch.einsum("bij,bj...->bi...", emb, c.expand(len(ps), -1, *([1] * nd))) + start)
-
-    def _fixed_coords(self, ps: list[dict]) -> torch.Tensor:
-        """:meth:`_base_coords` of the crop grid itself: affine, so a sum of one ramp per axis
-        (one full-size addition instead of a matrix product over every point)."""
-        dev, nd = self.device, self.ndim
+    def _base_map(self, ps: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The crop -> template voxel map of each pair, ``q = m (p - c) + e c + start``: ``m``
+        ``(B, 3, nd)``, the embedding ``e`` after the subject affine about the crop centre ``c``;
+        ``e c`` and ``start`` ``(B, 3)``."""
+        dev = self.device
         c = self.centre.to(dev).float()
         lin = torch.stack([p["subj_lin"] for p in ps]).to(dev).float()
         emb = torch.stack([p["emb"] for p in ps]).to(dev).float()
         start = torch.stack([p["start3"] for p in ps]).to(dev).float()
-        m = emb @ lin  # (B, 3, nd)
-        out = (emb @ c + start - m @ c).view(len(ps), 3, *([1] * nd))
+        return emb @ lin, emb @ c, start
+
+    def _base_coords(self, ps: list[dict], pts: torch.Tensor) -> torch.Tensor:
+        """3-D template voxel coordinates ``(B, 3, *crop)`` of crop points ``pts`` ``(B, nd, *crop)``."""
+        nd = self.ndim
+        m, emb_c, start = self._base_map(ps)
+        c = self.centre.to(self.device).view(1, nd, *([1] * nd)).float()
+        ones = (-1, 3, *([1] * nd))
+        return torch.einsum("bij,bj...->bi...", m, pts - c) + emb_c.view(ones) + start.view(ones)
+
+    def _fixed_coords(self, ps: list[dict]) -> torch.Tensor:
+        """:meth:`_base_coords` of the crop grid itself: affine, so a sum of one ramp per axis
+        (one full-size addition instead of a matrix product over every point)."""
+        nd = self.ndim
+        m, emb_c, start = self._base_map(ps)
+        out = (emb_c + start - m @ self.centre.to(self.device).float()).view(len(ps), 3, *([1] * nd))
         for j, n in enumerate(self.crop):
             shape = [len(ps), 3] + [1] * nd
             shape[2 + j] = n
-            out = out + (m[:, :, j : j + 1] * torch.arange(n, device=dev, dtype=m.dtype)).view(shape)
+            out = out + (m[:, :, j : j + 1] * torch.arange(n, device=self.device, dtype=m.dtype)).view(shape)
         return out
 
     def _moving_points(self, ps: list[dict], ident_v: torch.Tensor) -> torch.Tensor:
