@@ -2,6 +2,7 @@
 # One prepared GPU session (issues #11 and #12), run from the repository root on a machine with CUDA:
 #   OUT=results_dir bash benchmarks/gpu_session.sh            # DEVICE=cpu QUICK=1 to exercise it on a CPU
 # 1. benchmarks/gpu_check.py: the 1 mm MNI demo pair, per-stage seconds (synchronised), call and whole-CLI time
+#    (then benchmarks/gpu_profile.py: where those seconds go, start-up included, under cProfile and torch.profiler)
 # 2. the CUDA-parametrised tests (register, apply, batch, training, device residency)
 # 3. the batched torch synthesizer's pairs/s on the device
 # 4. a training check: experiments/train_3d.yaml from scratch, batch 8, TRAIN_MIN minutes, validation on the device
@@ -24,7 +25,7 @@ QUICK=${QUICK:-0}
 TRAIN_MIN=${TRAIN_MIN:-1.0}
 FT_MIN=${FT_MIN:-2.5}
 FT_CKPT=${FT_CKPT:-.devcarry/stage3_opt.pt}
-STEPS=${STEPS:-gpu_check cuda_tests synth_speed train_check finetune}  # a rerun can name fewer
+STEPS=${STEPS:-gpu_check profile cuda_tests synth_speed train_check finetune}  # a rerun can name fewer
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -50,6 +51,7 @@ step() {  # step NAME SECONDS CMD...
 
 Q=(); [ "$QUICK" = 1 ] && Q=(--quick)
 step gpu_check 170 $PY benchmarks/gpu_check.py --device "$DEVICE" "${Q[@]}"
+step profile 240 $PY benchmarks/gpu_profile.py --device "$DEVICE" --out "$OUT/profile" "${Q[@]}"
 step cuda_tests 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda or on_a_device or on_device or on_the_model_device or before_validation" \
   tests/cli/test_cli.py tests/stages/test_device_residency.py tests/training/test_trainer_device.py
 step synth_speed 60 $PY experiments/synth_speed.py --ndim 3 --crop 48 48 48 --batch 8 --batches 5 --threads 1 --device "$DEVICE" --skip-old

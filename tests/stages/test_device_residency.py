@@ -95,6 +95,28 @@ def test_deformable_stages_stay_on_the_device(device):
     assert s.disp_w.device.type == torch.device(device).type
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_preprocessing_stays_on_the_device(device):
+    """``prepare`` (normalisation, anti-aliasing, pull onto the working grid) and the moving image's pulls
+    through an affine run where the registration runs: each image crosses to the device once, as read
+    (a few scalar reads, the percentiles' checks, are allowed: no volume comes back)."""
+    from unireg.io.image import Image
+    from unireg.stages.prepare import moving_on
+
+    mni = load_mni(2.0)
+    t1, aff = mni["t1"].data[0], mni["t1"].affine
+    mask = Image((t1 > 0.1)[None].astype(np.uint8), aff, None)
+    opts = Options(refine=3, device=device, fixed_mask=mask)
+    s = State(Image(t1[None], aff, None), Image(np.roll(t1, 2, axis=0)[None], aff, None),
+              Registrar(ndim=3).to(device).eval(), opts, torch.device(device))
+    with NoHostTransfer():
+        prepare(s)
+        moved = moving_on(s, s.w_shape, s.w_aff4, np.eye(4))
+    for t in (s.fixed_n, s.moving_n, s.fixed_w, moved):
+        assert t.device.type == torch.device(device).type
+    assert s.fixed_n.shape == t1.shape and float(s.fixed_n.max()) == 1.0
+
+
 def test_the_mode_catches_a_planted_transfer(monkeypatch):
     """The guard itself: a stage that reads a scalar or copies to the host fails."""
     s = build_state()

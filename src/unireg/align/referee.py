@@ -34,6 +34,13 @@ FOREGROUND = 0.02  # normalised fixed intensity above which a point counts (the 
 MARGIN = 0.005
 
 
+def _on(x, device: torch.device) -> torch.Tensor:
+    """An array or tensor as float32 on ``device`` (no host round trip for a tensor already there)."""
+    if torch.is_tensor(x):
+        return x.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)).to(device)
+
+
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     p = p[p > 0]
     return -(p * p.log()).sum()
@@ -83,11 +90,11 @@ class Referee:
     ):
         dev = torch.device(device) if device is not None else torch.device("cpu")
         self.nd = nd = int(ndim)
-        f = torch.as_tensor(np.asarray(fixed, dtype=np.float32)).to(dev)
-        self.moving = torch.as_tensor(np.asarray(moving, dtype=np.float32)).to(dev)[None, None]
+        f = _on(fixed, dev)
+        self.moving = _on(moving, dev)[None, None]
         self.moving_mask = None
         if moving_mask is not None:
-            self.moving_mask = torch.as_tensor(np.asarray(moving_mask, dtype=np.float32)).to(dev)[None, None]
+            self.moving_mask = _on(moving_mask, dev)[None, None]
         shape = f.shape
         g = torch.Generator().manual_seed(int(seed) + 7)
         n = min(int(points), int(np.prod(shape)))
@@ -98,7 +105,7 @@ class Referee:
         if mask is None:
             inside = self.fixed_values > FOREGROUND
         else:
-            m = torch.as_tensor(np.asarray(mask, dtype=np.float32)).to(dev)
+            m = _on(mask, dev)
             inside = sample(m[None, None], pts, mode="nearest").flatten() > 0.5
         if int(inside.sum()) < 100:
             inside = torch.ones_like(inside)

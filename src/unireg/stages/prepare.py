@@ -8,7 +8,8 @@ import torch
 from ..align.referee import Referee
 from ..errors import UniRegError
 from ..masks import mask_on_grid
-from ..preprocess import normalize_intensity, to_working_grid
+from ..intensity import normalize_tensor
+from ..preprocess import as_tensor, to_working_grid
 from ..spatial.grid import apply_matrix
 from ..spatial.world import native_factor, subdivided_grid, working_grid
 from .state import State
@@ -39,30 +40,42 @@ def prepare(s: State) -> None:
     s.announce("preprocess")
     with s.timer("preprocess"):
         # percentiles inside the masks: a bright artefact outside must not squash the anatomy's range
+        # on the registration's device from here on: each image crosses to it once, as it was read
         fm, mm = s.opts.fixed_mask, s.opts.moving_mask
-        s.fixed_n = normalize_intensity(s.fixed.data[0], mask=None if fm is None else fm.data[0])
-        s.moving_n = normalize_intensity(s.moving.data[0], mask=None if mm is None else mm.data[0])
+        s.fixed_n = normalize_tensor(_upload(s.fixed.data[0], s.device), mask=_mask_values(fm, s.device))
+        s.moving_n = normalize_tensor(_upload(s.moving.data[0], s.device), mask=_mask_values(mm, s.device))
         s.w_shape, s.w_aff4 = working_grid(s.fixed.spatial_shape, s.fixed.affine, **s.model.working)
         check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
-        s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4).to(s.device)
+        s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4)
         w_spacing = float(np.linalg.norm(s.w_aff4[:3, 0]))
         s.fine_factor = native_factor(list(s.fixed.spacing[: s.nd]), w_spacing, s.w_shape, s.opts.native_budget_voxels)
         s.f_shape, s.f_aff4 = subdivided_grid(s.w_shape, s.w_aff4, s.fine_factor)
 
 
+def _upload(data: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An image's voxels as float32 on ``device``."""
+    return as_tensor(data).to(device)
+
+
+def _mask_values(mask, device: torch.device) -> torch.Tensor | None:
+    """A user mask's ``nonzero = use`` as a bool tensor on ``device`` (None without a mask)."""
+    return None if mask is None else torch.from_numpy(np.asarray(mask.data[0]) != 0).to(device)
+
+
 def affine_map(t_nd: np.ndarray):
     """``world_map`` (as for :func:`unireg.spatial.world.pull`) carrying fixed-frame world points through
-    the fixed->moving affine ``t_nd``."""
+    the fixed->moving affine ``t_nd`` (on the points' device)."""
     t_mat = torch.as_tensor(t_nd, dtype=torch.float32)
 
     def world_map(world, rows=None):
-        return apply_matrix(t_mat, world)
+        return apply_matrix(t_mat.to(world.device), world)
 
     return world_map
 
 
 def moving_on(s: State, shape, aff4, t_nd: np.ndarray) -> torch.Tensor:
-    """The normalised moving image through the affine ``t_nd`` onto a grid of the fixed frame."""
+    """The normalised moving image through the affine ``t_nd`` onto a grid of the fixed frame (on the
+    registration's device)."""
     return to_working_grid(s.moving_n, s.moving.affine, s.moving.spacing, shape, aff4, world_map=affine_map(t_nd))
 
 

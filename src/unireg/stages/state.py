@@ -87,8 +87,8 @@ class State:
     fixed_labels: Optional[Image] = None
     timer: Timer = field(init=False)
     # filled by the stages (unset until their stage has run)
-    fixed_n: np.ndarray = field(init=False)  # normalised intensities, native grids
-    moving_n: np.ndarray = field(init=False)
+    fixed_n: torch.Tensor = field(init=False)  # (*S) normalised intensities, native grids, on the device
+    moving_n: torch.Tensor = field(init=False)
     w_shape: tuple = field(init=False)
     w_aff4: np.ndarray = field(init=False)  # working grid voxel -> world (4x4)
     fixed_w: torch.Tensor = field(init=False)  # (1, *S_w) on the device
