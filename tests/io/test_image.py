@@ -304,3 +304,24 @@ def test_check_output_dir_not_writable(tmp_path):
             check_output_dir(ro)
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("kind", ["nifti1", "nifti2"])
+def test_gzipped_nifti_read_by_isal_equals_nibabel(tmp_path, kind):
+    """The ISA-L reader (``_read_nifti_gz_isal``) gives nibabel's own values and affine, scaling included."""
+    import nibabel as nib
+
+    from unireg.io.image import _read_nifti_gz_isal
+
+    x = (np.random.default_rng(1).random((12, 9, 7)) * 100).astype(np.int16)
+    aff = np.diag([2.0, 3.0, 4.0, 1.0])
+    aff[:3, 3] = [5, 6, 7]
+    img = (nib.Nifti1Image if kind == "nifti1" else nib.Nifti2Image)(x, aff)
+    img.header.set_slope_inter(0.5, 3)
+    nib.save(img, tmp_path / "a.nii.gz")
+    got = _read_nifti_gz_isal(tmp_path / "a.nii.gz")
+    assert got is not None
+    ref = nib.load(tmp_path / "a.nii.gz")
+    np.testing.assert_array_equal(got[0], np.asanyarray(ref.dataobj))
+    np.testing.assert_array_equal(got[1], ref.affine)
+    assert read_image(tmp_path / "a.nii.gz").data.shape == (1, 12, 9, 7)

@@ -36,10 +36,10 @@ SHEAR_SCALE_PENALTY = 1e-3
 def center_of_mass_world(image: torch.Tensor, affine4: np.ndarray) -> np.ndarray:
     """Intensity-weighted centroid (world mm) of ``image`` ``(*S)`` (non-negative intensities)."""
     w = image.clamp_min(0).double()
-    coords = identity_coords(image.shape, dtype=torch.float64)
+    coords = identity_coords(image.shape, device=image.device, dtype=torch.float64)
     total = w.sum().clamp_min(1e-12)
-    c_vox = (coords * w).flatten(1).sum(1) / total
-    return voxel_to_world(c_vox.numpy()[None], affine4)[0]
+    c_vox = (coords * w).flatten(1).sum(1) / total  # on the image's device: n numbers come back
+    return voxel_to_world(c_vox.cpu().numpy()[None], affine4)[0]
 
 
 def center_of_mass_init(fixed: torch.Tensor, fixed_affine4, moving: torch.Tensor, moving_affine4) -> np.ndarray:

@@ -14,7 +14,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from unireg.spatial.jacobian import folding_stats
 
@@ -76,6 +75,8 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = None) -> d
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     # Full connectivity erosion: a voxel is on the surface if any 3^n neighbour is outside.
+    from scipy import ndimage  # lazy: ~0.4 s of import that a registration does not need
+
     st = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     return mask & ~ndimage.binary_erosion(mask, structure=st, border_value=0)
 
@@ -87,6 +88,8 @@ def _surface_distances(ma: np.ndarray, mb: np.ndarray, spacing: Sequence[float])
     idx = np.nonzero(ma | mb)
     sl = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
     ma, mb = ma[sl], mb[sl]
+    from scipy import ndimage
+
     sa, sb = _surface(ma), _surface(mb)
     dt_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
     dt_a = ndimage.distance_transform_edt(~sa, sampling=spacing)

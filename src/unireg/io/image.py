@@ -85,6 +85,9 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
+        fast = _read_nifti_gz_isal(p) if p.name.lower().endswith(".gz") else None
+        if fast is not None:
+            return fast
         img = nib.load(str(p))
         arr = np.asanyarray(img.dataobj)
         affine = np.array(img.affine, dtype=np.float64)
@@ -93,6 +96,27 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
     if arr.dtype.kind == "V":
         raise UniRegError("RGB NIfTI images are not supported; give a scalar image", p)
     return arr, affine
+
+
+def _read_nifti_gz_isal(p: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A ``.nii.gz`` decompressed by ISA-L (2-3x faster than zlib, which nibabel uses), streamed into
+    nibabel's reader; None where this is not a plain NIfTI-1/2 stream (nibabel then reads it itself)."""
+    import nibabel as nib
+    from isal import igzip
+
+    with igzip.open(str(p), "rb") as f:
+        size = f.read(4)
+        if len(size) < 4:
+            return None
+        n = int.from_bytes(size, "little") if int.from_bytes(size, "little") in (348, 540) else int.from_bytes(size, "big")
+        klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(n)
+        if klass is None:
+            return None
+        f.seek(0)
+        img = klass.from_stream(f)
+        if img.header.get("magic") not in (b"n+1", b"n+2"):  # a gzipped .hdr/.img pair is not one stream
+            return None
+        return np.asanyarray(img.dataobj), np.array(img.affine, dtype=np.float64)
 
 
 def _read_sitk(p: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -278,11 +278,11 @@ def _centroid_starts(s: State, start: np.ndarray, moving_w0: torch.Tensor, m_sha
     independent: a T2-like moving image weighs its tissues quite differently from the T1 it is
     matched to; noise or bias inside a field of view can exceed the fixed threshold).  Centroids
     are taken inside the masks (an artefact outside must not pull them)."""
-    f_in, m_in = s.fixed_w[0].cpu(), moving_w0.cpu()
+    f_in, m_in = s.fixed_w[0], moving_w0  # on the registration's device
     if s.opts.fixed_mask is not None:
-        f_in = f_in * mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).float()
+        f_in = f_in * mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).float().to(f_in.device)
     if s.opts.moving_mask is not None:
-        m_in = m_in * mask_on_grid(s.opts.moving_mask, m_shape, m_aff4).float()
+        m_in = m_in * mask_on_grid(s.opts.moving_mask, m_shape, m_aff4).float().to(m_in.device)
     bases = (
         ("centre of mass", f_in, m_in),
         ("foreground centroid", (f_in > FOREGROUND).float(), (m_in > FOREGROUND).float()),
