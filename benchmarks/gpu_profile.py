@@ -66,6 +66,17 @@ def startup(out: Path, device: str) -> None:
     ]
     for label, code in rows:
         print(f"{label}: {_fresh(code):.2f} s")
+    # one fresh process, step by step (each figure: that step alone)
+    split = ("import time\nt = [time.perf_counter()]\nimport torch\nt.append(time.perf_counter())\n"
+             "from unireg import api\nt.append(time.perf_counter())\nm = api.load_model(None, ndim=3)\n"
+             "t.append(time.perf_counter())\n"
+             f"dev = {device!r}\n"
+             "x = torch.zeros(1, device=dev)\nif dev == 'cuda': torch.cuda.synchronize()\nt.append(time.perf_counter())\n"
+             "m = m.to(dev)\nt.append(time.perf_counter())\n"
+             "names = ['import torch', 'import unireg.api', 'load_model', 'device context', 'model to device']\n"
+             "print('; '.join(f'{n} {b - a:.2f} s' for n, a, b in zip(names, t, t[1:])))")
+    r = subprocess.run([sys.executable, "-c", split], capture_output=True, text=True)
+    print("one process:", r.stdout.strip() or r.stderr.strip()[-300:])
     r = subprocess.run([sys.executable, "-X", "importtime", "-c",
                         "import unireg.api, unireg.outputs; from unireg.outputs import prefetch_report_modules; "
                         "prefetch_report_modules()"], capture_output=True, text=True)

@@ -36,6 +36,22 @@ if [ -d .devcarry ] && ! $PY -c "import nibabel, SimpleITK" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+# What the machine's Python does with bytecode, then the bytecode cached as an installed package has it
+# (pip writes .pyc at install time; a checkout copied here, or PYTHONDONTWRITEBYTECODE, would make every
+# fresh process compile its imports again: seconds of start-up that a user's install does not pay).
+$PY - <<'PYEOF' 2>&1 | tee "$OUT/bytecode.txt"
+import os, sys, glob
+import torch
+d = os.path.dirname(torch.__file__)
+print("PYTHONDONTWRITEBYTECODE:", os.environ.get("PYTHONDONTWRITEBYTECODE"), "sys.flags.dont_write_bytecode:",
+      sys.flags.dont_write_bytecode, "PYTHONPYCACHEPREFIX:", os.environ.get("PYTHONPYCACHEPREFIX"))
+print("torch at", d, "writable:", os.access(d, os.W_OK), ".pyc in torch/__pycache__:",
+      len(glob.glob(os.path.join(d, "__pycache__", "*.pyc"))))
+PYEOF
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/unireg_pycache}
+$PY -c "import unireg.api, unireg.cli.main, unireg.outputs; from unireg.outputs import prefetch_report_modules; prefetch_report_modules(); import unireg.reports.html, unireg.reports.qc" \
+  && echo "bytecode cached under $PYTHONPYCACHEPREFIX"
 { date; nvidia-smi -L 2>/dev/null; $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"; nproc; } 2>&1 | tee "$OUT/env.txt"
 
 step() {  # step NAME SECONDS CMD...

@@ -129,3 +129,19 @@ def test_apply_dimension_mismatch():
     field = np.zeros((3, 4, 4, 4), np.float32)
     with pytest.raises(UniRegError, match="dimensionality"):
         api.apply((field, np.eye(4)), (f, a), (f, a))
+
+
+def test_as_images_reads_side_by_side_and_raises_the_first_failure_in_order(tmp_path):
+    from unireg.io.image import write_image
+
+    a = np.random.default_rng(0).random((9, 8, 7)).astype(np.float32)
+    write_image(tmp_path / "a.nii.gz", a, np.eye(4))
+    write_image(tmp_path / "l.nii.gz", (a > 0.5).astype(np.uint8), np.eye(4))
+    imgs = api.as_images((str(tmp_path / "a.nii.gz"), False, "fixed"), (tmp_path / "l.nii.gz", True, "labels"),
+                         (None, True, "fixed_labels"))
+    assert imgs[2] is None
+    np.testing.assert_array_equal(imgs[0].data, api.as_image(str(tmp_path / "a.nii.gz")).data)
+    assert imgs[1].data.dtype == np.uint8
+    with pytest.raises(UniRegError, match="missing_1"):
+        api.as_images((tmp_path / "missing_1.nii.gz", False, "fixed"), (tmp_path / "missing_2.nii.gz", False, "moving"),
+                      (str(tmp_path / "a.nii.gz"), False, "x"))

@@ -17,7 +17,7 @@ from .resample import warp_labels
 from .spatial.frames import world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
 
-__all__ = ["register", "apply", "apply_points", "load_model", "RegistrationResult", "as_image"]
+__all__ = ["register", "apply", "apply_points", "load_model", "RegistrationResult", "as_image", "as_images"]
 
 ImageLike = Union[str, os.PathLike, Image, tuple]
 
@@ -42,6 +42,30 @@ def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Imag
             arr = arr.astype(np.float32)
         return Image(arr[None], aff, None)
     raise UniRegError(f"{name}: expected a path, an Image or (array, affine), got {type(x).__name__}")
+
+
+def as_images(*items: tuple[ImageLike | None, bool, str]) -> list[Image | None]:
+    """:func:`as_image` of several ``(x, labels, name)`` at once (None stays None): files are read side
+    by side in threads (decompression and copies release the GIL), so reading a pair and its label
+    map costs about the largest file's time.  The first failure, in argument order, is raised."""
+    paths = [i for i, (x, _, _) in enumerate(items) if isinstance(x, (str, os.PathLike))]
+    if len(paths) < 2:
+        return [None if x is None else as_image(x, labels=lab, name=name) for x, lab, name in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        x, lab, name = item
+        try:
+            return None if x is None else as_image(x, labels=lab, name=name), None
+        except Exception as e:  # noqa: BLE001 - re-raised below, in argument order
+            return None, e
+
+    with ThreadPoolExecutor(max_workers=len(paths), thread_name_prefix="unireg-read") as pool:
+        done = list(pool.map(one, items))
+    for _, err in done:
+        if err is not None:
+            raise err
+    return [img for img, _ in done]
 
 
 def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
@@ -143,10 +167,10 @@ def register(
     -------
     RegistrationResult with the warped image, the warp fields (RAS mm), the Jacobian and a report.
     """
-    fixed_img = as_image(fixed, name="fixed")
-    moving_img = as_image(moving, name="moving")
-    lab = as_image(labels, labels=True, name="labels") if labels is not None else None
-    flab = as_image(fixed_labels, labels=True, name="fixed_labels") if fixed_labels is not None else None
+    fixed_img, moving_img, lab, flab = as_images(
+        (fixed, False, "fixed"), (moving, False, "moving"), (labels, True, "labels"),
+        (fixed_labels, True, "fixed_labels"),
+    )
     if flab is not None and flab.spatial_shape != fixed_img.spatial_shape:
         raise UniRegError(
             f"fixed label map shape {flab.spatial_shape} differs from the fixed image {fixed_img.spatial_shape}",

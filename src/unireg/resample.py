@@ -20,6 +20,7 @@ __all__ = ["resample_fixed_grid", "warp_labels", "labelwise_argmax", "MAX_LABELW
 # boundaries); beyond it, nearest neighbour keeps memory flat.  One threshold for every command
 # (register, apply, batch): they must give the same label map for the same transform.
 MAX_LABELWISE = 64
+GPU_SLAB_FLOATS = 400_000_000  # float32 temporaries per resampling slab on a GPU (1.6 GB)
 
 
 def labelwise_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -75,14 +76,13 @@ def resample_fixed_grid(
 
     The work runs on ``disp_w``'s device, slab by slab (the moving image and its one-hot labels are
     copied there once); each slab's results come back to the host arrays returned.  ``chunk_voxels``:
-    voxels per slab (default 1 M on a CPU, where slabs stay in the cache; 8 M, ~1 GB of temporaries, on
-    a GPU, where each slab costs a few synchronising copies).
+    voxels per slab (default 1 M on a CPU, where slabs stay in the cache; on a GPU, where each slab costs
+    a few synchronising copies, as many as keep the slab's temporaries near 1.6 GB: a 1 mm head with a
+    few labels is one slab).
     """
     nd = len(fixed_shape)
     f32 = torch.float32
     dev = disp_w.device
-    if chunk_voxels is None:
-        chunk_voxels = 1_000_000 if dev.type == "cpu" else 8_000_000
     f_aff = torch.as_tensor(affine_nd(fixed_affine4, nd), dtype=f32, device=dev)
     w_aff = torch.as_tensor(affine_nd(work_affine4, nd), dtype=f32, device=dev)
     w_inv = torch.linalg.inv(w_aff)
@@ -105,6 +105,8 @@ def resample_fixed_grid(
         else:
             nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None].to(dev)
     src = src[None]
+    if chunk_voxels is None:  # ~12 floats per voxel besides the sampled channels
+        chunk_voxels = 1_000_000 if dev.type == "cpu" else max(1_000_000, GPU_SLAB_FLOATS // (src.shape[1] + 12))
 
     warp_mm = np.empty((nd,) + tuple(fixed_shape), np.float32)
     warped = np.empty((n_img,) + tuple(fixed_shape), np.float32)
@@ -117,11 +119,12 @@ def resample_fixed_grid(
         p = apply_matrix(f_to_w, ivox)
         fw = sample(work_fields, p[None], padding_mode="border")[0]
         y = apply_matrix(t_mat, apply_matrix(w_aff, p + fw[:nd]))
-        warp_mm[:, start:stop] = (y - x).cpu().numpy()
-        jac[start:stop] = fw[nd].cpu().numpy()
+        # straight into the host arrays (one copy each: no intermediate host tensor)
+        torch.from_numpy(warp_mm)[:, start:stop].copy_(y - x)
+        torch.from_numpy(jac)[start:stop].copy_(fw[nd])
         q = apply_matrix(m_inv, y)[None]
         vals = sample(src, q)[0]
-        warped[:, start:stop] = vals[:n_img].cpu().numpy()
+        torch.from_numpy(warped)[:, start:stop].copy_(vals[:n_img])
         if labels is not None:
             if nearest_labels is None:
                 out_labels[start:stop] = values[labelwise_argmax(vals[n_img:]).cpu().numpy()]

@@ -223,8 +223,10 @@ def register(
         # refuse an --out that would overwrite an input before the (long) registration, not after it
         guard_inputs({k: out / v for k, v in output_names(fmt, fixed).items()},
                       [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
-        fixed_img = api.as_image(fixed, name="fixed")
-        moving_img = api.as_image(moving, name="moving")
+        fixed_img, moving_img, labels_img, fixed_labels_img = api.as_images(
+            (fixed, False, "fixed"), (moving, False, "moving"), (labels, True, "labels"),
+            (fixed_labels, True, "fixed_labels"),
+        )
         if moving_img.ndim != fixed_img.ndim:
             raise UniRegError(f"moving image is {moving_img.ndim}-D but the fixed image is {fixed_img.ndim}-D", moving)
         reg = api.load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
@@ -234,8 +236,8 @@ def register(
         prog.warning = _untrained_warning(reg, extractor, refine, model)
         with prog:
             result = api.register(
-                fixed_img, moving_img, model=reg, extractor=extractor, labels=labels,
-                fixed_labels=fixed_labels, affine=not no_affine, refine=refine, smoothness=smoothness, device=device,
+                fixed_img, moving_img, model=reg, extractor=extractor, labels=labels_img,
+                fixed_labels=fixed_labels_img, affine=not no_affine, refine=refine, smoothness=smoothness, device=device,
                 seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=initial_transform,
                 fast=fast, do_no_harm=not keep_all_stages,
