@@ -213,6 +213,9 @@ def register(
     from ..outputs import guard_inputs, output_names, parse_outputs, prefetch_report_modules
     from .progress import StageProgress
 
+    from ..warmup import start as warm_up_device
+
+    warm_up_device(device)  # a GPU's one-off start-up costs overlap the reading below
     wanted = parse_outputs(outputs)  # an unknown name is a bad input before anything runs
     if not no_qc and (wanted is None or wanted & {"qc", "html"}):
         prefetch_report_modules()
