@@ -234,10 +234,10 @@ def _check_values(arr: np.ndarray, labels: bool, p: Path, constant_ok: bool = Fa
             raise UniRegError("label map has no non-zero label", p)
         return np.ascontiguousarray(arr)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    nbad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-    if nbad:
+    lo, hi = float(arr.min()), float(arr.max())  # NaN propagates, Inf is an extreme: two passes say it all
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        nbad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise UniRegError(f"{nbad} of {arr.size} voxels are NaN or Inf", p)
-    lo, hi = float(arr.min()), float(arr.max())
     if lo == hi and not constant_ok:
         raise UniRegError(f"image is constant (every voxel is {lo:g})", p)
     return arr
