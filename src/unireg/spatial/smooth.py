@@ -1,7 +1,7 @@
 """Gaussian smoothing of an image tensor on its own device (the pipeline's anti-aliasing before a
 coarser grid): the kernel and border of ``scipy.ndimage.gaussian_filter(mode="nearest")``, separable,
-as a weighted sum of shifted views (a few taps: elementwise passes that run threaded on a CPU and
-stay on a GPU, no host round trip)."""
+as a weighted sum of shifted views added in place (elementwise passes that run threaded on a CPU and
+stay on a GPU, no host round trip; one new volume per axis, no padded copy)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,13 @@ def gaussian_filter(image: torch.Tensor, sigma: Sequence[float], truncate: float
         r = len(w) // 2
         n = out.shape[axis]
         first, last = out.narrow(axis, 0, 1), out.narrow(axis, n - 1, 1)
-        padded = torch.cat([first] * r + [out] + [last] * r, dim=axis)
-        acc = padded.narrow(axis, 0, n) * w[0]
-        for k in range(1, len(w)):
-            acc.add_(padded.narrow(axis, k, n), alpha=w[k])
+        acc = out * w[r]  # the one new tensor of this axis: shifted views added in place, no padded copy
+        for k in range(1, r + 1):
+            m = min(k, n)  # voxels within k of an end read the repeated border value
+            if n > m:
+                acc.narrow(axis, 0, n - m).add_(out.narrow(axis, m, n - m), alpha=w[r + k])
+                acc.narrow(axis, m, n - m).add_(out.narrow(axis, 0, n - m), alpha=w[r - k])
+            acc.narrow(axis, n - m, m).add_(last, alpha=w[r + k])
+            acc.narrow(axis, 0, m).add_(first, alpha=w[r - k])
         out = acc
     return out if out is not image else image.clone()
