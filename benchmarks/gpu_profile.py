@@ -55,31 +55,48 @@ def startup(out: Path, device: str) -> None:
     print("=== 1. process start-up (fresh interpreters)")
     rows = [
         ("import torch", "import torch"),
-        ("import torch + CUDA context", "import torch\nif torch.cuda.is_available(): torch.zeros(1, device='cuda'); "
-                                         "torch.cuda.synchronize()"),
+        (
+            "import torch + CUDA context",
+            "import torch\nif torch.cuda.is_available(): torch.zeros(1, device='cuda'); torch.cuda.synchronize()",
+        ),
         ("import unireg.cli.main", "import unireg.cli.main"),
         ("import unireg.api", "import unireg.api"),
-        ("import unireg.api + outputs + reports", "import unireg.api, unireg.outputs\n"
-                                                   "from unireg.outputs import prefetch_report_modules\n"
-                                                   "prefetch_report_modules()"),
+        (
+            "import unireg.api + outputs + reports",
+            "import unireg.api, unireg.outputs\n"
+            "from unireg.outputs import prefetch_report_modules\n"
+            "prefetch_report_modules()",
+        ),
         ("load the default 3-D model", "from unireg import api; api.load_model(None, ndim=3)"),
     ]
     for label, code in rows:
         print(f"{label}: {_fresh(code):.2f} s")
     # one fresh process, step by step (each figure: that step alone)
-    split = ("import time\nt = [time.perf_counter()]\nimport torch\nt.append(time.perf_counter())\n"
-             "from unireg import api\nt.append(time.perf_counter())\nm = api.load_model(None, ndim=3)\n"
-             "t.append(time.perf_counter())\n"
-             f"dev = {device!r}\n"
-             "x = torch.zeros(1, device=dev)\nif dev == 'cuda': torch.cuda.synchronize()\nt.append(time.perf_counter())\n"
-             "m = m.to(dev)\nt.append(time.perf_counter())\n"
-             "names = ['import torch', 'import unireg.api', 'load_model', 'device context', 'model to device']\n"
-             "print('; '.join(f'{n} {b - a:.2f} s' for n, a, b in zip(names, t, t[1:])))")
+    split = (
+        "import time\nt = [time.perf_counter()]\nimport torch\nt.append(time.perf_counter())\n"
+        "from unireg import api\nt.append(time.perf_counter())\nm = api.load_model(None, ndim=3)\n"
+        "t.append(time.perf_counter())\n"
+        f"dev = {device!r}\n"
+        "x = torch.zeros(1, device=dev)\nif dev == 'cuda': torch.cuda.synchronize()\n"
+        "t.append(time.perf_counter())\n"
+        "m = m.to(dev)\nt.append(time.perf_counter())\n"
+        "names = ['import torch', 'import unireg.api', 'load_model', 'device context', 'model to device']\n"
+        "print('; '.join(f'{n} {b - a:.2f} s' for n, a, b in zip(names, t, t[1:])))"
+    )
     r = subprocess.run([sys.executable, "-c", split], capture_output=True, text=True)
     print("one process:", r.stdout.strip() or r.stderr.strip()[-300:])
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c",
-                        "import unireg.api, unireg.outputs; from unireg.outputs import prefetch_report_modules; "
-                        "prefetch_report_modules()"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-c",
+            "import unireg.api, unireg.outputs; from unireg.outputs import prefetch_report_modules; "
+            "prefetch_report_modules()",
+        ],
+        capture_output=True,
+        text=True,
+    )
     (out / "importtime.txt").write_text(r.stderr)
     rows = []
     for ln in r.stderr.splitlines():
@@ -94,13 +111,26 @@ def startup(out: Path, device: str) -> None:
 def cli(out: Path, paths: dict, device: str, tmp: Path) -> None:
     print("=== 2. the whole CLI under cProfile")
     for name, extra in (("cli_default", []), ("cli_fast", ["--fast"])):
-        argv = ["unireg", "register", str(paths["fixed"]), str(paths["moving"]), "--labels",
-                str(paths["moving_labels"]), "-o", str(tmp / name), "--device", device, *extra]
-        code = ("import cProfile, sys, time\nt0 = time.perf_counter()\n"
-                f"sys.argv = {argv!r}\npr = cProfile.Profile(); pr.enable()\n"
-                "try:\n    from unireg.cli.main import app; app()\nexcept SystemExit:\n    pass\n"
-                f"pr.disable(); pr.dump_stats({str(out / (name + '.prof'))!r})\n"
-                "print('wall', time.perf_counter() - t0)")
+        argv = [
+            "unireg",
+            "register",
+            str(paths["fixed"]),
+            str(paths["moving"]),
+            "--labels",
+            str(paths["moving_labels"]),
+            "-o",
+            str(tmp / name),
+            "--device",
+            device,
+            *extra,
+        ]
+        code = (
+            "import cProfile, sys, time\nt0 = time.perf_counter()\n"
+            f"sys.argv = {argv!r}\npr = cProfile.Profile(); pr.enable()\n"
+            "try:\n    from unireg.cli.main import app; app()\nexcept SystemExit:\n    pass\n"
+            f"pr.disable(); pr.dump_stats({str(out / (name + '.prof'))!r})\n"
+            "print('wall', time.perf_counter() - t0)"
+        )
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -120,26 +150,27 @@ def in_process(out: Path, paths: dict, device: str) -> None:
 
     def call(**kw):
         t0 = time.perf_counter()
-        res = api.register(str(paths["fixed"]), str(paths["moving"]), labels=str(paths["moving_labels"]),
-                           device=device, **kw)
+        res = api.register(
+            str(paths["fixed"]), str(paths["moving"]), labels=str(paths["moving_labels"]), device=device, **kw
+        )
         if device == "cuda":
             torch.cuda.synchronize()
         return res, time.perf_counter() - t0
 
-    pr = cProfile.Profile()
-    pr.enable()
-    res, t_cold = call()
-    pr.disable()
+    def profiled(name: str, n_cum: int, n_own: int):
+        pr = cProfile.Profile()
+        pr.enable()
+        res, secs = call()
+        pr.disable()
+        _stats(pr, out, name, n_cum, n_own)
+        return res, secs
+
+    res, t_cold = profiled("call_cold", 40, 25)
     print(f"cold call {t_cold:.2f} s; stages {res.report['runtime_s']}")
-    _stats(pr, out, "call_cold", 40, 25)
     res, t_warm = call()
     print(f"warm call {t_warm:.2f} s; stages {res.report['runtime_s']}")
-    pr = cProfile.Profile()
-    pr.enable()
-    res, t_prof = call()
-    pr.disable()
+    res, t_prof = profiled("call_warm", 60, 40)
     print(f"warm call under cProfile {t_prof:.2f} s")
-    _stats(pr, out, "call_warm", 60, 40)
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])

@@ -79,4 +79,6 @@ if [ -f "$FT_CKPT" ] && [[ " $STEPS " == *" finetune "* ]]; then
     --device "$DEVICE" --batch-size 8 --time-limit-min "$FT_MIN" --log-every 50 --checkpoint-every 200 --seed 5 \
     --resume --out "$OUT/unireg_3d_gpu_ft.pt"
 fi
+# the device tool brings back a handful of files: the profile's tables travel as one archive
+[ -d "$OUT/profile" ] && tar -C "$OUT" --exclude=trace.json -czf "$OUT/profile.tar.gz" profile && rm -rf "$OUT/profile"
 echo "=== done $(date +%T)"

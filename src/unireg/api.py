@@ -171,6 +171,7 @@ def register(
         (fixed, False, "fixed"), (moving, False, "moving"), (labels, True, "labels"),
         (fixed_labels, True, "fixed_labels"),
     )
+    assert fixed_img is not None and moving_img is not None  # given (not None), hence read
     if flab is not None and flab.spatial_shape != fixed_img.spatial_shape:
         raise UniRegError(
             f"fixed label map shape {flab.spatial_shape} differs from the fixed image {fixed_img.spatial_shape}",

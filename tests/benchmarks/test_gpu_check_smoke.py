@@ -26,3 +26,15 @@ def test_gpu_check_without_cuda():
     assert dry.returncode == 0 and "no CUDA device" in dry.stdout
     real = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT)
     assert real.returncode == 2 and "no CUDA device" in real.stdout
+
+
+def test_gpu_profile_runs_on_cpu(tmp_path):
+    """benchmarks/gpu_profile.py's in-process part on a small crop: the calls' figures and their tables."""
+    script = ROOT / "benchmarks" / "gpu_profile.py"
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--parts", "call", "--out",
+                        str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for line in ("cold call", "warm call", "torch.profiler by self_cpu_time_total"):
+        assert line in r.stdout, r.stdout[-3000:]
+    for name in ("call_cold.txt", "call_warm.txt", "torch_self_cpu_time_total.txt"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -211,9 +211,8 @@ def register(
     from ..errors import UniRegError
     from ..io.atomic import check_output_dir
     from ..outputs import guard_inputs, output_names, parse_outputs, prefetch_report_modules
-    from .progress import StageProgress
-
     from ..warmup import start as warm_up_device
+    from .progress import StageProgress
 
     warm_up_device(device)  # a GPU's one-off start-up costs overlap the reading below
     wanted = parse_outputs(outputs)  # an unknown name is a bad input before anything runs
@@ -230,6 +229,7 @@ def register(
             (fixed, False, "fixed"), (moving, False, "moving"), (labels, True, "labels"),
             (fixed_labels, True, "fixed_labels"),
         )
+        assert fixed_img is not None and moving_img is not None  # given (not None), hence read
         if moving_img.ndim != fixed_img.ndim:
             raise UniRegError(f"moving image is {moving_img.ndim}-D but the fixed image is {fixed_img.ndim}-D", moving)
         reg = api.load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
@@ -240,8 +240,8 @@ def register(
         with prog:
             result = api.register(
                 fixed_img, moving_img, model=reg, extractor=extractor, labels=labels_img,
-                fixed_labels=fixed_labels_img, affine=not no_affine, refine=refine, smoothness=smoothness, device=device,
-                seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
+                fixed_labels=fixed_labels_img, affine=not no_affine, refine=refine, smoothness=smoothness,
+                device=device, seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=initial_transform,
                 fast=fast, do_no_harm=not keep_all_stages,
             )

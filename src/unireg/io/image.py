@@ -108,7 +108,9 @@ def _read_nifti_gz_isal(p: Path) -> tuple[np.ndarray, np.ndarray] | None:
         size = f.read(4)
         if len(size) < 4:
             return None
-        n = int.from_bytes(size, "little") if int.from_bytes(size, "little") in (348, 540) else int.from_bytes(size, "big")
+        n = int.from_bytes(size, "little")  # sizeof_hdr, 348 (NIfTI-1) or 540 (NIfTI-2), either byte order
+        if n not in (348, 540):
+            n = int.from_bytes(size, "big")
         klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(n)
         if klass is None:
             return None

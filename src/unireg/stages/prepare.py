@@ -7,8 +7,8 @@ import torch
 
 from ..align.referee import Referee
 from ..errors import UniRegError
-from ..masks import mask_on_grid
 from ..intensity import normalize_tensor
+from ..masks import mask_on_grid
 from ..preprocess import as_tensor, to_working_grid
 from ..spatial.grid import apply_matrix
 from ..spatial.world import native_factor, subdivided_grid, working_grid
