@@ -164,7 +164,8 @@ def refine_velocity(
     shape = tuple(velocity.shape[2:])
     f_shape = tuple(fixed_feat.shape[2:]) if feature_grid else shape
     ff = _to_grid(fixed_feat, f_shape).detach()
-    fm = _to_grid(moving_feat, f_shape).detach()
+    # channels-last: each sampled corner's channels in one cache line (values and gradients bitwise the same)
+    fm = channels_last(_to_grid(moving_feat, f_shape).detach())
     v = velocity.detach().clone().requires_grad_(True)
     opt = Adam([v], lr=lr)
     lam = REFINE_REG[velocity.dim() - 2] * float(smoothness)
