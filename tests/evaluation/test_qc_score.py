@@ -122,3 +122,23 @@ def test_pipeline_reports_qc(tmp_path):
     assert "qc" in rep["runtime_s"]
     bad = api.register((fixed_w[0].numpy(), aff), (moving_w[0].flip(-1).numpy(), aff), refine=30, affine=False)
     assert bad.report["qc_score"] > rep["qc_score"]
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 7), (3, 12, 10)])
+def test_shifted_distance_is_the_distance_to_the_shifted_copy(shape):
+    """``_shifted_distance`` (views, no copy) gives the values of ``|ff - _shift(fw)|`` channel-averaged."""
+    from unireg.evaluation.qc_score import _shift, _shifted_distance
+
+    g = torch.Generator().manual_seed(0)
+    ff, fw = torch.rand((1, *shape), generator=g), torch.rand((1, *shape), generator=g)
+    for axis in range(len(shape) - 1):
+        for s in (2, -2, 1, -1, 0, 40, -40):
+            want = (ff - _shift(fw, axis, s)).abs().mean(1, keepdim=True)
+            torch.testing.assert_close(_shifted_distance(ff, fw, axis, s), want, rtol=0, atol=1e-7)
+
+
+def test_box_with_a_shared_normaliser_is_the_box():
+    from unireg.evaluation.qc_score import _box, _box_den
+
+    x = torch.rand((1, 1, 11, 9, 8), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_box(x, 2, _box_den(x, 2)), _box(x, 2))

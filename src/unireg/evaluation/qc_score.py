@@ -82,16 +82,42 @@ def _shift(x: torch.Tensor, axis: int, s: int) -> torch.Tensor:
     return torch.cat([edge, x.narrow(dim, 0, n + s)], dim=dim)
 
 
-def _box(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean filter of width ``2r+1`` on ``(B, 1, *S)`` (zero padding, renormalized)."""
+def _shifted_distance(ff: torch.Tensor, fw: torch.Tensor, axis: int, s: int) -> torch.Tensor:
+    """``|ff - _shift(fw, axis, s)|`` averaged over the channels, ``(B, 1, *S)``: the same values without
+    the shifted copy of ``fw`` (the interior and the repeated edge taken as views)."""
+    dim = 2 + axis
+    n = ff.shape[dim]
+    s = max(-(n - 1), min(n - 1, s))
+    if s == 0:
+        return (ff - fw).abs().mean(1, keepdim=True)
+    out = ff.new_empty(ff.shape[0], 1, *ff.shape[2:])
+    if s > 0:  # y[i] = fw[i + s] inside, fw[n - 1] for the last s
+        parts = ((0, n - s, fw.narrow(dim, s, n - s)), (n - s, s, fw.narrow(dim, n - 1, 1)))
+    else:  # y[i] = fw[0] for the first -s, fw[i + s] after
+        parts = ((0, -s, fw.narrow(dim, 0, 1)), (-s, n + s, fw.narrow(dim, 0, n + s)))
+    for start, length, y in parts:
+        out.narrow(dim, start, length).copy_((ff.narrow(dim, start, length) - y).abs().mean(1, keepdim=True))
+    return out
+
+
+def _box_den(x: torch.Tensor, r: int) -> torch.Tensor | None:
+    """:func:`_box`'s normaliser for images shaped like ``x`` (the same for every such image)."""
+    if r <= 0:
+        return None
+    pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
+    return pool(torch.ones_like(x), 2 * r + 1, stride=1, padding=r, count_include_pad=True)
+
+
+def _box(x: torch.Tensor, r: int, den: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean filter of width ``2r+1`` on ``(B, 1, *S)`` (zero padding, renormalized); ``den``:
+    :func:`_box_den` of that shape, computed once for several images."""
     if r <= 0:
         return x
     nd = x.dim() - 2
     pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
     k = 2 * r + 1
     num = pool(x, k, stride=1, padding=r, count_include_pad=True)
-    den = pool(torch.ones_like(x), k, stride=1, padding=r, count_include_pad=True)
-    return num / den
+    return num / (_box_den(x, r) if den is None else den)
 
 
 def foreground_mask(image: torch.Tensor | np.ndarray, level: float = 0.05) -> torch.Tensor:
@@ -146,10 +172,11 @@ def qc_components(
     j = _as_tensor(jac).float().to(dev).reshape(spatial)
 
     d0 = (ff - fw).abs().mean(1, keepdim=True)
-    ds = [(ff - _shift(fw, a, s * SHIFT_VOX)).abs().mean(1, keepdim=True) for a in range(nd) for s in (1, -1)]
+    ds = [_shifted_distance(ff, fw, a, s * SHIFT_VOX) for a in range(nd) for s in (1, -1)]
     n = m.sum().clamp_min(1)
-    b0 = _box(d0, SMOOTH_RADIUS)
-    bmin = torch.stack([_box(d, SMOOTH_RADIUS) for d in ds]).amin(0)
+    den = _box_den(d0, SMOOTH_RADIUS)
+    b0 = _box(d0, SMOOTH_RADIUS, den)
+    bmin = torch.stack([_box(d, SMOOTH_RADIUS, den) for d in ds]).amin(0)
     sums = [(d0[0, 0] * m).sum() / n] + [(d[0, 0] * m).sum() / n for d in ds]
     sums += [((b0 >= bmin)[0, 0] & m).sum() / n, ((j <= 0) & m).sum() / n]
     vals = torch.stack(sums).tolist()
