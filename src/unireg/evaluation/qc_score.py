@@ -117,7 +117,9 @@ def _box(x: torch.Tensor, r: int, den: torch.Tensor | None = None) -> torch.Tens
     pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
     k = 2 * r + 1
     num = pool(x, k, stride=1, padding=r, count_include_pad=True)
-    return num / (_box_den(x, r) if den is None else den)
+    if den is None:
+        den = pool(torch.ones_like(x), k, stride=1, padding=r, count_include_pad=True)
+    return num / den
 
 
 def foreground_mask(image: torch.Tensor | np.ndarray, level: float = 0.05) -> torch.Tensor:
