@@ -26,7 +26,7 @@ from .io.image import Image
 from .models.registrar import Registrar
 from .resample import warp_labels  # noqa: F401  (re-exported: unireg.pipeline.warp_labels)
 from .spatial.grid import apply_matrix, sample
-from .spatial.world import affine_nd, embed_nd, pull, slab_voxels, slabs
+from .spatial.world import affine_nd, embed_nd, pull, slab_size, slab_voxels, slabs
 from .stages import deformable, finish
 from .stages.affine import affine as affine_stage
 from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare  # noqa: F401
@@ -70,10 +70,10 @@ class FixedToMoving:
 def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int | None = None, device=None) -> np.ndarray:
     """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32.
     The slabs' points are made on ``device`` (default CPU) and each slab's result is copied back
-    (``chunk_voxels`` per slab: 2 M on a CPU, 16 M on a GPU, where each slab is a synchronising copy)."""
+    (``chunk_voxels`` per slab: :func:`unireg.spatial.world.slab_size`, 2 M on a CPU)."""
     nd = len(shape)
-    if chunk_voxels is None:
-        chunk_voxels = 2_000_000 if torch.device(device or "cpu").type == "cpu" else 16_000_000
+    if chunk_voxels is None:  # points, world and working coordinates, the sampled field, the result
+        chunk_voxels = slab_size(device, 16, 2_000_000)
     out = np.empty((nd,) + tuple(shape), dtype=np.float32)
     a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32, device=device)
     for rows in slabs(shape, chunk_voxels):

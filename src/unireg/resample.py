@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .spatial.grid import apply_matrix, sample
-from .spatial.world import affine_nd, pull, slab_voxels, slabs
+from .spatial.world import affine_nd, pull, slab_size, slab_voxels, slabs
 
 __all__ = ["resample_fixed_grid", "warp_labels", "labelwise_argmax", "MAX_LABELWISE"]
 
@@ -20,7 +20,6 @@ __all__ = ["resample_fixed_grid", "warp_labels", "labelwise_argmax", "MAX_LABELW
 # boundaries); beyond it, nearest neighbour keeps memory flat.  One threshold for every command
 # (register, apply, batch): they must give the same label map for the same transform.
 MAX_LABELWISE = 64
-GPU_SLAB_FLOATS = 400_000_000  # float32 temporaries per resampling slab on a GPU (1.6 GB)
 
 
 def labelwise_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -76,9 +75,8 @@ def resample_fixed_grid(
 
     The work runs on ``disp_w``'s device, slab by slab (the moving image and its one-hot labels are
     copied there once); each slab's results come back to the host arrays returned.  ``chunk_voxels``:
-    voxels per slab (default 1 M on a CPU, where slabs stay in the cache; on a GPU, where each slab costs
-    a few synchronising copies, as many as keep the slab's temporaries near 1.6 GB: a 1 mm head with a
-    few labels is one slab).
+    voxels per slab (default: :func:`unireg.spatial.world.slab_size`, 1 M on a CPU; a 1 mm head with a
+    few labels is one slab on a GPU).
     """
     nd = len(fixed_shape)
     f32 = torch.float32
@@ -106,7 +104,7 @@ def resample_fixed_grid(
             nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None].to(dev)
     src = src[None]
     if chunk_voxels is None:  # ~12 floats per voxel besides the sampled channels
-        chunk_voxels = 1_000_000 if dev.type == "cpu" else max(1_000_000, GPU_SLAB_FLOATS // (src.shape[1] + 12))
+        chunk_voxels = slab_size(dev, src.shape[1] + 12, 1_000_000)
 
     warp_mm = np.empty((nd,) + tuple(fixed_shape), np.float32)
     warped = np.empty((n_img,) + tuple(fixed_shape), np.float32)

@@ -72,3 +72,12 @@ def test_pull_world_translation():
     b[0, 3] = 4.0  # output grid shifted by +4 mm = 2 voxels along axis 0
     out = pull(img, a, (8, 10, 10), b)
     assert torch.allclose(out, img[:, 2:10], atol=1e-5)
+
+
+def test_slab_size_keeps_cpu_slabs_small_and_gpu_slabs_within_the_budget():
+    from unireg.spatial.world import GPU_SLAB_FLOATS, slab_size
+
+    assert slab_size("cpu", 16, 2_000_000) == 2_000_000
+    assert slab_size(None, 16, 2_000_000) == 2_000_000
+    assert slab_size("cuda", 16, 2_000_000) == GPU_SLAB_FLOATS // 16  # a device object: no GPU needed
+    assert slab_size("cuda:0", 10**9, 1_000_000) == 1_000_000  # never below the CPU's slab

@@ -43,6 +43,18 @@ def slabs(shape: Sequence[int], chunk_voxels: int):
         yield slice(start, min(start + step, shape[0]))
 
 
+GPU_SLAB_FLOATS = 400_000_000  # float32 temporaries per slab of a whole-grid pass on a GPU (1.6 GB)
+
+
+def slab_size(device, floats_per_voxel: int, cpu_voxels: int) -> int:
+    """Voxels per slab of a whole-grid pass: ``cpu_voxels`` on a CPU (slabs that stay in the cache); on
+    a GPU, where each slab costs synchronising copies back, as many as keep ``floats_per_voxel`` float32
+    temporaries per voxel within :data:`GPU_SLAB_FLOATS` (a 1 mm head is one slab)."""
+    if torch.device(device or "cpu").type == "cpu":
+        return int(cpu_voxels)
+    return max(int(cpu_voxels), GPU_SLAB_FLOATS // max(int(floats_per_voxel), 1))
+
+
 def slab_voxels(shape: Sequence[int], rows: slice, dtype=torch.float32, device=None) -> torch.Tensor:
     """Voxel coordinates ``(n, rows, *shape[1:])`` of one slab of a grid (array-axis order)."""
     axes = [torch.arange(rows.start, rows.stop, dtype=dtype, device=device)] + [

@@ -42,19 +42,14 @@ def prepare(s: State) -> None:
         # percentiles inside the masks: a bright artefact outside must not squash the anatomy's range
         # on the registration's device from here on: each image crosses to it once, as it was read
         fm, mm = s.opts.fixed_mask, s.opts.moving_mask
-        s.fixed_n = normalize_tensor(_upload(s.fixed.data[0], s.device), mask=_mask_values(fm, s.device))
-        s.moving_n = normalize_tensor(_upload(s.moving.data[0], s.device), mask=_mask_values(mm, s.device))
+        s.fixed_n = normalize_tensor(as_tensor(s.fixed.data[0]).to(s.device), mask=_mask_values(fm, s.device))
+        s.moving_n = normalize_tensor(as_tensor(s.moving.data[0]).to(s.device), mask=_mask_values(mm, s.device))
         s.w_shape, s.w_aff4 = working_grid(s.fixed.spatial_shape, s.fixed.affine, **s.model.working)
         check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
         s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4)
         w_spacing = float(np.linalg.norm(s.w_aff4[:3, 0]))
         s.fine_factor = native_factor(list(s.fixed.spacing[: s.nd]), w_spacing, s.w_shape, s.opts.native_budget_voxels)
         s.f_shape, s.f_aff4 = subdivided_grid(s.w_shape, s.w_aff4, s.fine_factor)
-
-
-def _upload(data: np.ndarray, device: torch.device) -> torch.Tensor:
-    """An image's voxels as float32 on ``device``."""
-    return as_tensor(data).to(device)
 
 
 def _mask_values(mask, device: torch.device) -> torch.Tensor | None:
