@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issues #11 and #12), run from the repository root on a machine with CUDA:
 #   OUT=results_dir bash benchmarks/gpu_session.sh            # DEVICE=cpu QUICK=1 to exercise it on a CPU
+#   STEPS="gpu_check profile cuda_tests" ...                   # a run can name fewer steps
+# 0. Python's bytecode cached (PYTHONPYCACHEPREFIX) as an installed package has it, the machine's settings printed
 # 1. benchmarks/gpu_check.py: the 1 mm MNI demo pair, per-stage seconds (synchronised), call and whole-CLI time
-#    (then benchmarks/gpu_profile.py: where those seconds go, start-up included, under cProfile and torch.profiler)
+#    (then benchmarks/gpu_profile.py: where those seconds go, start-up included, under cProfile and torch.profiler;
+#    its tables come back as profile.tar.gz)
 # 2. the CUDA-parametrised tests (register, apply, batch, training, device residency)
 # 3. the batched torch synthesizer's pairs/s on the device
 # 4. a training check: experiments/train_3d.yaml from scratch, batch 8, TRAIN_MIN minutes, validation on the device
