@@ -100,10 +100,9 @@ def _shifted_distance(ff: torch.Tensor, fw: torch.Tensor, axis: int, s: int) -> 
     return out
 
 
-def _box_den(x: torch.Tensor, r: int) -> torch.Tensor | None:
+def _box_den(x: torch.Tensor, r: int) -> torch.Tensor:
     """:func:`_box`'s normaliser for images shaped like ``x`` (the same for every such image)."""
-    if r <= 0:
-        return None
+    r = max(int(r), 0)
     pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
     return pool(torch.ones_like(x), 2 * r + 1, stride=1, padding=r, count_include_pad=True)
 
@@ -117,9 +116,7 @@ def _box(x: torch.Tensor, r: int, den: torch.Tensor | None = None) -> torch.Tens
     pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
     k = 2 * r + 1
     num = pool(x, k, stride=1, padding=r, count_include_pad=True)
-    if den is None:
-        den = pool(torch.ones_like(x), k, stride=1, padding=r, count_include_pad=True)
-    return num / den
+    return num / (_box_den(x, r) if den is None else den)
 
 
 def foreground_mask(image: torch.Tensor | np.ndarray, level: float = 0.05) -> torch.Tensor:
