@@ -329,11 +329,19 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def fortran_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` laid out as NIfTI stores voxels (first axis fastest): the same values, F-contiguous.
+    nibabel writes an F-contiguous array with one straight copy per chunk; any other layout goes
+    through ``ndarray.tobytes(order="F")``'s element-wise iterator, 3-4x slower than numpy's
+    transposing copy here (a 1 mm head's warp field: 0.36 s against 0.09-0.12 s)."""
+    return arr if arr.flags.f_contiguous else np.ascontiguousarray(arr.T).T
+
+
 def _nifti_image(arr: np.ndarray, affine: np.ndarray):
     """A Nifti1Image with qform and sform both set to ``affine`` with code 1 (scanner), units mm."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(arr, affine)
+    img = nib.Nifti1Image(fortran_order(arr), affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")

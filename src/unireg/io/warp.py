@@ -56,7 +56,7 @@ def write_displacement_field(path: str | os.PathLike, disp_mm_ras, affine) -> Pa
     affine = np.asarray(_as_numpy(affine), dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
-    vec = ras_to_lps(np.moveaxis(d, 0, -1)).astype(np.float32)  # (*spatial, ndim), LPS on disk
+    vec = ras_to_lps(np.moveaxis(d, 0, -1)).astype(np.float32, copy=False)  # (*spatial, ndim), LPS on disk
     vec = vec[:, :, :, None, :] if nd == 3 else vec[:, :, None, None, :]
     img = _nifti_image(vec, affine)
     img.header.set_intent(NIFTI_INTENT_VECTOR)
