@@ -145,3 +145,40 @@ def test_as_images_reads_side_by_side_and_raises_the_first_failure_in_order(tmp_
     with pytest.raises(UniRegError, match="missing_1"):
         api.as_images((tmp_path / "missing_1.nii.gz", False, "fixed"), (tmp_path / "missing_2.nii.gz", False, "moving"),
                       (str(tmp_path / "a.nii.gz"), False, "x"))
+
+
+def test_as_images_raises_a_bad_in_memory_item_before_a_later_bad_file(tmp_path):
+    a = np.random.default_rng(0).random((9, 8, 7)).astype(np.float32)
+    with pytest.raises(UniRegError, match="moving: expected a 2-D or 3-D array"):
+        api.as_images(((a, np.eye(4)), False, "fixed"), ((np.zeros(3), np.eye(4)), False, "moving"), (tmp_path / "missing.nii.gz", False, "labels"),
+                      (tmp_path / "missing_2.nii.gz", True, "fixed_labels"))
+
+
+def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
+    """``unireg register`` starts reading while torch is imported (the two overlap); a missing input
+    still ends as one line naming it, exit status 2."""
+    import subprocess
+    import sys
+
+    from unireg.io.image import write_image
+
+    write_image(tmp_path / "f.nii.gz", np.random.default_rng(0).random((9, 8, 7)).astype(np.float32), np.eye(4))
+    code = (
+        "import sys\n"
+        "import unireg.io.image as I\n"
+        "orig = I.PendingReads.__init__\n"
+        "def init(self, items):\n"
+        "    print('torch loaded' if 'torch' in sys.modules else 'torch not loaded yet', flush=True)\n"
+        "    orig(self, items)\n"
+        "I.PendingReads.__init__ = init\n"
+        "from unireg.cli.main import app\n"
+        f"sys.argv = ['unireg', '--threads', '1', 'register', {str(tmp_path / 'f.nii.gz')!r}, "
+        f"{str(tmp_path / 'nothere.nii.gz')!r}, '-o', {str(tmp_path / 'out')!r}, '-q']\n"
+        "app()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "torch not loaded yet"
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "nothere.nii.gz" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .errors import UniRegError
-from .io.image import Image, read_image
+from .io.image import Image, PendingReads, read_image
 from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
 from .pipeline import RegistrationResult, register_images
@@ -46,26 +46,22 @@ def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Imag
 
 def as_images(*items: tuple[ImageLike | None, bool, str]) -> list[Image | None]:
     """:func:`as_image` of several ``(x, labels, name)`` at once (None stays None): files are read side
-    by side in threads (decompression and copies release the GIL), so reading a pair and its label
-    map costs about the largest file's time.  The first failure, in argument order, is raised."""
+    by side in threads (:class:`unireg.io.image.PendingReads`), so reading a pair and its label map
+    costs about the largest file's time.  The first failure, in argument order, is raised."""
     paths = [i for i, (x, _, _) in enumerate(items) if isinstance(x, (str, os.PathLike))]
     if len(paths) < 2:
         return [None if x is None else as_image(x, labels=lab, name=name) for x, lab, name in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(item):
-        x, lab, name = item
-        try:
-            return None if x is None else as_image(x, labels=lab, name=name), None
-        except Exception as e:  # noqa: BLE001 - re-raised below, in argument order
-            return None, e
-
-    with ThreadPoolExecutor(max_workers=len(paths), thread_name_prefix="unireg-read") as pool:
-        done = list(pool.map(one, items))
-    for _, err in done:
+    pending = PendingReads([(x if i in paths else None, lab) for i, (x, lab, _) in enumerate(items)])
+    done = pending.outcomes()
+    out: list[Image | None] = []
+    for i, (x, lab, name) in enumerate(items):  # the first failure in argument order, file or not
+        img, err = done[i]
+        if i not in paths and x is not None:
+            img = as_image(x, labels=lab, name=name)
         if err is not None:
             raise err
-    return [img for img, _ in done]
+        out.append(img)
+    return out
 
 
 def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:

@@ -61,6 +61,13 @@ def _setup_threads():
         torch.set_num_threads(int(n))
 
 
+def threads_set_by_command(fn):
+    """Mark a command that calls :func:`_setup_threads` (which imports torch) itself, once it has
+    started what can run beside that import (``register``: reading its inputs)."""
+    fn.sets_threads = True
+    return fn
+
+
 def guarded(fn):
     """Turn UniRegError (and other input errors) into one stderr line + exit 2; anything else
     unexpected into one line + exit 1 (``--debug``: the traceback)."""
@@ -68,7 +75,8 @@ def guarded(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            _setup_threads()
+            if not getattr(fn, "sets_threads", False):
+                _setup_threads()
             return fn(*args, **kwargs)
         except UniRegError as exc:
             if _STATE["debug"]:
@@ -178,6 +186,7 @@ def _untrained_warning(reg, extractor: str | None, refine: int | None, model=Non
 
 @app.command()
 @guarded
+@threads_set_by_command
 def register(
     fixed: Path = typer.Argument(..., help="Fixed (reference) image: a file or a DICOM series folder."),
     moving: Path = typer.Argument(..., help="Moving image, resampled onto the fixed grid (file or DICOM folder)."),
@@ -207,6 +216,12 @@ def register(
 
     Exit status 3 when the registration is flagged as failed (outputs are still written).
     """
+    from ..io.image import PendingReads  # numpy and nibabel only
+
+    # the inputs are read by threads while torch loads (~2 s here; decompression releases the GIL):
+    # their errors are raised below, after the checks of the command line and the output folder
+    reads = PendingReads([(fixed, False), (moving, False), (labels, True), (fixed_labels, True)])
+    _setup_threads()
     from .. import api
     from ..errors import UniRegError
     from ..io.atomic import check_output_dir
@@ -225,10 +240,7 @@ def register(
         # refuse an --out that would overwrite an input before the (long) registration, not after it
         guard_inputs({k: out / v for k, v in output_names(fmt, fixed).items()},
                       [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
-        fixed_img, moving_img, labels_img, fixed_labels_img = api.as_images(
-            (fixed, False, "fixed"), (moving, False, "moving"), (labels, True, "labels"),
-            (fixed_labels, True, "fixed_labels"),
-        )
+        fixed_img, moving_img, labels_img, fixed_labels_img = reads.result()
         assert fixed_img is not None and moving_img is not None  # given (not None), hence read
         if moving_img.ndim != fixed_img.ndim:
             raise UniRegError(f"moving image is {moving_img.ndim}-D but the fixed image is {fixed_img.ndim}-D", moving)

@@ -322,6 +322,46 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bo
     return Image(data=arr[None], affine=affine, path=str(p), meta={"format": fmt, "file_dtype": dtype})
 
 
+class PendingReads:
+    """Image files being read side by side by daemon threads, started at once (decompression, the
+    float checks and copies release the GIL, so a pair and its label map cost about the largest
+    file's time, and the CLI starts them before it imports torch, which takes ~2 s here).
+    ``items``: ``(path or None, labels)``; :meth:`result` waits and returns the :class:`Image` of
+    each (None stays None), raising the first failure in argument order."""
+
+    def __init__(self, items):
+        import threading
+
+        self._items = [(None if p is None else Path(p), bool(lab)) for p, lab in items]
+        self._out: list = [None] * len(self._items)
+        self._threads = []
+        for i, (p, lab) in enumerate(self._items):
+            if p is None:
+                continue
+            t = threading.Thread(target=self._read, args=(i, p, lab), name="unireg-read", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _read(self, i: int, p: Path, labels: bool) -> None:
+        try:
+            self._out[i] = (read_image(p, labels=labels), None)
+        except BaseException as e:  # noqa: BLE001 - handed to result(), in argument order
+            self._out[i] = (None, e)
+
+    def outcomes(self) -> list[tuple[Image | None, BaseException | None]]:
+        """``(image, None)`` or ``(None, error)`` per item, once every read has ended."""
+        for t in self._threads:
+            t.join()
+        return [(None, None) if r is None else r for r in self._out]
+
+    def result(self) -> list[Image | None]:
+        done = self.outcomes()
+        for _, err in done:
+            if err is not None:
+                raise err
+        return [img for img, _ in done]
+
+
 # ----------------------------------------------------------------------------------------- writing
 def _as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor, without importing torch here
