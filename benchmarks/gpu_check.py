@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         print(f"api.register --fast (warm): {time.perf_counter() - t0:.2f} s")
 
         unireg = shutil.which("unireg")
-        cli = ([unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import app; app()"]) + [
+        cli = ([unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]) + [
             "register", str(paths["fixed"]), str(paths["moving"]), "--labels", str(paths["moving_labels"]),
             "-o", str(Path(tmp) / "out"), "--device", a.device]
         secs = {}

@@ -40,7 +40,7 @@ METHODS = ("none", "unireg", "ants", "elastix")
 TITLES = {"none": "none", "unireg": "UniReg", "ants": "ANTs", "elastix": "elastix"}
 SAME_CONTRAST = {"gamma"}  # monotonic map: ANTs uses CC (within-contrast); MI (Mattes) otherwise
 PEER = ROOT / "benchmarks" / "held_out_peer.py"
-UNIREG_CLI = "import sys; from unireg.cli.main import app; sys.argv[0] = 'unireg'; app()"
+UNIREG_CLI = "import sys; from unireg.cli.main import main; sys.argv[0] = 'unireg'; main()"
 FIELDS = ["case", "dim", "deformation", "intensity", "grid", "anatomy", "held_out", "method", "status", "dice",
           "dice_true_map", "epe_mm", "epe_p95_mm", "folded_pct", "logjac_err", "ic_mm", "seconds", "registration_s",
           "peak_rss_mb", "fallback", "fallback_stages", "qc_flag", "ants_metric", "max_disp_mm", "load1",

@@ -104,7 +104,7 @@ def gm_wm_dice(fixed_labels: Path, warped_labels: Path) -> float:
 
 def commands(paths: dict, out: Path, threads: int) -> dict:
     unireg = shutil.which("unireg")
-    uni = [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import app; app()"]
+    uni = [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]
     base = uni + ["--threads", str(threads), "register", str(paths["fixed"]), str(paths["moving"]),
                   "--labels", str(paths["moving_labels"]), "-o"]
     return {

@@ -420,3 +420,33 @@ def test_outputs_unknown_name_is_user_error(inputs, tmp_path):
                 "--model", inputs / "tiny.pt", "--outputs", "warped,bogus"])
     _assert_user_error(res, ["bogus", "inverse"])
     assert not (tmp_path / "o").exists()
+
+
+def _console_script(args, tmp_path):
+    """``unireg ARGS`` as the installed script runs it (``main()``), with an atexit mark in the child."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('interpreter teardown ran', flush=True))\n"
+        "from unireg.cli.main import main\n"
+        f"sys.argv = ['unireg'] + {[str(a) for a in args]!r}\n"
+        "main()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_console_script_ends_a_finished_register_without_the_teardown(inputs, tmp_path):
+    out = tmp_path / "run"
+    r = _console_script(["--threads", "1", "register", inputs / "fixed.nii.gz", inputs / "moving.nii.gz", "-o", out,
+                         "--model", inputs / "tiny.pt", "--refine", 2, "-q"], tmp_path)
+    assert r.returncode in (0, 3), r.stderr  # 3: flagged (the tiny model), outputs written all the same
+    assert "verdict:" in r.stdout and "interpreter teardown ran" not in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["outputs"].values()) <= {p.name for p in out.iterdir()}
+    assert nib.load(out / "warp.nii.gz").shape[-1] == 3
+    # a bad input ends the ordinary way: one line, exit 2, the interpreter's teardown included
+    r = _console_script(["register", inputs / "fixed.nii.gz", tmp_path / "nothere.nii.gz", "-o", tmp_path / "o2"],
+                        tmp_path)
+    assert r.returncode == 2 and "nothere.nii.gz" in r.stderr and "interpreter teardown ran" in r.stdout
