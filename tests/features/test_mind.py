@@ -136,3 +136,15 @@ def test_fast_on_a_brain_sized_volume():
     t0 = time.perf_counter()
     ext(img)
     assert time.perf_counter() - t0 < 3.0  # ~0.6-1 s on one core; generous for shared CPUs
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize("shape", [(9, 7, 6), (5, 11, 3), (12, 10)])
+def test_in_place_path_equals_the_differentiable_path_bit_for_bit(shape, radius):
+    """Without a gradient MIND runs its in-place box filter (two buffers in turn); with one, the plain
+    sums: the same additions in the same order, so the very same features."""
+    img = _smooth_image(shape, seed=5)
+    fast = mind_ssc(img, radius=radius)
+    with torch.enable_grad():
+        plain = mind_ssc(img.clone().requires_grad_(True), radius=radius).detach()
+    assert torch.equal(fast, plain)
