@@ -148,3 +148,15 @@ def test_in_place_path_equals_the_differentiable_path_bit_for_bit(shape, radius)
     with torch.enable_grad():
         plain = mind_ssc(img.clone().requires_grad_(True), radius=radius).detach()
     assert torch.equal(fast, plain)
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 6), (12, 10)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_channels_last_output_is_the_same_features_laid_out_for_sampling(shape, grad):
+    img = _smooth_image(shape, seed=6)
+    with torch.set_grad_enabled(grad):
+        ref = mind_ssc(img.clone().requires_grad_(grad))
+        cl = mind_ssc(img.clone().requires_grad_(grad), channels_last=True)
+    fmt = torch.channels_last if len(shape) == 2 else torch.channels_last_3d
+    assert cl.is_contiguous(memory_format=fmt) and not ref.is_contiguous(memory_format=fmt)
+    assert cl.shape == ref.shape and torch.equal(cl.detach(), ref.detach())

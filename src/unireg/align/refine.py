@@ -249,7 +249,7 @@ def _native_features(fine, levels) -> Future | None:
 
     def work():
         with torch.no_grad():
-            return mind_ssc(fine[0]), channels_last(mind_ssc(fine[1]))
+            return mind_ssc(fine[0]), mind_ssc(fine[1], channels_last=True)
 
     return _WORKER.submit(with_caller_threads(work))
 
@@ -292,7 +292,7 @@ def refine_multilevel(
         if level.name == "coarse":
             shape = tuple(v.shape[2:])
             ff = mind_ssc(pool_to(fixed_w, shape))
-            fm = mind_ssc(pool_to(moving_w, shape))
+            fm = mind_ssc(pool_to(moving_w, shape), channels_last=True)  # sampled: laid out for it
             mask = None if fixed_mask_w is None else (pool_to(fixed_mask_w, shape) > 0.5).float()
             v = refine_velocity(v, ff, fm, level.iterations, smoothness, level.lr, int_steps, mask)
         elif level.name in ("working", "native"):
@@ -311,7 +311,7 @@ def refine_multilevel(
             if level.name == "native" and native_mind is not None:
                 feats = native_mind.result()
             else:
-                feats = (mind_ssc(fixed_l), mind_ssc(moving_l))
+                feats = (mind_ssc(fixed_l), mind_ssc(moving_l, channels_last=True))
             v = _point_refine(v, feats[0], feats[1], level, lam, int_steps, inside.flatten().float(), g)
         else:
             raise ValueError(f"unknown refinement level {level.name!r}")

@@ -85,14 +85,15 @@ def _box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x
 
 
-def _box_filter_(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """:func:`_box_filter` of a temporary ``x`` (overwritten: the result is ``x`` itself or one other
-    buffer of its size, the two used in turn along the axes).  Each axis writes its first shifted sum
+def _box_filter_(x: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_box_filter` of a temporary ``x`` (overwritten), and the spare buffer of its size that the
+    filter used (free for the caller; None for ``radius`` 0): the result is ``x`` itself or that other
+    buffer, the two used in turn along the axes.  Each axis writes its first shifted sum
     straight into the other buffer instead of cloning and adding: one pass less, and one fresh
     allocation per call instead of one per axis (first-touching 400 MB of new pages cost as much as
     three additions here).  The same additions in the same order: the same values, bit for bit."""
     if radius <= 0:
-        return x
+        return x, None
     nd = x.dim() - 2
     spare: torch.Tensor | None = None
     for axis in range(nd):
@@ -118,14 +119,24 @@ def _box_filter_(x: torch.Tensor, radius: int) -> torch.Tensor:
                 first = False
         spare = x
         x = acc.div_(2 * radius + 1)
-    return x
+    return x, spare
 
 
-def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+def _channels_last_view(buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``buf``'s memory (contiguous, ``like.numel()`` values) seen as a tensor shaped like ``like`` laid
+    out channels-last: ``(B, *S, C)`` contiguous, permuted to ``(B, C, *S)``."""
+    b, c, *sp = like.shape
+    return buf.view(b, *sp, c).permute(0, len(sp) + 1, *range(1, len(sp) + 1))
+
+
+def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, channels_last: bool = False) -> torch.Tensor:
     """MIND-SSC of ``image`` ``(B, 1, *spatial)`` (2-D or 3-D) -> ``(B, 4 | 12, *spatial)``.
 
     ``radius`` is the patch (box filter) radius and ``dilation`` the neighbour distance, in voxels.
-    Differentiable w.r.t. ``image``.
+    Differentiable w.r.t. ``image``.  ``channels_last``: the features laid out channels-last (as
+    :func:`unireg.spatial.grid.channels_last` does, for sampling at scattered points); without a
+    gradient they are written so by the last pass, into the box filter's spare buffer (no copy of
+    the whole volume's features afterwards, 0.37 s of a 1 mm head's at one thread).  The same values.
     """
     nd = image.dim() - 2
     if nd not in (2, 3) or image.shape[1] != 1:
@@ -145,19 +156,25 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
         ssd = image.new_empty((image.shape[0], len(pairs)) + tuple(spatial))
         for k, (a, b) in enumerate(pairs):
             torch.sub(shifted(a), shifted(b), out=ssd[:, k : k + 1]).square_()
-        ssd = _box_filter_(ssd, int(radius))
+        ssd, spare = _box_filter_(ssd, int(radius))
         var = ssd.mean(dim=1, keepdim=True)
         dims = tuple(range(1, var.dim()))
         var_mean = var.mean(dim=dims, keepdim=True).clamp_min(torch.finfo(var.dtype).tiny * 1e6)
         var = torch.maximum(torch.minimum(var, var_mean * 1e3), var_mean * 1e-3)
-        ssd.sub_(ssd.amin(dim=1, keepdim=True)).div_(var).neg_().exp_()
-        return ssd
+        out = ssd
+        if channels_last:
+            out = _channels_last_view(torch.empty_like(ssd) if spare is None else spare, ssd)
+        torch.sub(ssd, ssd.amin(dim=1, keepdim=True), out=out).div_(var).neg_().exp_()
+        return out
     var = ssd.mean(dim=1, keepdim=True)
     dims = tuple(range(1, var.dim()))
     var_mean = var.mean(dim=dims, keepdim=True).clamp_min(torch.finfo(var.dtype).tiny * 1e6)
     var = torch.maximum(torch.minimum(var, var_mean * 1e3), var_mean * 1e-3)
     # exp(-D/V) / max_k exp(-D/V) == exp(-(D - min_k D) / V): stable and in (0, 1]
-    return torch.exp(-(ssd - ssd.amin(dim=1, keepdim=True)) / var)
+    feats = torch.exp(-(ssd - ssd.amin(dim=1, keepdim=True)) / var)
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last if nd == 2 else torch.channels_last_3d)
+    return feats
 
 
 @register_extractor("mind")
