@@ -407,8 +407,11 @@ def main() -> None:
         if not _STATE.get("finished"):
             return
         code = 0
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`unireg register ... | head`): nothing left to say
+            pass
     if not isinstance(code, int):  # as the interpreter does: None is 0, a message goes to stderr, status 1
         if code is not None:
             print(code, file=sys.stderr, flush=True)
