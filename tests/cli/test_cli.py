@@ -446,6 +446,11 @@ def test_console_script_ends_a_finished_register_without_the_teardown(inputs, tm
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["outputs"].values()) <= {p.name for p in out.iterdir()}
     assert nib.load(out / "warp.nii.gz").shape[-1] == 3
+    # apply writes its one file, then ends the same way
+    r = _console_script(["apply", out / "warp.nii.gz", inputs / "moving.nii.gz", "-r", inputs / "fixed.nii.gz",
+                         "-o", tmp_path / "applied.nii.gz"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "interpreter teardown ran" not in r.stdout and nib.load(tmp_path / "applied.nii.gz").shape == (24, 26, 14)
     # a bad input ends the ordinary way: one line, exit 2, the interpreter's teardown included
     r = _console_script(["register", inputs / "fixed.nii.gz", tmp_path / "nothere.nii.gz", "-o", tmp_path / "o2"],
                         tmp_path)
