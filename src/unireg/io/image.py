@@ -332,13 +332,13 @@ class PendingReads:
     def __init__(self, items):
         import threading
 
-        self._items = [(None if p is None else Path(p), bool(lab)) for p, lab in items]
-        self._out: list = [None] * len(self._items)
+        items = list(items)
+        self._out: list = [None] * len(items)
         self._threads = []
-        for i, (p, lab) in enumerate(self._items):
+        for i, (p, lab) in enumerate(items):
             if p is None:
                 continue
-            t = threading.Thread(target=self._read, args=(i, p, lab), name="unireg-read", daemon=True)
+            t = threading.Thread(target=self._read, args=(i, Path(p), bool(lab)), name="unireg-read", daemon=True)
             t.start()
             self._threads.append(t)
 
