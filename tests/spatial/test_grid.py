@@ -151,3 +151,20 @@ def test_channels_last_samples_the_same_values_and_gradients(shape):
         (v * torch.arange(12.0).view(1, 12, *([1] * nd))).sum().backward()
         out.append((v.detach(), p.grad))
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("s", [-7, -3, -1, 0, 1, 2, 4, 9])
+def test_replicate_shift_parts_assemble_the_shifted_image(s):
+    """The pieces put together give ``x[clamp(i + s)]`` along the axis (replicated edges), even for
+    a shift longer than the axis."""
+    from unireg.spatial.grid import replicate_shift_parts
+
+    x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2, 3, 5, 4)
+    for dim in (2, 3):
+        n = x.shape[dim]
+        idx = torch.tensor([min(max(i + s, 0), n - 1) for i in range(n)])
+        ref = x.index_select(dim, idx)
+        y = torch.full_like(x, float("nan"))
+        for start, length, values in replicate_shift_parts(x, dim, s):
+            y.narrow(dim, start, length).copy_(values.expand_as(y.narrow(dim, start, length)))
+        assert torch.equal(y, ref)

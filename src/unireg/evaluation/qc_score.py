@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..features.mind import mind_ssc
-from ..spatial.grid import warp
+from ..spatial.grid import replicate_shift_parts, warp
 
 __all__ = [
     "qc_score",
@@ -86,15 +86,10 @@ def _shifted_distance(ff: torch.Tensor, fw: torch.Tensor, axis: int, s: int) -> 
     """``|ff - _shift(fw, axis, s)|`` averaged over the channels, ``(B, 1, *S)``: the same values without
     the shifted copy of ``fw`` (the interior and the repeated edge taken as views)."""
     dim = 2 + axis
-    n = ff.shape[dim]
-    s = max(-(n - 1), min(n - 1, s))
-    if s == 0:
+    parts = replicate_shift_parts(fw, dim, s)
+    if len(parts) == 1:  # no shift
         return (ff - fw).abs().mean(1, keepdim=True)
     out = ff.new_empty(ff.shape[0], 1, *ff.shape[2:])
-    if s > 0:  # y[i] = fw[i + s] inside, fw[n - 1] for the last s
-        parts = ((0, n - s, fw.narrow(dim, s, n - s)), (n - s, s, fw.narrow(dim, n - 1, 1)))
-    else:  # y[i] = fw[0] for the first -s, fw[i + s] after
-        parts = ((0, -s, fw.narrow(dim, 0, 1)), (-s, n + s, fw.narrow(dim, 0, n + s)))
     for start, length, y in parts:
         out.narrow(dim, start, length).copy_((ff.narrow(dim, start, length) - y).abs().mean(1, keepdim=True))
     return out

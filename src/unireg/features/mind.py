@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..spatial.grid import channels_last as laid_out_channels_last
+from ..spatial.grid import replicate_shift_parts
 from .base import FeatureExtractor, freeze
 from .registry import register_extractor
 
@@ -99,19 +100,12 @@ def _box_filter_(x: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tens
     spare: torch.Tensor | None = None
     for axis in range(nd):
         dim = 2 + axis
-        n = x.shape[dim]
         acc = torch.empty_like(x) if spare is None else spare
         first = True
         for sft in range(1, radius + 1):
             for sign in (1, -1):
-                # acc[i] += x[clamp(i + sign * sft)]: (start in acc, length, the values added there)
-                if sft >= n:
-                    terms = [(0, n, x.narrow(dim, n - 1 if sign > 0 else 0, 1))]
-                elif sign > 0:
-                    terms = [(0, n - sft, x.narrow(dim, sft, n - sft)), (n - sft, sft, x.narrow(dim, n - 1, 1))]
-                else:
-                    terms = [(sft, n - sft, x.narrow(dim, 0, n - sft)), (0, sft, x.narrow(dim, 0, 1))]
-                for at, length, values in terms:
+                # acc[i] += x[clamp(i + sign * sft)]
+                for at, length, values in replicate_shift_parts(x, dim, sign * sft):
                     target = acc.narrow(dim, at, length)
                     if first:  # acc starts as x: x[i] + the first shifted value, written at once
                         torch.add(x.narrow(dim, at, length), values, out=target)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "replicate_shift_parts",
     "with_caller_threads",
     "channels_last",
     "random_box_voxels",
@@ -160,6 +161,20 @@ class _ThreadedSample3d(torch.autograd.Function):
             for r in res[1:]:
                 grad_image = grad_image + r[0]
         return grad_image, torch.cat([r[1] for r in res], dim=1), None, None, None
+
+
+def replicate_shift_parts(x: torch.Tensor, dim: int, s: int) -> list[tuple[int, int, torch.Tensor]]:
+    """``y[i] = x[clamp(i + s, 0, n - 1)]`` along ``dim`` (a shift with replicated edges) as pieces
+    ``(start, length, values)``: ``y.narrow(dim, start, length)`` equals ``values``, a view of ``x``
+    (the repeated edge has length 1 along ``dim`` and broadcasts).  For sums and distances against
+    a shifted image without making the shifted copy."""
+    n = x.shape[dim]
+    s = max(-(n - 1), min(n - 1, int(s)))
+    if s == 0:
+        return [(0, n, x)]
+    if s > 0:  # x[i + s] inside, x[n - 1] for the last s
+        return [(0, n - s, x.narrow(dim, s, n - s)), (n - s, s, x.narrow(dim, n - 1, 1))]
+    return [(0, -s, x.narrow(dim, 0, 1)), (-s, n + s, x.narrow(dim, 0, n + s))]  # x[0] first, then x[i + s]
 
 
 def channels_last(image: torch.Tensor) -> torch.Tensor:
