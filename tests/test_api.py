@@ -167,9 +167,9 @@ def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
         "import sys\n"
         "import unireg.io.image as I\n"
         "orig = I.PendingReads.__init__\n"
-        "def init(self, items):\n"
+        "def init(self, *a, **k):\n"
         "    print('torch loaded' if 'torch' in sys.modules else 'torch not loaded yet', flush=True)\n"
-        "    orig(self, items)\n"
+        "    orig(self, *a, **k)\n"
         "I.PendingReads.__init__ = init\n"
         "from unireg.cli.main import app\n"
         f"sys.argv = ['unireg', '--threads', '1', 'register', {str(tmp_path / 'f.nii.gz')!r}, "
@@ -182,3 +182,41 @@ def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "nothere.nii.gz" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["apply", "apply-points"])
+def test_cli_apply_reads_the_warp_before_torch_loads(tmp_path, command):
+    """``unireg apply`` / ``apply-points`` read the warp (and apply its image and reference) by threads
+    started before torch is imported; a missing warp is still one line naming it, exit status 2,
+    and nothing is written."""
+    import subprocess
+    import sys
+
+    from unireg.io.image import write_image
+
+    write_image(tmp_path / "f.nii.gz", np.random.default_rng(0).random((9, 8, 7)).astype(np.float32), np.eye(4))
+    (tmp_path / "p.csv").write_text("x,y,z\n1,2,3\n")
+    args = {
+        "apply": [str(tmp_path / "nowarp.nii.gz"), str(tmp_path / "f.nii.gz"), "-r", str(tmp_path / "f.nii.gz"),
+                  "-o", str(tmp_path / "out.nii.gz")],
+        "apply-points": [str(tmp_path / "nowarp.nii.gz"), str(tmp_path / "p.csv"), "-o", str(tmp_path / "out.csv")],
+    }[command]
+    code = (
+        "import sys\n"
+        "import unireg.io.image as I\n"
+        "orig = I.PendingReads.__init__\n"
+        "def init(self, *a, **k):\n"
+        "    print('torch loaded' if 'torch' in sys.modules else 'torch not loaded yet', flush=True)\n"
+        "    orig(self, *a, **k)\n"
+        "I.PendingReads.__init__ = init\n"
+        "from unireg.cli.main import app\n"
+        f"sys.argv = ['unireg', '--threads', '1', {command!r}, *{args!r}]\n"
+        "app()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    said = r.stdout.strip().splitlines()
+    assert said and set(said) == {"torch not loaded yet"}, r.stdout
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "nowarp.nii.gz" in err[0] and "file not found" in err[0]
+    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())

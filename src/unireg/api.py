@@ -253,15 +253,14 @@ def apply(
     ``labelwise`` (default with ``labels=True``).  ``device``: where the interpolation runs (``cuda``
     for large volumes; ``bspline`` runs on the CPU, through scipy, whatever the device).
     """
-    from .transforms import INTERPOLATIONS, chain_map, load_chain
+    from .interpolation import check_interpolation, reads_labels
+    from .transforms import chain_map, load_chain
 
     dev = check_device(device)
-    interp = interpolation or ("labelwise" if labels else "linear")
-    if interp not in INTERPOLATIONS:
-        raise UniRegError(f"unknown interpolation {interp!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    interp = check_interpolation(interpolation, labels)
     if isinstance(warp, list):
         chain = load_chain(warp)
-        img = as_image(image, labels=labels or interp == "labelwise", name="image")
+        img = as_image(image, labels=reads_labels(True, labels, interp), name="image")
         ref_img = as_image(ref, name="ref")
         nd = ref_img.ndim
         if img.ndim != nd:
@@ -273,7 +272,7 @@ def apply(
         disp, w_aff = warp
     else:
         disp, w_aff = read_displacement_field(warp)
-    img = as_image(image, labels=labels, name="image")
+    img = as_image(image, labels=reads_labels(False, labels, interp), name="image")
     ref_img = as_image(ref, name="ref")
     nd = ref_img.ndim
     if img.ndim != nd or disp.shape[0] != nd:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from .errors import UniRegError
+from .interpolation import INTERPOLATIONS  # re-exported: unireg.transforms.INTERPOLATIONS
 
 __all__ = ["Transform", "parse_transform_spec", "load_chain", "chain_map", "INTERPOLATIONS"]
-
-INTERPOLATIONS = ("linear", "bspline", "nearest", "labelwise")
 
 
 @dataclass

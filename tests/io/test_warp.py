@@ -181,6 +181,38 @@ def test_roundtrip(tmp_path, name, field3d):
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left behind
 
 
+def test_gzipped_field_is_read_by_isal_as_nibabel_reads_it(tmp_path, field3d, monkeypatch):
+    """A ``.nii.gz`` field goes through the ISA-L stream (as images do) and gives nibabel's values,
+    scaling included; a field nibabel wrote itself (another writer, scl_slope set) too."""
+    import unireg.io.image as image_io
+    import unireg.io.warp as warp_io
+
+    calls = []
+    real = image_io._read_nifti_gz_isal
+
+    def spy(p):
+        calls.append(p.name)
+        return real(p)
+
+    monkeypatch.setattr(warp_io, "_read_nifti_gz_isal", spy)
+    path, disp = field3d
+    back, aff = read_displacement_field(path)
+    assert calls == [path.name]
+    np.testing.assert_array_equal(back, disp)
+    np.testing.assert_allclose(aff, FIX_AFFINE, atol=1e-6)
+    # written by nibabel with a scale factor: the reader applies it, as nibabel's own does
+    lps = np.moveaxis(disp, 0, -1)[:, :, :, None, :] * np.array([-1, -1, 1], np.float32)
+    img = nib.Nifti1Image((lps / 0.5).astype(np.int16), FIX_AFFINE)
+    img.header.set_intent(1007)
+    img.header.set_slope_inter(0.5, 0.0)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    want = np.moveaxis(np.asarray(nib.load(str(tmp_path / "scaled.nii.gz")).dataobj, np.float32)[:, :, :, 0, :]
+                       * np.array([-1, -1, 1], np.float32), -1, 0)
+    got, _ = read_displacement_field(tmp_path / "scaled.nii.gz")
+    assert calls[-1] == "scaled.nii.gz" and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
 def test_errors(tmp_path):
     with pytest.raises(UniRegError, match="file not found"):
         read_displacement_field(tmp_path / "nope.nii.gz")

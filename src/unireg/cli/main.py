@@ -274,6 +274,7 @@ def register(
 
 @app.command()
 @guarded
+@threads_set_by_command
 def apply(
     paths: List[Path] = typer.Argument(..., metavar="[WARP] IMAGE",
                                        help="warp.nii.gz written by `unireg register`, then the image or label map "
@@ -292,12 +293,9 @@ def apply(
     device: str = options.DEVICE,
 ):
     """Apply a saved warp, or a chain of transforms (-t, as antsApplyTransforms), to another image or label map."""
-    import numpy as np
-
-    from .. import api
-    from ..errors import UniRegError
-    from ..io.image import write_image
-    from ..outputs import guard_inputs
+    from ..interpolation import check_interpolation, reads_labels
+    from ..io.image import PendingReads  # numpy and nibabel only
+    from ..io.warp import read_displacement_field
 
     if transform:
         if len(paths) != 1:
@@ -307,10 +305,25 @@ def apply(
         if len(paths) != 2:
             raise UniRegError("give WARP IMAGE, or IMAGE with one or more -t transforms")
         chain, image = None, paths[1]
+    # the warp, the image and the reference are read by threads while torch loads (as `register` reads
+    # its inputs); their errors are raised below after the other checks, in the order api.apply reads
+    # them (warp, image, reference).  A -t chain's files are read by api.apply.
+    interp = check_interpolation(interpolation, labels)
+    field = None if chain is not None else PendingReads([(paths[0], False)], read=lambda p, _: read_displacement_field(p))
+    reads = PendingReads([(image, reads_labels(chain is not None, labels, interp)), (ref, False)])
+    _setup_threads()
+    import numpy as np
+
+    from .. import api
+    from ..io.image import write_image
+    from ..outputs import guard_inputs
+
     warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
     guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
-    res = api.apply(chain if chain is not None else paths[0], image, ref, labels=labels, interpolation=interpolation,
-                    device=device)
+    api.check_device(device)
+    warp = chain if field is None else field.result()[0]
+    image_img, ref_img = reads.result()
+    res = api.apply(warp, image_img, ref_img, labels=labels, interpolation=interp, device=device)
     keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"
     write_image(out, res.data, res.affine, dtype=None if keep_int else np.float32)
     typer.echo(str(out))
@@ -319,6 +332,7 @@ def apply(
 
 @app.command("apply-points")
 @guarded
+@threads_set_by_command
 def apply_points(
     warp: Path = typer.Argument(..., help="warp.nii.gz (fixed->moving points) or inverse_warp.nii.gz (moving->fixed)."),
     points: Path = typer.Argument(..., help="CSV with columns x,y[,z] in world mm."),
@@ -327,17 +341,25 @@ def apply_points(
     device: str = options.DEVICE,
 ):
     """Map a CSV of world points through a warp (x + u(x))."""
+    from ..io.image import PendingReads  # numpy and nibabel only
+    from ..io.warp import read_displacement_field
+
+    # the warp is read by a thread while torch loads; its errors are raised after the points' (as before)
+    field = PendingReads([(warp, False)], read=lambda p, _: read_displacement_field(p))
+    _setup_threads()
+    import warnings
+
     from .. import api
     from ..io.points import read_points, write_points
     from ..outputs import guard_inputs
 
     guard_inputs({"out": out}, [str(warp), str(points)])
-    import warnings
-
     pts, table = read_points(points, lps=lps)
+    api.check_device(device)
+    disp = field.result()[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", api.PointsOutsideWarning)
-        mapped = api.apply_points(warp, pts, device=device)
+        mapped = api.apply_points(disp, pts, device=device)
     for w in caught:
         if issubclass(w.category, api.PointsOutsideWarning):
             typer.echo(f"unireg: warning: {w.message}", err=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         fast = _read_nifti_gz_isal(p) if p.name.lower().endswith(".gz") else None
         if fast is not None:
-            return fast
+            return fast[:2]
         img = nib.load(str(p))
         arr = np.asanyarray(img.dataobj)
         affine = np.array(img.affine, dtype=np.float64)
@@ -98,9 +99,10 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
     return arr, affine
 
 
-def _read_nifti_gz_isal(p: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_nifti_gz_isal(p: Path) -> tuple[np.ndarray, np.ndarray, Any] | None:
     """A ``.nii.gz`` decompressed by ISA-L (2-3x faster than zlib, which nibabel uses), streamed into
-    nibabel's reader; None where this is not a plain NIfTI-1/2 stream (nibabel then reads it itself)."""
+    nibabel's reader: ``(array, affine, header)``; None where this is not a plain NIfTI-1/2 stream
+    (nibabel then reads it itself).  Images and displacement fields (:mod:`unireg.io.warp`) alike."""
     import nibabel as nib
     from isal import igzip
 
@@ -118,7 +120,7 @@ def _read_nifti_gz_isal(p: Path) -> tuple[np.ndarray, np.ndarray] | None:
         img = klass.from_stream(f)
         if img.header.get("magic") not in (b"n+1", b"n+2"):  # a gzipped .hdr/.img pair is not one stream
             return None
-        return np.asanyarray(img.dataobj), np.array(img.affine, dtype=np.float64)
+        return np.asanyarray(img.dataobj), np.array(img.affine, dtype=np.float64), img.header
 
 
 def _read_sitk(p: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -327,12 +329,14 @@ class PendingReads:
     float checks and copies release the GIL, so a pair and its label map cost about the largest
     file's time, and the CLI starts them before it imports torch, which takes ~2 s here).
     ``items``: ``(path or None, labels)``; :meth:`result` waits and returns the :class:`Image` of
-    each (None stays None), raising the first failure in argument order."""
+    each (None stays None), raising the first failure in argument order.  ``read(path, labels)``:
+    another reader (default :func:`read_image`), e.g. a displacement field's for ``unireg apply``."""
 
-    def __init__(self, items):
+    def __init__(self, items, read=None):
         import threading
 
         items = list(items)
+        self._reader = read
         self._out: list = [None] * len(items)
         self._threads = []
         for i, (p, lab) in enumerate(items):
@@ -344,17 +348,18 @@ class PendingReads:
 
     def _read(self, i: int, p: Path, labels: bool) -> None:
         try:
-            self._out[i] = (read_image(p, labels=labels), None)
+            value = read_image(p, labels=labels) if self._reader is None else self._reader(p, labels)
+            self._out[i] = (value, None)
         except BaseException as e:  # noqa: BLE001 - handed to result(), in argument order
             self._out[i] = (None, e)
 
-    def outcomes(self) -> list[tuple[Image | None, BaseException | None]]:
+    def outcomes(self) -> list[tuple[Any, BaseException | None]]:
         """``(image, None)`` or ``(None, error)`` per item, once every read has ended."""
         for t in self._threads:
             t.join()
         return [(None, None) if r is None else r for r in self._out]
 
-    def result(self) -> list[Image | None]:
+    def result(self) -> list[Any]:
         done = self.outcomes()
         for _, err in done:
             if err is not None:

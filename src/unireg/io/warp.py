@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from unireg.errors import UniRegError
-from unireg.io.image import _as_numpy, _check_exists, _nifti_image, _one_line, _write_nifti, image_ext
+from unireg.io.image import (
+    _as_numpy,
+    _check_exists,
+    _nifti_image,
+    _one_line,
+    _read_nifti_gz_isal,
+    _write_nifti,
+    image_ext,
+)
 from unireg.spatial.frames import lps_to_ras, ras_to_lps
 
 __all__ = ["write_displacement_field", "read_displacement_field", "NIFTI_INTENT_VECTOR"]
@@ -87,10 +95,15 @@ def read_displacement_field(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
     if image_ext(p) not in (".nii", ".nii.gz"):
         raise UniRegError("displacement fields must be NIfTI (.nii or .nii.gz)", p)
     try:
-        img = nib.load(str(p))
-        intent = int(img.header["intent_code"])
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-        affine = np.array(img.affine, dtype=np.float64)
+        # ISA-L for a .nii.gz (a 1 mm head's field: 1.5 -> ~0.5 s), nibabel's own reader otherwise
+        fast = _read_nifti_gz_isal(p) if p.name.lower().endswith(".gz") else None
+        if fast is not None:
+            raw, affine, header = fast
+        else:
+            img = nib.load(str(p))
+            raw, affine, header = img.dataobj, np.array(img.affine, dtype=np.float64), img.header
+        intent = int(header["intent_code"])
+        arr = np.asarray(raw, dtype=np.float32)
     except Exception as e:
         raise UniRegError(f"cannot read NIfTI file ({_one_line(e)})", p) from None
     s = arr.shape
