@@ -309,7 +309,9 @@ def apply(
     # its inputs); their errors are raised below after the other checks, in the order api.apply reads
     # them (warp, image, reference).  A -t chain's files are read by api.apply.
     interp = check_interpolation(interpolation, labels)
-    field = None if chain is not None else PendingReads([(paths[0], False)], read=lambda p, _: read_displacement_field(p))
+    field = None
+    if chain is None:
+        field = PendingReads([(paths[0], False)], read=lambda p, _: read_displacement_field(p))
     reads = PendingReads([(image, reads_labels(chain is not None, labels, interp)), (ref, False)])
     _setup_threads()
     import numpy as np
