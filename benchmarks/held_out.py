@@ -219,6 +219,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
     head += [f"IC mm {TITLES[m]}" for m in peers if m != "elastix"]
     if "unireg" in methods:
         head += ["UniReg < none", "fallbacks (needed stage refused)"]
+    head += [f"{TITLES[m]} < none" for m in peers if m != "unireg"]  # the peers on the same pairs
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     kinds = [("deformation", DEFORMATIONS), ("intensity", INTENSITIES), ("grid", GRIDS), ("anatomy", ANATOMIES)]
     for dim in sorted({r["dim"] for r in cases}):
@@ -250,6 +251,11 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
                     failed = sum(1 for r in rows if r["case"] in cs and r["method"] == "unireg" and r["status"] != "ok")
                     fb = sum(int(by[(c, "unireg")].get("fallback") or 0) for c in cs if (c, "unireg") in by)
                     cells += [f"{below}/{len(cs)}", f"{fb}/{len(cs)}" + (f" ({failed} failed)" if failed else "")]
+                for m in peers:
+                    if m != "unireg":
+                        scored = [c for c in cs if (c, m) in by and (c, "none") in by]
+                        worse = sum(1 for c in scored if by[(c, m)]["dice"] < by[(c, "none")]["dice"])
+                        cells.append(f"{worse}/{len(scored)}")
                 lines.append("| " + " | ".join(cells) + " |")
     # cost table
     cost = ["", "| dim | method | pairs | mean s (whole process) | max s | mean registration s | mean peak RSS MiB | max peak RSS MiB |",
@@ -267,6 +273,26 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
                 ratio = sum(float(by[(c, "ants")]["seconds"]) for c in pairs) / sum(float(by[(c, "unireg")]["seconds"]) for c in pairs)
                 cost.append(f"| {dim}-D | ANTs s / UniReg s | {len(pairs)} | {ratio:.2f}x | | | | |")
     return "\n".join(lines + cost)
+
+
+def read_rows(csv_path: Path) -> list[dict]:
+    """The rows of a held-out CSV as :func:`evaluate_pair` made them (numbers as numbers), to summarise
+    a finished run again (``--summarise``)."""
+    text = {"case", "deformation", "intensity", "grid", "anatomy", "method", "status", "fallback_stages", "ants_metric",
+            "refused_stages"}
+    rows = []
+    with open(csv_path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row: dict = {}
+            for k, v in r.items():
+                if k in text or v in ("", None):
+                    row[k] = v
+                elif k in ("dim", "held_out", "fallback", "qc_flag"):
+                    row[k] = int(float(v))
+                else:
+                    row[k] = float(v)
+            rows.append(row)
+    return rows
 
 
 def box_plots(rows: list[dict], methods: list[str], out_dir: Path) -> list[Path]:
@@ -333,7 +359,13 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--work", type=Path, default=None, help="folder for pair files (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep pair and output files in --work")
+    p.add_argument("--summarise", type=Path, default=None, metavar="CSV",
+                   help="print the tables of a finished run's held_out.csv again (nothing is run)")
     args = p.parse_args(argv)
+    if args.summarise is not None:
+        rows = read_rows(args.summarise)
+        print(summarise(rows, [m for m in METHODS if any(r["method"] == m for r in rows)]))
+        return 0
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:

@@ -37,6 +37,30 @@ def test_quick_run_writes_table_csv_and_plot(tmp_path):
     uni = next(r for r in rows if r["method"] == "unireg")
     assert float(uni["seconds"]) > 0 and 50 < float(uni["peak_rss_mb"]) < 8000
     assert uni["ic_mm"] not in ("", "nan")  # UniReg writes inverse_warp.nii.gz
+    # the CSV alone gives the same table again
+    again = subprocess.run([sys.executable, str(SCRIPT), "--summarise", str(tmp_path / "held_out.csv")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() in md
+
+
+def test_summary_counts_each_method_below_no_registration():
+    """``UniReg < none`` and the peers' ``ANTs < none`` / ``elastix < none``: pairs a method left worse
+    (Dice) than no registration, out of the pairs it was scored on."""
+    mod = _module()
+    rows = []
+    for case, dice in (("2d_smooth_00_mni_t2_native", {"none": 0.8, "unireg": 0.9, "ants": 0.7, "elastix": 0.85}),
+                       ("2d_smooth_01_mni_t2_native", {"none": 0.9, "unireg": 0.95, "ants": 0.8, "elastix": 0.7})):
+        for m, d in dice.items():
+            rows.append({"case": case, "dim": 2, "deformation": "smooth", "intensity": "t2", "grid": "native",
+                         "anatomy": "mni", "method": m, "status": "ok", "dice": d, "dice_true_map": 0.99, "epe_mm": 1.0,
+                         "folded_pct": 0.0, "logjac_err": 0.1, "ic_mm": 0.1, "seconds": 1.0, "peak_rss_mb": 100.0,
+                         "fallback": 0})
+    table = mod.summarise(rows, ["none", "unireg", "ants", "elastix"])
+    head = next(ln for ln in table.splitlines() if ln.startswith("| dim"))
+    assert head.rstrip(" |").endswith("UniReg < none | fallbacks (needed stage refused) | ANTs < none | elastix < none")
+    row = next(ln for ln in table.splitlines() if "| all pairs |" in ln)
+    assert row.rstrip(" |").endswith("0/2 | 0/2 | 2/2 | 1/2")
 
 
 def test_fallbacks_read_from_report():
