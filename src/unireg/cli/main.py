@@ -323,7 +323,8 @@ def apply(
     warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
     guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
     api.check_device(device)
-    warp = chain if field is None else field.result()[0]
+    warp = field.result()[0] if field is not None else chain
+    assert warp is not None  # a chain when no field is read
     image_img, ref_img = reads.result()
     res = api.apply(warp, image_img, ref_img, labels=labels, interpolation=interp, device=device)
     keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"
