@@ -93,9 +93,9 @@ def table(res: dict, agree: dict, load: tuple) -> str:
         u, a = res[f"unireg_{kind}"], res[f"ants_{kind}"]
         lines.append(f"| {kind} | {u['wall_s']:.2f} | {a['wall_s']:.2f} | {a['wall_s'] / u['wall_s']:.2f}x | "
                      f"{u['peak_mib']:.0f} | {a['peak_mib']:.0f} |")
-    lines += ["", f"Outputs: warped images differ by {100 * agree['image_mean_diff']:.3f} % of the moving intensity "
-              f"range on average inside the head (99.9th percentile {100 * agree['image_p999_diff']:.2f} %); "
-              f"warped label maps agree on {100 * agree['labels_agree']:.3f} % of voxels."]
+    lines += ["", f"Outputs: warped images differ by {100 * agree['image_mean_diff']:.2g} % of the moving intensity "
+              f"range on average inside the head (99.9th percentile {100 * agree['image_p999_diff']:.2g} %); "
+              f"warped label maps agree on {100 * agree['labels_agree']:.5f} % of voxels."]
     return "\n".join(lines)
 
 
