@@ -184,11 +184,11 @@ def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", ["apply", "apply-points"])
+@pytest.mark.parametrize("command", ["apply", "apply -t", "apply-points"])
 def test_cli_apply_reads_the_warp_before_torch_loads(tmp_path, command):
-    """``unireg apply`` / ``apply-points`` read the warp (and apply its image and reference) by threads
-    started before torch is imported; a missing warp is still one line naming it, exit status 2,
-    and nothing is written."""
+    """``unireg apply`` (a warp or a ``-t`` chain) / ``apply-points`` read the warp (and apply its
+    image and reference) by threads started before torch is imported; a missing warp is still one
+    line naming it, exit status 2, and nothing is written."""
     import subprocess
     import sys
 
@@ -199,8 +199,11 @@ def test_cli_apply_reads_the_warp_before_torch_loads(tmp_path, command):
     args = {
         "apply": [str(tmp_path / "nowarp.nii.gz"), str(tmp_path / "f.nii.gz"), "-r", str(tmp_path / "f.nii.gz"),
                   "-o", str(tmp_path / "out.nii.gz")],
+        "apply -t": [str(tmp_path / "f.nii.gz"), "-t", str(tmp_path / "nowarp.nii.gz"), "-r",
+                     str(tmp_path / "f.nii.gz"), "-o", str(tmp_path / "out.nii.gz")],
         "apply-points": [str(tmp_path / "nowarp.nii.gz"), str(tmp_path / "p.csv"), "-o", str(tmp_path / "out.csv")],
     }[command]
+    command = command.split()[0]
     code = (
         "import sys\n"
         "import unireg.io.image as I\n"
@@ -218,5 +221,5 @@ def test_cli_apply_reads_the_warp_before_torch_loads(tmp_path, command):
     assert said and set(said) == {"torch not loaded yet"}, r.stdout
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and "nowarp.nii.gz" in err[0] and "file not found" in err[0]
+    assert len(err) == 1 and "nowarp.nii.gz" in err[0] and "not found" in err[0]
     assert not any(p.name.startswith("out") for p in tmp_path.iterdir())

@@ -16,14 +16,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import UniRegError
 from .interpolation import INTERPOLATIONS  # re-exported: unireg.transforms.INTERPOLATIONS
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["Transform", "parse_transform_spec", "load_chain", "chain_map", "INTERPOLATIONS"]
+
+# torch is imported where it is used: reading a chain (``load_chain``) needs numpy and nibabel only, so
+# `unireg apply -t ...` reads its transforms while torch loads.
 
 
 @dataclass
@@ -50,10 +56,13 @@ def parse_transform_spec(spec: str) -> tuple[str, bool]:
 
 
 def load_transform(item, invert: bool = False) -> Transform:
-    """A path (field or affine file), a 4x4 matrix, or a ``(path_or_matrix, invert)`` pair."""
+    """A path (field or affine file), a 4x4 matrix, or a ``(path_or_matrix, invert)`` pair (a
+    :class:`Transform` already loaded is returned as it is)."""
     from .io.transform import AFFINE_EXTS, read_affine
     from .io.warp import read_displacement_field
 
+    if isinstance(item, Transform):
+        return item
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bool):
         item, invert = item
     if isinstance(item, np.ndarray):
@@ -90,6 +99,8 @@ def load_chain(items) -> list[Transform]:
 
 def _field_at(t: Transform, world: torch.Tensor) -> torch.Tensor:
     """Displacement ``u(world)`` (RAS mm), zero outside the field's grid (ITK's convention)."""
+    import torch
+
     from .spatial.grid import apply_matrix, sample
     from .spatial.world import affine_nd
 
@@ -116,6 +127,8 @@ def chain_map(chain: list[Transform], ndim: int):
         if n != ndim:
             raise UniRegError(f"{t.source}: a {n}-D displacement field in a {ndim}-D chain")
 
+    import torch
+
     def world_map(world: torch.Tensor, rows=None) -> torch.Tensor:
         x = world
         for t in chain:
@@ -132,6 +145,7 @@ def chain_map(chain: list[Transform], ndim: int):
 def pull_bspline(image: np.ndarray, src_affine4, out_shape, out_affine4, world_map, chunk_voxels: int = 2_000_000):
     """Cubic B-spline resampling of ``image`` ``(*in)`` onto ``(out_shape, out_affine4)`` through ``world_map``
     (zero outside the input, as ITK's BSplineInterpolateImageFunction with a zero default value)."""
+    import torch
     from scipy import ndimage
 
     from .spatial.grid import apply_matrix

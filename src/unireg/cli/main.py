@@ -305,13 +305,16 @@ def apply(
         if len(paths) != 2:
             raise UniRegError("give WARP IMAGE, or IMAGE with one or more -t transforms")
         chain, image = None, paths[1]
-    # the warp, the image and the reference are read by threads while torch loads (as `register` reads
-    # its inputs); their errors are raised below after the other checks, in the order api.apply reads
-    # them (warp, image, reference).  A -t chain's files are read by api.apply.
+    # the warp (or the -t chain's files), the image and the reference are read by threads while torch
+    # loads (as `register` reads its inputs); their errors are raised below after the other checks, in
+    # the order api.apply reads them (transforms, image, reference)
+    from ..transforms import load_chain  # numpy and nibabel until a chain is applied
+
     interp = check_interpolation(interpolation, labels)
-    field = None
     if chain is None:
         field = PendingReads([(paths[0], False)], read=lambda p, _: read_displacement_field(p))
+    else:
+        field = PendingReads([(chain, False)], read=lambda items, _: load_chain(items))
     reads = PendingReads([(image, reads_labels(chain is not None, labels, interp)), (ref, False)])
     _setup_threads()
     import numpy as np
@@ -323,8 +326,7 @@ def apply(
     warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
     guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
     api.check_device(device)
-    warp = field.result()[0] if field is not None else chain
-    assert warp is not None  # a chain when no field is read
+    warp = field.result()[0]  # (field, affine), or the chain's loaded transforms
     image_img, ref_img = reads.result()
     res = api.apply(warp, image_img, ref_img, labels=labels, interpolation=interp, device=device)
     keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"

@@ -330,7 +330,8 @@ class PendingReads:
     file's time, and the CLI starts them before it imports torch, which takes ~2 s here).
     ``items``: ``(path or None, labels)``; :meth:`result` waits and returns the :class:`Image` of
     each (None stays None), raising the first failure in argument order.  ``read(path, labels)``:
-    another reader (default :func:`read_image`), e.g. a displacement field's for ``unireg apply``."""
+    another reader (default :func:`read_image`), e.g. a displacement field's for ``unireg apply``,
+    which gets each item as given (not made a ``Path``: a transform chain is a list)."""
 
     def __init__(self, items, read=None):
         import threading
@@ -342,11 +343,12 @@ class PendingReads:
         for i, (p, lab) in enumerate(items):
             if p is None:
                 continue
-            t = threading.Thread(target=self._read, args=(i, Path(p), bool(lab)), name="unireg-read", daemon=True)
+            arg = Path(p) if read is None else p  # another reader takes the item as given
+            t = threading.Thread(target=self._read, args=(i, arg, bool(lab)), name="unireg-read", daemon=True)
             t.start()
             self._threads.append(t)
 
-    def _read(self, i: int, p: Path, labels: bool) -> None:
+    def _read(self, i: int, p, labels: bool) -> None:
         try:
             value = read_image(p, labels=labels) if self._reader is None else self._reader(p, labels)
             self._out[i] = (value, None)
