@@ -17,12 +17,25 @@ TINY_3D = ["--ndim", "3", "--spacing", "3", "--crop", "40", "40", "40", "--batch
            "--seed", "0"]
 
 
+# Two seeds, their mean gain: 80 CPU steps leave a seed-to-seed spread of +0.007 to +0.026 (seeds 0-3 on
+# this project's 2-core machine; seed 0 read +0.019 on the machine that wrote the test and +0.011 on a
+# later one, whose kernels round differently), while the trainer whose loss stayed flat gained +0.001.
+SEEDS = (0, 1)
+MIN_MEAN_GAIN = 0.008
+
+
 def test_tiny_3d_network_learns(tmp_path):
-    torch.manual_seed(0)
-    out = tmp_path / "tiny3d.pt"
-    train(parse_config(TINY_3D + ["--out", str(out)]))
-    val = load_registrar(out).meta["validation"]
-    gain = val["dice_after"] - val["dice_before"]
-    print(f"validation Dice {val['dice_before']:.3f} -> {val['dice_after']:.3f} (gain {gain:+.3f})")
-    assert gain > 0.012, val
-    assert val["folded_percent"] < 0.5, val
+    gains = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        out = tmp_path / f"tiny3d_{seed}.pt"
+        args = list(TINY_3D)
+        args[args.index("--seed") + 1] = str(seed)
+        train(parse_config(args + ["--out", str(out)]))
+        val = load_registrar(out).meta["validation"]
+        gain = val["dice_after"] - val["dice_before"]
+        print(f"seed {seed}: validation Dice {val['dice_before']:.3f} -> {val['dice_after']:.3f} (gain {gain:+.3f})")
+        assert gain > 0, val
+        assert val["folded_percent"] < 0.5, val
+        gains.append(gain)
+    assert sum(gains) / len(gains) > MIN_MEAN_GAIN, gains
