@@ -154,15 +154,12 @@ def test_as_images_raises_a_bad_in_memory_item_before_a_later_bad_file(tmp_path)
                       (tmp_path / "missing_2.nii.gz", True, "fixed_labels"))
 
 
-def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
-    """``unireg register`` starts reading while torch is imported (the two overlap); a missing input
-    still ends as one line naming it, exit status 2."""
+def _cli_watching_reads(argv: list[str]):
+    """Run ``unireg --threads 1 ARGV`` in a child whose ``PendingReads`` prints, as each starts,
+    whether torch is loaded yet; returns the finished process."""
     import subprocess
     import sys
 
-    from unireg.io.image import write_image
-
-    write_image(tmp_path / "f.nii.gz", np.random.default_rng(0).random((9, 8, 7)).astype(np.float32), np.eye(4))
     code = (
         "import sys\n"
         "import unireg.io.image as I\n"
@@ -172,11 +169,20 @@ def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
         "    orig(self, *a, **k)\n"
         "I.PendingReads.__init__ = init\n"
         "from unireg.cli.main import app\n"
-        f"sys.argv = ['unireg', '--threads', '1', 'register', {str(tmp_path / 'f.nii.gz')!r}, "
-        f"{str(tmp_path / 'nothere.nii.gz')!r}, '-o', {str(tmp_path / 'out')!r}, '-q']\n"
+        f"sys.argv = ['unireg', '--threads', '1', *{argv!r}]\n"
         "app()\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_register_reads_its_inputs_before_torch_loads(tmp_path):
+    """``unireg register`` starts reading while torch is imported (the two overlap); a missing input
+    still ends as one line naming it, exit status 2."""
+    from unireg.io.image import write_image
+
+    write_image(tmp_path / "f.nii.gz", np.random.default_rng(0).random((9, 8, 7)).astype(np.float32), np.eye(4))
+    r = _cli_watching_reads(["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "nothere.nii.gz"),
+                             "-o", str(tmp_path / "out"), "-q"])
     assert r.stdout.strip() == "torch not loaded yet"
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
@@ -189,9 +195,6 @@ def test_cli_apply_reads_the_warp_before_torch_loads(tmp_path, command):
     """``unireg apply`` (a warp or a ``-t`` chain) / ``apply-points`` read the warp (and apply its
     image and reference) by threads started before torch is imported; a missing warp is still one
     line naming it, exit status 2, and nothing is written."""
-    import subprocess
-    import sys
-
     from unireg.io.image import write_image
 
     write_image(tmp_path / "f.nii.gz", np.random.default_rng(0).random((9, 8, 7)).astype(np.float32), np.eye(4))
@@ -203,20 +206,7 @@ def test_cli_apply_reads_the_warp_before_torch_loads(tmp_path, command):
                      str(tmp_path / "f.nii.gz"), "-o", str(tmp_path / "out.nii.gz")],
         "apply-points": [str(tmp_path / "nowarp.nii.gz"), str(tmp_path / "p.csv"), "-o", str(tmp_path / "out.csv")],
     }[command]
-    command = command.split()[0]
-    code = (
-        "import sys\n"
-        "import unireg.io.image as I\n"
-        "orig = I.PendingReads.__init__\n"
-        "def init(self, *a, **k):\n"
-        "    print('torch loaded' if 'torch' in sys.modules else 'torch not loaded yet', flush=True)\n"
-        "    orig(self, *a, **k)\n"
-        "I.PendingReads.__init__ = init\n"
-        "from unireg.cli.main import app\n"
-        f"sys.argv = ['unireg', '--threads', '1', {command!r}, *{args!r}]\n"
-        "app()\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = _cli_watching_reads([command.split()[0], *args])
     said = r.stdout.strip().splitlines()
     assert said and set(said) == {"torch not loaded yet"}, r.stdout
     assert r.returncode == 2
