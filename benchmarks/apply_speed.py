@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from speed import make_pair, timed_process  # noqa: E402  (this folder's own helper)
+from speed import make_pair, timed_process, unireg_command  # noqa: E402  (this folder's own helpers)
 
 KINDS = ("image", "labels")
 
@@ -51,8 +50,7 @@ def peer(kind: str, warp: Path, moving: Path, fixed: Path, out: Path) -> None:
 
 
 def commands(paths: dict, warp: Path, out: Path, threads: int) -> dict:
-    unireg = shutil.which("unireg")
-    uni = [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]
+    uni = unireg_command()
     cmds = {}
     for kind in KINDS:
         src = paths["moving"] if kind == "image" else paths["moving_labels"]
@@ -124,10 +122,8 @@ def main(argv=None) -> int:
         work = a.work or Path(tmp)
         paths = make_pair(work, a.quick)
         reg = work / "registration"
-        uni = shutil.which("unireg")
-        base = [uni] if uni else [sys.executable, "-c", "from unireg.cli.main import main; main()"]
-        timed_process(base + ["--threads", str(a.threads), "register", str(paths["fixed"]), str(paths["moving"]),
-                              "-o", str(reg), "-q", "--no-qc"], env)
+        timed_process(unireg_command() + ["--threads", str(a.threads), "register", str(paths["fixed"]),
+                                          str(paths["moving"]), "-o", str(reg), "-q", "--no-qc"], env)
         out = work / "applied"
         out.mkdir(parents=True, exist_ok=True)
         runs: dict[str, list] = {}

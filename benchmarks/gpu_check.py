@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
         return 0 if a.dry_run else 2
     card = torch.cuda.get_device_name(0) if a.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     sys.path.insert(0, str(HERE))
-    from speed import _write_pair, gm_wm_dice
+    from speed import _write_pair, gm_wm_dice, unireg_command
 
     from unireg import api
 
@@ -71,8 +70,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         print(f"api.register --fast (warm): {time.perf_counter() - t0:.2f} s")
 
-        unireg = shutil.which("unireg")
-        cli = ([unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]) + [
+        cli = unireg_command() + [
             "register", str(paths["fixed"]), str(paths["moving"]), "--labels", str(paths["moving_labels"]),
             "-o", str(Path(tmp) / "out"), "--device", a.device]
         secs = {}

@@ -102,10 +102,14 @@ def gm_wm_dice(fixed_labels: Path, warped_labels: Path) -> float:
     return float(r.stdout.strip())
 
 
-def commands(paths: dict, out: Path, threads: int) -> dict:
+def unireg_command() -> list[str]:
+    """The ``unireg`` console script as installed, or the same entry point through this interpreter."""
     unireg = shutil.which("unireg")
-    uni = [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]
-    base = uni + ["--threads", str(threads), "register", str(paths["fixed"]), str(paths["moving"]),
+    return [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]
+
+
+def commands(paths: dict, out: Path, threads: int) -> dict:
+    base = unireg_command() + ["--threads", str(threads), "register", str(paths["fixed"]), str(paths["moving"]),
                   "--labels", str(paths["moving_labels"]), "-o"]
     return {
         "unireg": base + [str(out / "unireg")],
