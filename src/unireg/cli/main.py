@@ -308,7 +308,7 @@ def apply(
     # the warp (or the -t chain's files), the image and the reference are read by threads while torch
     # loads (as `register` reads its inputs); their errors are raised below after the other checks, in
     # the order api.apply reads them (transforms, image, reference)
-    from ..transforms import load_chain  # numpy and nibabel until a chain is applied
+    from ..transforms import load_chain, parse_transform_spec  # numpy and nibabel until a chain is applied
 
     interp = check_interpolation(interpolation, labels)
     if chain is None:
@@ -323,7 +323,7 @@ def apply(
     from ..io.image import write_image
     from ..outputs import guard_inputs
 
-    warp_in = [str(paths[0])] if chain is None else [str(t).strip("[]").split(",")[0] for t in chain]
+    warp_in = [str(paths[0])] if chain is None else [parse_transform_spec(str(t))[0] for t in chain]
     guard_inputs({"out": out}, [*warp_in, str(image), str(ref)])
     api.check_device(device)
     warp = field.result()[0]  # (field, affine), or the chain's loaded transforms
