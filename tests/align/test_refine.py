@@ -54,3 +54,41 @@ def test_fast_schedule_skips_the_working_level_and_keeps_native_where_there_is_o
     assert [lv.name for lv in schedule(fast=True, native=False, ndim=2)] == ["coarse"]
     assert [lv.name for lv in schedule(ndim=3)] == ["coarse", "working", "native"]
     assert schedule(iterations=0, fast=True, ndim=3) == ()
+
+
+def _aligned_noisy_pair(seed: int, n: int = 96, noise: float = 0.04):
+    """A smooth 2-D texture and the same texture under another contrast (non-monotonic) plus noise:
+    aligned, the true map is the identity."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.nn.functional.avg_pool2d(torch.rand(1, 1, n, n, generator=g), 7, 1, 3)
+    f = (f - f.min()) / (f.max() - f.min())
+    m = (1 - f) ** 2 + noise * torch.randn(f.shape, generator=g)
+    return f, m
+
+
+def test_feature_cost_prefers_the_identity_on_an_aligned_pair():
+    """On grid points the moving features pulled half a voxel are averaged (their noise too) while the
+    fixed ones are not, so a half-voxel shift looked cheaper than the true identity (0.0754 vs 0.0787
+    for seed 0); both interpolated at the same random points, the identity is the cheaper."""
+    from unireg.features.mind import mind_ssc
+
+    for seed in range(3):
+        f, m = _aligned_noisy_pair(seed)
+        ff, fm = mind_ssc(f), mind_ssc(m)
+        half = torch.zeros(1, 2, *f.shape[2:])
+        half[:, 0] = 0.5
+        assert refine.mind_cost(ff, fm, None) < refine.mind_cost(ff, fm, half) * 0.98, seed
+
+
+def test_refinement_leaves_an_aligned_noisy_pair_nearly_where_it_is():
+    """From zero velocity the 2-D schedule moves an aligned pair by a mean 0.21-0.29 voxel with the
+    features compared at shared random points, 0.38-0.43 voxel on grid points (the interpolation's
+    smoothing rewarded)."""
+    from unireg.spatial.integrate import integrate_velocity
+
+    moved = []
+    for seed in range(3):
+        f, m = _aligned_noisy_pair(seed)
+        v = refine_multilevel(torch.zeros(1, 2, *f.shape[2:]), f, m, schedule(ndim=2, native=False), seed=0)
+        moved.append(float(integrate_velocity(v, 7).norm(dim=1).mean()))
+    assert sum(moved) / len(moved) < 0.33, moved

@@ -127,7 +127,10 @@ def test_native_level_beats_the_coarse_refinement_on_fine_deformations(monkeypat
 
     monkeypatch.setattr(deformable, "schedule", coarse_only)
     coarse = epe(fast=True, refine=80)
-    assert native < 0.85 * coarse and native < 0.7 * before, (before, coarse, native)
+    # measured: before 0.806 mm, coarse alone 1.20, default levels 0.572 (0.543 with the features
+    # compared on grid points, before refine.UNBIASED_SAMPLING: on this noise-free pair that bias
+    # costs nothing, on the noisy held-out suite it moved aligned regions; the suite's EPE fell 3-5 %)
+    assert native < 0.85 * coarse and native < 0.75 * before, (before, coarse, native)
 
 
 def test_affine_stage_finds_a_rotated_scaled_shifted_phantom_in_a_noisy_field_of_view():
