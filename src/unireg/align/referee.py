@@ -22,7 +22,7 @@ from ..preprocess import as_tensor
 from ..spatial.frames import affine_nd
 from ..spatial.grid import apply_matrix, sample
 
-__all__ = ["Referee", "nmi", "POINTS", "BINS", "MARGIN"]
+__all__ = ["Referee", "nmi", "POINTS", "BINS", "MARGIN", "LOCAL_BINS"]
 
 POINTS = 300_000  # random points in the fixed image's object (a 1 mm head has ~1.5 M)
 BINS = 32
@@ -33,6 +33,7 @@ FOREGROUND = 0.02  # normalised fixed intensity above which a point counts (the 
 # worse raised NMI by 0.10, 0.31 and 0.93 %; helpful ones by 1.3-7 %, and 0.66 % on a small
 # synthetic pair after two refinement steps (a real, small correction).  0.5 % refuses the first two.
 MARGIN = 0.005
+LOCAL_BINS = 16  # bins per image of the patch histograms (a patch holds a few thousand points)
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,8 @@ class Referee:
     with 4x4 voxel-to-world matrices; ``mask``: a ``(*S_fixed)`` boolean where the fixed image counts
     (None: where it is above ``FOREGROUND``); ``moving_mask``: a ``(*S_moving)`` boolean where the
     moving image counts (``--moving-mask``: a point that a candidate maps outside it is left out of
-    that candidate's histogram).  The same points serve every candidate, so two scores differ by the
+    that candidate's histogram); ``per_voxel``: the most points per fixed voxel (``points`` caps them
+    too).  The same points serve every candidate, so two scores differ by the
     maps alone.
     """
 
@@ -81,6 +83,7 @@ class Referee:
         points: int = POINTS,
         seed: int = 0,
         moving_mask=None,
+        per_voxel: float = 1.0,
     ):
         dev = torch.device(device) if device is not None else torch.device("cpu")
         self.nd = nd = int(ndim)
@@ -91,7 +94,7 @@ class Referee:
             self.moving_mask = as_tensor(moving_mask).to(dev)[None, None]
         shape = f.shape
         g = torch.Generator().manual_seed(int(seed) + 7)
-        n = min(int(points), int(np.prod(shape)))
+        n = min(int(points), int(per_voxel * np.prod(shape)))
         u = torch.rand((nd, n), generator=g, dtype=torch.float32).to(dev)
         vox = u * (torch.tensor(shape, dtype=torch.float32, device=dev) - 1).view(nd, 1)
         pts = vox.view(1, nd, n, *([1] * (nd - 1)))
@@ -105,19 +108,18 @@ class Referee:
             inside = torch.ones_like(inside)
         self.fixed_values = self.fixed_values[inside]
         a_f = torch.as_tensor(affine_nd(fixed_affine4, nd), dtype=torch.float32, device=dev)
-        self.world = apply_matrix(a_f, vox[:, inside])  # (nd, N) fixed world mm
+        self.vox = vox[:, inside]  # (nd, N) fixed voxel coordinates of the points
+        self.spacing = np.linalg.norm(affine_nd(fixed_affine4, nd)[:nd, :nd], axis=0)
+        self.fixed_affine = affine_nd(fixed_affine4, nd)
+        self.world = apply_matrix(a_f, self.vox)  # (nd, N) fixed world mm
         self.to_moving_vox = torch.as_tensor(
             np.linalg.inv(affine_nd(moving_affine4, nd)), dtype=torch.float32, device=dev
         )
         self.device = dev
         self._affine_only: dict[bytes, float] = {}  # scores of affine-only candidates (the gates ask twice)
 
-    def score(self, t_nd: np.ndarray, disp_w: torch.Tensor | None = None, w_aff4: np.ndarray | None = None) -> float:
-        """NMI through ``x -> t_nd(x + u(x))``; ``u`` the displacement ``disp_w`` ``(1, nd, *S_w)`` in voxels
-        of the working grid ``w_aff4`` (None: the affine alone)."""
-        key = np.asarray(t_nd, dtype=np.float64).tobytes()
-        if disp_w is None and key in self._affine_only:
-            return self._affine_only[key]
+    def _moving_values(self, t_nd, disp_w, w_aff4) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The moving image at the points mapped through the candidate, and the moving-mask weights."""
         nd, dev = self.nd, self.device
         x = self.world
         n = x.shape[1]
@@ -138,7 +140,89 @@ class Referee:
             weight = (sample(self.moving_mask, mv).flatten() > 0.999).float()
             if float(weight.sum()) < 100:  # a map that leaves the moving mask entirely: score every point
                 weight = None
+        return m, weight
+
+    def score(self, t_nd: np.ndarray, disp_w: torch.Tensor | None = None, w_aff4: np.ndarray | None = None) -> float:
+        """NMI through ``x -> t_nd(x + u(x))``; ``u`` the displacement ``disp_w`` ``(1, nd, *S_w)`` in voxels
+        of the working grid ``w_aff4`` (None: the affine alone)."""
+        key = np.asarray(t_nd, dtype=np.float64).tobytes()
+        if disp_w is None and key in self._affine_only:
+            return self._affine_only[key]
+        m, weight = self._moving_values(t_nd, disp_w, w_aff4)
         score = nmi(self.fixed_values, m, weight=weight)
         if disp_w is None:
             self._affine_only[key] = score
         return score
+
+    def local_gain(
+        self, t_nd: np.ndarray, disp_w: torch.Tensor, w_aff4: np.ndarray, patch_mm: float, bins: int = LOCAL_BINS
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative NMI gain of the deformation over the affine alone in overlapping patches.
+
+        The fixed image's grid is cut into cells of ``patch_mm / 2`` (mm along each voxel axis); a patch
+        is ``2**nd`` neighbouring cells, so patches overlap by half and their centres lie on the cells'
+        corners.  Returns ``(gain, points)``, each shaped like the patch grid: ``NMI(deformed) /
+        NMI(affine) - 1`` from the points in each patch (both candidates on the same points, partial-
+        volume binned into ``bins`` bins), and the number of points behind it.
+        """
+        nd, dev = self.nd, self.device
+        cell = torch.as_tensor(self.spacing / (patch_mm / 2.0), dtype=torch.float32, device=dev).view(nd, 1)
+        idx = (self.vox * cell).floor().long()  # (nd, N) cell of each point
+        n_cells = [max(int(idx[a].max()) + 1, 2) for a in range(nd)]  # at least one patch per axis
+        flat = torch.zeros_like(idx[0])
+        for a in range(nd):
+            flat = flat * n_cells[a] + idx[a]
+        hists = []
+        for disp in (None, disp_w):
+            m, weight = self._moving_values(t_nd, disp, w_aff4)
+            hists.append(_cell_histograms(self.fixed_values, m, weight, flat, n_cells, bins))
+        pool = torch.nn.functional.avg_pool2d if nd == 2 else torch.nn.functional.avg_pool3d
+        nmis, counts = [], None
+        for h in hists:  # (bins*bins, *cells) -> patches: sums over 2**nd neighbouring cells
+            hp = pool(h[None], 2, stride=1)[0] * 2**nd
+            counts = hp.sum(0)
+            nmis.append(_nmi_of_histograms(hp.view(bins, bins, *hp.shape[1:])))
+        return nmis[1] / nmis[0] - 1.0, counts
+
+    def patch_weights_on(
+        self, keep: torch.Tensor, patch_mm: float, shape, aff4: np.ndarray
+    ) -> torch.Tensor:
+        """``keep`` (the patch grid of :meth:`local_gain`, values in [0, 1]) interpolated linearly between
+        the patch centres onto the voxels of the grid ``(shape, aff4)`` of the fixed frame: ``(1, 1, *shape)``."""
+        nd, dev = self.nd, self.device
+        g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32, device=dev) for n in shape],
+                                       indexing="ij")).reshape(nd, -1)
+        to_f = np.linalg.inv(self.fixed_affine) @ affine_nd(aff4, nd)
+        fv = apply_matrix(torch.as_tensor(to_f, dtype=torch.float32, device=dev), g)  # fixed voxels
+        h = torch.as_tensor(self.spacing / (patch_mm / 2.0), dtype=torch.float32, device=dev).view(nd, 1)
+        q = (fv * h - 1.0).view(1, nd, *shape)  # patch p's centre is the corner of cells p and p + 1
+        return sample(keep.to(dev, torch.float32)[None, None], q, padding_mode="border")
+
+
+def _cell_histograms(f, m, weight, flat, n_cells, bins: int) -> torch.Tensor:
+    """Joint histograms ``(bins*bins, *n_cells)`` of the pairs ``(f, m)`` per cell, partial-volume binned."""
+    a = f.clamp(0, 1) * (bins - 1)
+    b = m.clamp(0, 1) * (bins - 1)
+    w = torch.ones_like(a) if weight is None else weight.to(a.dtype)
+    a0, b0 = a.floor().clamp(max=bins - 2), b.floor().clamp(max=bins - 2)
+    fa, fb = a - a0, b - b0
+    ia, ib = a0.long(), b0.long()
+    n = int(np.prod(n_cells))
+    out = torch.zeros(bins * bins * n, dtype=torch.float32, device=f.device)
+    for da, wa in ((0, 1 - fa), (1, fa)):
+        for db, wb in ((0, 1 - fb), (1, fb)):
+            out.index_add_(0, ((ia + da) * bins + (ib + db)) * n + flat, w * wa * wb)
+    return out.view(bins * bins, *n_cells)
+
+
+def _nmi_of_histograms(h: torch.Tensor) -> torch.Tensor:
+    """Studholme's NMI of joint histograms ``(bins, bins, *P)`` (1 where a histogram is empty)."""
+    h = h.double()
+    total = h.sum((0, 1)).clamp_min(1e-12)
+    p = h / total
+
+    def ent(q, dims):
+        return -(q * q.clamp_min(1e-30).log()).sum(dims)
+
+    joint = ent(p, (0, 1)).clamp_min(1e-12)
+    return ((ent(p.sum(1), 0) + ent(p.sum(0), 0)) / joint).float()

@@ -10,6 +10,8 @@ biases) scores it above the affine alone: an aligned pair stays as it came.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -25,6 +27,13 @@ from .state import State
 __all__ = ["features", "network", "refine", "integrate", "deformable_gate", "IMPROVEMENT"]
 
 IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
+# The local gate (local_gate): patch side per dimension (mm; a patch holds a few thousand of the
+# referee's points) and the fewest points a patch needs to be judged.
+LOCAL_GATE = True
+LOCAL_RESCUE = True  # a deformation refused whole may be kept trimmed (deformable_gate)
+LOCAL_PATCH_MM = {2: 16.0, 3: 24.0}
+LOCAL_MIN_POINTS = 500
+LOCAL_MARGIN = REFEREE_MARGIN  # the share by which a patch's NMI must rise: the global rule, locally
 # Passes of the network (a recursive cascade, Registrar.predict) when it is the last word (`--refine 0`),
 # per dimension.  1 mm MNI T1 vs held-out B-spline and radial deformations, network only, GM/WM Dice
 # (experiments/validate_1mm.py, 1 pair per family): T2-like 0.866 / 0.885 / 0.893 / 0.896 with 1-4
@@ -172,21 +181,75 @@ def _working_mind(s: State) -> tuple[torch.Tensor, torch.Tensor]:
     return mind_ssc(s.fixed_w[None]), mind_ssc(s.moving_w[None])
 
 
+def local_gate(s: State) -> tuple[torch.Tensor, str] | None:
+    """The deformation faded out wherever it does not raise the NMI of the patch around it.
+
+    The feature cost can pull the parts of an image that nothing moved by half a voxel or more (a
+    contrast whose MIND features disagree with the fixed image's near some boundaries, noise): that
+    motion lowers the cost without raising NMI where it happens.  The local referee's points are cut
+    into overlapping patches of ``LOCAL_PATCH_MM``; where a patch's NMI through the deformation is not
+    above its NMI through the affine alone by ``LOCAL_MARGIN`` (the global rule, applied locally), the
+    velocity is faded out, linearly between patch centres, so the result is still the exponential of
+    a smooth velocity: diffeomorphic.  Returns ``(velocity, what it did)``, or None when there is
+    nothing to trim (no velocity, no patch with enough points, every patch raised)."""
+    if not LOCAL_GATE or not bool(s.velocity.abs().max() > 0):
+        return None
+    patch = LOCAL_PATCH_MM[s.nd]
+    judge = referee(s, local=True)
+    gain, counts = judge.local_gain(s.t_nd, s.disp_w, s.w_aff4, patch)
+    scored = counts >= LOCAL_MIN_POINTS
+    n = int(scored.sum())
+    # a patch with too few points to judge keeps the deformation (the global gate still decides)
+    keep = ((gain > LOCAL_MARGIN) | ~scored).float()
+    kept = int((keep.bool() & scored).sum())
+    if n == 0 or kept == n:
+        return None
+    vshape = tuple(s.velocity.shape[2:])
+    w = judge.patch_weights_on(keep, patch, vshape, _grid_of(s, vshape))
+    return s.velocity * w, f"kept in the {kept} of {n} patches of {patch:g} mm where it raises local NMI"
+
+
 def deformable_gate(s: State) -> None:
-    """Keep the deformation only if it lowers the working-grid feature cost below the affine's."""
+    """Keep the deformation only if it lowers the working-grid feature cost below the affine's and
+    raises NMI (the referee) by ``REFEREE_MARGIN``; then keep it only where it raises local NMI
+    (:func:`local_gate`), when that trimmed deformation passes the same two tests and scores a higher
+    NMI than the whole one (trimming must not take away motion that NMI saw as alignment).  A deformation the
+    whole-image tests refuse is rescued by its trimmed version only if, whole, it raised NMI at all
+    (``LOCAL_RESCUE``): the patches that raise NMI are chosen by NMI, so the trimmed version's gain
+    alone would be biased upwards."""
     with s.timer("integrate"), torch.no_grad():
         if s.opts.do_no_harm:
             ff, fm = _working_mind(s)
             mask = _fixed_mask(s, s.w_shape, s.w_aff4)
+            judge = referee(s)
             c0 = mind_cost(ff, fm, None, mask)
-            c1 = mind_cost(ff, fm, s.disp_w, mask)
-            what = f"working-grid feature cost {c0:.4f} -> {c1:.4f}"
-            better = c1 < c0 * (1 - IMPROVEMENT)
-            if better:
-                judge = referee(s)
-                n0, n1 = judge.score(s.t_nd), judge.score(s.t_nd, s.disp_w, s.w_aff4)
-                what += f"; NMI {n0:.4f} -> {n1:.4f}"
-                better = n1 > n0 * (1 + REFEREE_MARGIN)
+            n0 = None
+
+            def passes(disp) -> tuple[bool, float, str]:
+                """(passes both tests, its NMI or -inf when the feature cost already refuses it, what)"""
+                nonlocal n0
+                c1 = mind_cost(ff, fm, disp, mask)
+                what = f"working-grid feature cost {c0:.4f} -> {c1:.4f}"
+                if not c1 < c0 * (1 - IMPROVEMENT):
+                    return False, -math.inf, what
+                n0 = judge.score(s.t_nd) if n0 is None else n0
+                n1 = judge.score(s.t_nd, disp, s.w_aff4)
+                return n1 > n0 * (1 + REFEREE_MARGIN), n1, f"{what}; NMI {n0:.4f} -> {n1:.4f}"
+
+            better, n_whole, what = passes(s.disp_w)
+            raised = n0 is not None and n_whole > n0
+            trimmed = local_gate(s) if (better or (raised and LOCAL_RESCUE)) else None
+            if trimmed is not None:
+                v, how = trimmed
+                disp = s.model.displacement(v, s.w_shape)
+                ok, n_trim, what_t = passes(disp)
+                if ok and n_trim > n_whole:  # trimming must raise NMI above the whole deformation's too
+                    s.velocity, s.disp_w = v, disp
+                    s.inv_disp_w = s.model.displacement(-v, s.w_shape)
+                    what = f"{what}; {how}: {what_t}" if better else f"{what}: refused whole; {how}: {what_t}"
+                    better = True
+                else:
+                    what += f"; {how}: {what_t}, not kept"
             if better:
                 s.keep("deformable", True, what)
             else:

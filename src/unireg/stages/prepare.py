@@ -20,6 +20,10 @@ __all__ = ["prepare", "moving_on", "moving_mask_on", "affine_map", "check_workin
 # torch.gradient accept (3-D MIND pools with a 5-voxel kernel; 2-D needs 2 for finite differences;
 # measured with the mind extractor).  Thinner fields of view are a one-line UniRegError naming the file.
 MIN_WORKING_SIDE = {2: 2, 3: 5}
+# The local gate's referee (stages.deformable.local_gate): points over the fixed grid, at most
+# LOCAL_PER_VOXEL per voxel (a 2-D slice has too few voxels for a patch's histogram at one each).
+LOCAL_POINTS = 1_500_000
+LOCAL_PER_VOXEL = 8.0
 
 
 def check_working_size(w_shape, w_aff4, path, which: str) -> None:
@@ -79,23 +83,34 @@ def moving_mask_on(s: State, shape, aff4) -> torch.Tensor:
     return mask_on_grid(s.opts.moving_mask, shape, aff4, world_map=affine_map(s.t_nd))
 
 
-def referee(s: State) -> Referee:
-    """The do-no-harm referee of this pair (NMI at the native grids; built once)."""
+def referee(s: State, local: bool = False) -> Referee:
+    """The do-no-harm referee of this pair (NMI at the native grids; built once).  ``local``: the local
+    gate's, with more points (``LOCAL_POINTS``, up to ``LOCAL_PER_VOXEL`` per fixed voxel) so that each
+    of its patches holds a few thousand."""
+    if local:
+        if s.local_referee is None:
+            s.local_referee = _new_referee(s, points=LOCAL_POINTS, per_voxel=LOCAL_PER_VOXEL)
+        return s.local_referee
     if s.referee is None:
-        mask = moving_mask = None
-        if s.opts.fixed_mask is not None:
-            mask = mask_on_grid(s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine).cpu().numpy()
-        if s.opts.moving_mask is not None:
-            moving_mask = mask_on_grid(s.opts.moving_mask, s.moving.spatial_shape, s.moving.affine).cpu().numpy()
-        s.referee = Referee(
-            s.fixed_n,
-            s.fixed.affine,
-            s.moving_n,
-            s.moving.affine,
-            s.nd,
-            device=s.device,
-            mask=mask,
-            seed=s.opts.seed,
-            moving_mask=moving_mask,
-        )
+        s.referee = _new_referee(s)
     return s.referee
+
+
+def _new_referee(s: State, **kw) -> Referee:
+    mask = moving_mask = None
+    if s.opts.fixed_mask is not None:
+        mask = mask_on_grid(s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine).cpu().numpy()
+    if s.opts.moving_mask is not None:
+        moving_mask = mask_on_grid(s.opts.moving_mask, s.moving.spatial_shape, s.moving.affine).cpu().numpy()
+    return Referee(
+        s.fixed_n,
+        s.fixed.affine,
+        s.moving_n,
+        s.moving.affine,
+        s.nd,
+        device=s.device,
+        mask=mask,
+        seed=s.opts.seed,
+        moving_mask=moving_mask,
+        **kw,
+    )

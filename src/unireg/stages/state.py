@@ -109,6 +109,7 @@ class State:
     stages: dict = field(default_factory=dict)  # name -> {"kept": bool, "reason": str}
     outputs: dict = field(default_factory=dict)
     referee: Optional[Referee] = None  # the do-no-harm NMI referee (built on first use)
+    local_referee: Optional[Referee] = None  # the local gate's (more points; built on first use)
 
     def __post_init__(self):
         self.timer = Timer(self.device)
