@@ -87,3 +87,45 @@ def test_the_moving_mask_keeps_an_artefact_out_of_the_score():
         assert masked.score(t) == pytest.approx(clean.score(t), abs=1e-6)  # the artefact is not seen
     assert with_art.score(np.eye(4)) < masked.score(np.eye(4)) - 0.05  # ... and it would be without the mask
     assert masked.score(np.eye(4)) > masked.score(_shift(1.0))  # still peaks at the true map
+
+
+def _bump(shape, centre, radius, amp) -> np.ndarray:
+    """A displacement ``(2, *shape)`` in voxels: ``amp`` along axis 0 inside a smooth disc, zero outside."""
+    yy, xx = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    r2 = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / radius**2
+    d = np.zeros((2,) + tuple(shape), np.float32)
+    d[0] = amp * np.exp(-r2)
+    return d
+
+
+def test_local_gain_sees_where_a_deformation_aligns_and_where_it_only_moves():
+    """Moving = the fixed image in another contrast with its content pushed 2.5 voxels inside a disc
+    (left).  A candidate that undoes the push there and also wobbles an untouched region (right) raises
+    NMI in the patches of the disc and lowers it in those of the wobble: what the local gate keeps and
+    fades out."""
+    shape = (96, 96)
+    fixed = _volume(shape + (1,), seed=8)[..., 0]
+    true = _bump(shape, (48, 28), 10.0, 2.5)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    # moving(x + true(x)) = fixed(x): content pushed by the bump (inverted by a few fixed-point steps)
+    pos = grid.copy()
+    for _ in range(20):  # pos = y - true(pos): the point that the true map takes to y
+        pos = grid - np.stack([ndimage.map_coordinates(true[c], [pos[0], pos[1]], order=1) for c in range(2)])
+    moving = ndimage.map_coordinates(fixed, [pos[0], pos[1]], order=3, mode="nearest")
+    rng = np.random.default_rng(9)
+    moving = (1.0 - np.clip(moving, 0, 1)) ** 1.5 + rng.normal(0, 0.02, shape).astype(np.float32)
+    wobble = _bump(shape, (48, 72), 8.0, 1.5)
+    cand = torch.from_numpy(true + wobble)[None]
+    judge = Referee(fixed, np.eye(4), moving, np.eye(4), 2, points=400_000, per_voxel=40.0,
+                    mask=np.ones(shape, bool))
+    gain, counts = judge.local_gain(np.eye(3), cand, np.eye(4), patch_mm=16.0)
+    assert gain.shape == (11, 11) and float(counts.min()) > 1000
+    # patch p covers cells p and p + 1 (8 voxels each): its centre is at 8 (p + 1)
+    disc, wob, far = gain[5, 2], gain[5, 8], gain[1, 5]
+    assert disc > 0.02, gain
+    assert wob < 0.0, gain
+    assert abs(float(far)) < 0.005, gain  # nothing moved there, the candidate moves nothing there
+    keep = (gain > 0.005).float()
+    w = judge.patch_weights_on(keep, 16.0, shape, np.eye(4))[0, 0]
+    assert w.shape == shape
+    assert float(w[48, 28]) > 0.9 and float(w[48, 72]) < 0.1

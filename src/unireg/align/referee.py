@@ -177,10 +177,10 @@ class Referee:
             m, weight = self._moving_values(t_nd, disp, w_aff4)
             hists.append(_cell_histograms(self.fixed_values, m, weight, flat, n_cells, bins))
         pool = torch.nn.functional.avg_pool2d if nd == 2 else torch.nn.functional.avg_pool3d
-        nmis, counts = [], None
+        nmis, counts = [], torch.zeros(())
         for h in hists:  # (bins*bins, *cells) -> patches: sums over 2**nd neighbouring cells
             hp = pool(h[None], 2, stride=1)[0] * 2**nd
-            counts = hp.sum(0)
+            counts = hp.sum(0)  # the same for both (the moving-mask weights aside)
             nmis.append(_nmi_of_histograms(hp.view(bins, bins, *hp.shape[1:])))
         return nmis[1] / nmis[0] - 1.0, counts
 
