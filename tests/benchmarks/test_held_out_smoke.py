@@ -83,3 +83,17 @@ def test_child_rusage_is_the_childs_own(tmp_path):
     mod = _module()
     r = mod.run_child([sys.executable, "-S", "-c", "x = bytearray(300 * 2**20)"], mod.child_env(1), tmp_path / "c.log", 60)
     assert r["rc"] == 0 and 300 <= r["peak_rss_mb"] < 400, r
+
+
+def test_start_runs_only_the_later_pairs_of_each_family(tmp_path):
+    """``--pairs 2 --start 1``: the second pair of the family alone (pairs a ``--pairs 1`` run never drew)."""
+    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--dims", "2", "--families", "smooth", "--pairs", "2",
+                        "--start", "1", "--methods", "none", "--threads", "1", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    cases = {row["case"] for row in csv.DictReader(open(tmp_path / "held_out.csv"))}
+    assert len(cases) == 1 and next(iter(cases)).startswith("2d_smooth_01_"), cases
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--dims", "2", "--pairs", "2", "--start", "2",
+                          "--methods", "none", "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert bad.returncode == 2 and "--start" in bad.stderr

@@ -5,7 +5,8 @@ The network gives the start, instance optimisation on frozen MIND features gives
 Do-no-harm: the network's velocity is kept only if it lowers the coarse feature cost below the zero
 velocity's, and the deformable result only if it lowers the working-grid cost below the affine's
 and the NMI referee (:mod:`unireg.align.referee`, native resolution, blind to the feature cost's
-biases) scores it above the affine alone: an aligned pair stays as it came.
+biases) scores it above the affine alone: an aligned pair stays as it came.  Then locally
+(``local_gate``): the deformation is faded out in the patches where it does not raise NMI.
 """
 
 from __future__ import annotations
