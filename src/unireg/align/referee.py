@@ -41,19 +41,26 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
-def nmi(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor | None = None) -> float:
-    """NMI of two equally shaped samples in ~[0, 1] (clamped): ``bins`` equal bins per image, each
-    sample shared linearly between its two nearest bins (partial-volume binning, no hard edges)."""
+def _partial_volume(a: torch.Tensor, b: torch.Tensor, bins: int, weight: torch.Tensor | None):
+    """The four ``(joint bin index, weight)`` pairs of samples ``a``, ``b`` in ~[0, 1] (clamped): each
+    sample shared linearly between its two nearest bins per image (partial-volume binning)."""
     a = a.reshape(-1).clamp(0, 1) * (bins - 1)
     b = b.reshape(-1).clamp(0, 1) * (bins - 1)
     w = torch.ones_like(a) if weight is None else weight.reshape(-1).to(a.dtype)
     a0, b0 = a.floor().clamp(max=bins - 2), b.floor().clamp(max=bins - 2)
     fa, fb = a - a0, b - b0
     ia, ib = a0.long(), b0.long()
-    joint = torch.zeros(bins * bins, dtype=torch.float64, device=a.device)
     for da, wa in ((0, 1 - fa), (1, fa)):
         for db, wb in ((0, 1 - fb), (1, fb)):
-            joint.index_add_(0, (ia + da) * bins + (ib + db), (w * wa * wb).double())
+            yield (ia + da) * bins + (ib + db), w * wa * wb
+
+
+def nmi(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor | None = None) -> float:
+    """NMI of two equally shaped samples in ~[0, 1] (clamped): ``bins`` equal bins per image, each
+    sample shared linearly between its two nearest bins (partial-volume binning, no hard edges)."""
+    joint = torch.zeros(bins * bins, dtype=torch.float64, device=a.device)
+    for index, w in _partial_volume(a, b, bins, weight):
+        joint.index_add_(0, index, w.double())
     joint = joint.view(bins, bins) / joint.sum().clamp_min(1e-12)
     h = _entropy(joint).clamp_min(1e-12)
     return float((_entropy(joint.sum(1)) + _entropy(joint.sum(0))) / h)
@@ -200,18 +207,12 @@ class Referee:
 
 
 def _cell_histograms(f, m, weight, flat, n_cells, bins: int) -> torch.Tensor:
-    """Joint histograms ``(bins*bins, *n_cells)`` of the pairs ``(f, m)`` per cell, partial-volume binned."""
-    a = f.clamp(0, 1) * (bins - 1)
-    b = m.clamp(0, 1) * (bins - 1)
-    w = torch.ones_like(a) if weight is None else weight.to(a.dtype)
-    a0, b0 = a.floor().clamp(max=bins - 2), b.floor().clamp(max=bins - 2)
-    fa, fb = a - a0, b - b0
-    ia, ib = a0.long(), b0.long()
+    """Joint histograms ``(bins*bins, *n_cells)`` of the pairs ``(f, m)`` per cell (``flat``: each
+    sample's cell), partial-volume binned as :func:`nmi` bins them."""
     n = int(np.prod(n_cells))
     out = torch.zeros(bins * bins * n, dtype=torch.float32, device=f.device)
-    for da, wa in ((0, 1 - fa), (1, fa)):
-        for db, wb in ((0, 1 - fb), (1, fb)):
-            out.index_add_(0, ((ia + da) * bins + (ib + db)) * n + flat, w * wa * wb)
+    for index, w in _partial_volume(f, m, bins, weight):
+        out.index_add_(0, index * n + flat, w)
     return out.view(bins * bins, *n_cells)
 
 
