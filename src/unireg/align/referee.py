@@ -114,10 +114,10 @@ class Referee:
         if int(inside.sum()) < 100:
             inside = torch.ones_like(inside)
         self.fixed_values = self.fixed_values[inside]
-        a_f = torch.as_tensor(affine_nd(fixed_affine4, nd), dtype=torch.float32, device=dev)
-        self.vox = vox[:, inside]  # (nd, N) fixed voxel coordinates of the points
-        self.spacing = np.linalg.norm(affine_nd(fixed_affine4, nd)[:nd, :nd], axis=0)
         self.fixed_affine = affine_nd(fixed_affine4, nd)
+        self.spacing = np.linalg.norm(self.fixed_affine[:nd, :nd], axis=0)
+        a_f = torch.as_tensor(self.fixed_affine, dtype=torch.float32, device=dev)
+        self.vox = vox[:, inside]  # (nd, N) fixed voxel coordinates of the points
         self.world = apply_matrix(a_f, self.vox)  # (nd, N) fixed world mm
         self.to_moving_vox = torch.as_tensor(
             np.linalg.inv(affine_nd(moving_affine4, nd)), dtype=torch.float32, device=dev
