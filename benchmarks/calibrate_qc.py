@@ -103,7 +103,8 @@ def _working_images(fixed: np.ndarray, moving: np.ndarray, affine_matrix: np.nda
 def _components(fixed_w, moving_w, disp) -> dict:
     jac = jacobian_determinant(disp)[0]
     ff, fm = mind_ssc(fixed_w[None]), mind_ssc(moving_w[None])
-    return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, Q.foreground_mask(fixed_w[0]))
+    mask = Q.informative_mask(fixed_w, Q.foreground_mask(fixed_w[0]))  # as the pipeline scores (score_registration)
+    return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, mask)
 
 
 def real_label(epe: float, epe0: float) -> tuple[str, bool | None]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unireg.features import MIND, create_extractor, mind_ssc
-from unireg.features.mind import ssc_pairs
+from unireg.features.mind import mind_variance, ssc_pairs
 
 torch.set_num_threads(1)
 
@@ -49,8 +49,8 @@ def test_output_shape_equals_input_shape(shape):
     assert torch.allclose(out.amax(dim=1), torch.ones(shape))
 
 
-def _reference_mind_2d(img: np.ndarray, radius: int, dilation: int) -> np.ndarray:
-    """Loop implementation of the module docstring's definition (replicate borders)."""
+def _reference_ssd_2d(img: np.ndarray, radius: int, dilation: int) -> np.ndarray:
+    """Loop implementation of the patch distances ``D_k`` of the module docstring (replicate borders)."""
     h, w = img.shape
 
     def px(i, j):
@@ -71,6 +71,12 @@ def _reference_mind_2d(img: np.ndarray, radius: int, dilation: int) -> np.ndarra
                     for dj in range(-radius, radius + 1):
                         acc += diff[k, min(max(i + di, 0), h - 1), min(max(j + dj, 0), w - 1)]
                 ssd[k, i, j] = acc / (2 * radius + 1) ** 2
+    return ssd
+
+
+def _reference_mind_2d(img: np.ndarray, radius: int, dilation: int) -> np.ndarray:
+    """Loop implementation of the module docstring's definition (replicate borders)."""
+    ssd = _reference_ssd_2d(img, radius, dilation)
     var = ssd.mean(0)
     var = np.clip(var, 1e-3 * var.mean(), 1e3 * var.mean())
     e = np.exp(-ssd / var)
@@ -83,6 +89,15 @@ def test_matches_loop_reference_2d(radius, dilation):
     out = mind_ssc(img, radius=radius, dilation=dilation)[0].numpy()
     ref = _reference_mind_2d(img[0, 0].numpy(), radius, dilation)
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("radius, dilation", [(1, 2), (2, 1)])
+def test_variance_is_the_mean_patch_distance_unclamped(radius, dilation):
+    img = _smooth_image((14, 7), seed=5, dtype=torch.float64)
+    img[..., :7, :] = 0.25  # a flat corner: its variance is zero there (mind_ssc clamps it, this does not)
+    v = mind_variance(img, radius=radius, dilation=dilation)[0, 0].numpy()
+    np.testing.assert_allclose(v, _reference_ssd_2d(img[0, 0].numpy(), radius, dilation).mean(0), rtol=1e-10, atol=1e-14)
+    assert v.min() == 0.0
 
 
 def test_3d_uses_the_same_code_path_as_2d():

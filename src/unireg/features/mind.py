@@ -30,7 +30,7 @@ from ..spatial.grid import replicate_shift_parts
 from .base import FeatureExtractor, freeze
 from .registry import register_extractor
 
-__all__ = ["MIND", "mind_ssc", "ssc_pairs"]
+__all__ = ["MIND", "mind_ssc", "mind_variance", "ssc_pairs"]
 
 
 def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -168,6 +168,29 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, channels_l
     # exp(-D/V) / max_k exp(-D/V) == exp(-(D - min_k D) / V): stable and in (0, 1]
     feats = torch.exp(-(ssd - ssd.amin(dim=1, keepdim=True)) / var)
     return laid_out_channels_last(feats) if channels_last else feats
+
+
+@torch.no_grad()
+def mind_variance(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND-SSC's local variance ``V(x) = mean_k D_k(x)`` of ``image`` ``(B, 1, *spatial)``, not clamped:
+    ``(B, 1, *spatial)``.  Near zero where the image is flat (MIND divides by it, so there its
+    channels describe noise, full range, as if they were structure); large at edges and texture.
+    The box filter is linear, so the mean of the pairs' squared differences is filtered once."""
+    nd = image.dim() - 2
+    if nd not in (2, 3) or image.shape[1] != 1:
+        raise ValueError(f"mind_variance expects (B, 1, H, W) or (B, 1, D, H, W), got {tuple(image.shape)}")
+    d = int(dilation)
+    spatial = image.shape[2:]
+    padded = F.pad(image, [d] * (2 * nd), mode="replicate")
+
+    def shifted(offset: tuple[int, ...]) -> torch.Tensor:
+        return padded[(slice(None), slice(None)) + tuple(slice(d + o * d, d + o * d + n) for o, n in zip(offset, spatial))]
+
+    pairs = ssc_pairs(nd)
+    acc = torch.zeros_like(image)
+    for a, b in pairs:
+        acc.add_((shifted(a) - shifted(b)).square_())
+    return _box_filter(acc / len(pairs), int(radius))
 
 
 @register_extractor("mind")
