@@ -124,6 +124,18 @@ def _channels_last_view(buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return buf.view(b, *sp, c).permute(0, len(sp) + 1, *range(1, len(sp) + 1))
 
 
+def _neighbours(image: torch.Tensor, d: int):
+    """``offset -> image`` shifted by ``d * offset`` voxels (replicated edges), as views of one padded copy."""
+    nd, spatial = image.dim() - 2, image.shape[2:]
+    padded = F.pad(image, [d] * (2 * nd), mode="replicate")
+
+    def shifted(offset: tuple[int, ...]) -> torch.Tensor:
+        window = tuple(slice(d + o * d, d + o * d + n) for o, n in zip(offset, spatial, strict=True))
+        return padded[(slice(None), slice(None)) + window]
+
+    return shifted
+
+
 def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, channels_last: bool = False) -> torch.Tensor:
     """MIND-SSC of ``image`` ``(B, 1, *spatial)`` (2-D or 3-D) -> ``(B, 4 | 12, *spatial)``.
 
@@ -136,13 +148,8 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, channels_l
     nd = image.dim() - 2
     if nd not in (2, 3) or image.shape[1] != 1:
         raise ValueError(f"mind_ssc expects (B, 1, H, W) or (B, 1, D, H, W), got {tuple(image.shape)}")
-    d = int(dilation)
     spatial = image.shape[2:]
-    padded = F.pad(image, [d] * (2 * nd), mode="replicate")
-
-    def shifted(offset: tuple[int, ...]) -> torch.Tensor:
-        return padded[(slice(None), slice(None)) + tuple(slice(d + o * d, d + o * d + n) for o, n in zip(offset, spatial))]
-
+    shifted = _neighbours(image, int(dilation))
     pairs = ssc_pairs(nd)
     if image.requires_grad and torch.is_grad_enabled():
         diffs = [(shifted(a) - shifted(b)) ** 2 for a, b in pairs]
@@ -179,13 +186,7 @@ def mind_variance(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> to
     nd = image.dim() - 2
     if nd not in (2, 3) or image.shape[1] != 1:
         raise ValueError(f"mind_variance expects (B, 1, H, W) or (B, 1, D, H, W), got {tuple(image.shape)}")
-    d = int(dilation)
-    spatial = image.shape[2:]
-    padded = F.pad(image, [d] * (2 * nd), mode="replicate")
-
-    def shifted(offset: tuple[int, ...]) -> torch.Tensor:
-        return padded[(slice(None), slice(None)) + tuple(slice(d + o * d, d + o * d + n) for o, n in zip(offset, spatial))]
-
+    shifted = _neighbours(image, int(dilation))
     pairs = ssc_pairs(nd)
     acc = torch.zeros_like(image)
     for a, b in pairs:
