@@ -66,7 +66,7 @@ SMOOTH_RADIUS = 2  # box radius (voxels) of the local comparison behind mismatch
 # A voxel of the fixed foreground is scored where MIND's local variance exceeds this share of its
 # mean over the foreground.  The variance is bimodal on the suite's phantoms (flat organs: below 0.01
 # of the mean; edges: above 0.3); false alarms on suite pairs 0-19 (2-D, from the components the
-# pipeline computed) were 9-11 for any level from 0.03 to 0.3, so 0.1 is not a tuned value; the MNI
+# pipeline computed) were 10-11 for any level from 0.03 to 0.3, so 0.1 is not a tuned value; the MNI
 # brain keeps ~80 % of its foreground at 0.1.
 INFORMATIVE = 0.1
 
