@@ -1,12 +1,13 @@
 """Smoke run of ``benchmarks/held_out.py --quick`` (tiny 2-D pair, methods none + UniReg) and its helpers."""
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "held_out.py"
@@ -14,10 +15,7 @@ pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="benchmarks/ not pr
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("held_out", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_quick_run_writes_table_csv_and_plot(tmp_path):

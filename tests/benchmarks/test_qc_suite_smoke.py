@@ -1,6 +1,5 @@
 """``benchmarks/qc_suite.py``: the flag's rate on suite registrations, counted the way it says."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,16 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from .scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "qc_suite.py"
 pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="benchmarks/ not present")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("qc_suite", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def _row(case, anatomy, flag, not_worse):
