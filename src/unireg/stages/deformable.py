@@ -222,23 +222,20 @@ def deformable_gate(s: State) -> None:
         if s.opts.do_no_harm:
             ff, fm = _working_mind(s)
             mask = _fixed_mask(s, s.w_shape, s.w_aff4)
-            judge = referee(s)
             c0 = mind_cost(ff, fm, None, mask)
-            n0 = None
 
             def passes(disp) -> tuple[bool, float, str]:
                 """(passes both tests, its NMI or -inf when the feature cost already refuses it, what)"""
-                nonlocal n0
                 c1 = mind_cost(ff, fm, disp, mask)
                 what = f"working-grid feature cost {c0:.4f} -> {c1:.4f}"
                 if not c1 < c0 * (1 - IMPROVEMENT):
                     return False, -math.inf, what
-                n0 = judge.score(s.t_nd) if n0 is None else n0
-                n1 = judge.score(s.t_nd, disp, s.w_aff4)
+                judge = referee(s)  # built on first use; it keeps the affine's score
+                n0, n1 = judge.score(s.t_nd), judge.score(s.t_nd, disp, s.w_aff4)
                 return n1 > n0 * (1 + REFEREE_MARGIN), n1, f"{what}; NMI {n0:.4f} -> {n1:.4f}"
 
             better, n_whole, what = passes(s.disp_w)
-            raised = n0 is not None and n_whole > n0
+            raised = math.isfinite(n_whole) and n_whole > referee(s).score(s.t_nd)
             trimmed = local_gate(s) if (better or (raised and LOCAL_RESCUE)) else None
             if trimmed is not None:
                 v, how = trimmed
