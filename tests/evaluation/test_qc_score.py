@@ -175,3 +175,53 @@ def test_flat_regions_do_not_count_as_mismatch():
     ok = Q.qc_score(ff, ff, jacobian_determinant(z)[0], keep)
     off = Q.qc_score(ff, warp(ff, shifted, padding_mode="border"), jacobian_determinant(shifted)[0], keep)
     assert ok["qc_flag"] is False and off["qc_flag"] is True, (ok, off)
+
+
+def _erased_pair(seed: int, shift_vox: float = 0.0):
+    """The phantom against a moving copy in a contrast where three of its four regions look alike
+    (their boundaries erased, noise added), already aligned or translated by ``shift_vox``."""
+    fixed = torch.from_numpy(_phantom(seed))[None]
+    moving = torch.from_numpy(_phantom(seed, (0.5, 0.5, 0.5, 1.0)))[None]
+    moving = moving + 0.02 * torch.randn(moving.shape, generator=torch.Generator().manual_seed(seed)) * (moving > 0.05)
+    disp = torch.zeros((1, 2, N, N))
+    disp[:, 1] = shift_vox
+    return fixed, moving, disp
+
+
+def test_boundaries_the_moving_contrast_erased_do_not_count():
+    """Aligned pairs whose moving contrast erased most boundaries (as a CT-like image erases grey/white
+    matter): the fixed structure there faces flat moving tissue, matches every shift alike, and scored
+    where only the fixed image has structure it read 0.36-0.52 (seeds 0-5); scored where the moving
+    image has structure too (:func:`scored_mask`), 0.10-0.19.  The same pairs translated by 8 voxels
+    are still flagged."""
+    for seed in range(6):
+        fixed_w, moving_w, z = _erased_pair(seed)
+        assert _score(fixed_w, moving_w, z)["qc_score"] < 0.25, seed
+        off = _score(*_erased_pair(seed, 8.0))
+        assert off["qc_flag"] is True, (seed, off)
+
+
+def test_fixed_structure_facing_moving_background_stays_scored():
+    """Only moving *object* without structure is left out: where the warped moving image is background,
+    the fixed structure is still scored (a registration that moved the object away is a mismatch)."""
+    fixed_w = torch.from_numpy(_phantom(0))[None]
+    fg = Q.foreground_mask(fixed_w[0])
+    half = fixed_w.clone()
+    half[..., N // 2 :] = 0.0  # the moving object covers the left half only
+    keep = Q.informative_mask(fixed_w, fg)
+    mask = Q.scored_mask(fixed_w, half, fg)
+    right = torch.zeros_like(fg)
+    right[:, N // 2 + 3 :] = True
+    assert torch.equal(mask & right, keep & right) and bool((keep & right).any())
+    assert torch.equal(Q.scored_mask(fixed_w, None, fg), keep)
+
+
+def test_moving_structure_is_not_asked_in_3d():
+    """3-D scores where the fixed image has structure, whatever the moving image shows (see
+    ``MOVING_STRUCTURE``): a flat moving block changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    fixed_w = torch.from_numpy(ndimage.gaussian_filter(torch.rand((1, 20, 22, 18), generator=g).numpy(), 1.0))
+    fixed_w = (fixed_w - fixed_w.min()) / (fixed_w.max() - fixed_w.min())
+    fg = Q.foreground_mask(fixed_w[0])
+    flat = torch.full_like(fixed_w, 0.5)
+    assert torch.equal(Q.scored_mask(fixed_w, flat, fg), Q.informative_mask(fixed_w, fg))
