@@ -150,6 +150,17 @@ def test_box_with_a_shared_normaliser_is_the_box():
     assert torch.equal(_box(x, 2, _box_den(x, 2)), _box(x, 2))
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 13, 11, 9), (1, 1, 17, 12)])
+def test_box_is_the_full_box_mean(shape):
+    """The separable passes give the zero-padded box mean of one full-width pooling, renormalised."""
+    from unireg.evaluation.qc_score import _box
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(2))
+    pool = torch.nn.functional.avg_pool3d if len(shape) == 5 else torch.nn.functional.avg_pool2d
+    want = pool(x, 5, 1, 2, count_include_pad=True) / pool(torch.ones_like(x), 5, 1, 2, count_include_pad=True)
+    torch.testing.assert_close(_box(x, 2), want, rtol=0, atol=1e-6)
+
+
 def test_flat_regions_do_not_count_as_mismatch():
     """An already aligned body phantom of the held-out suite (flat organs, a PD-like contrast, a cropped
     field of view), left as it came by the pipeline: not flagged.  Scored over the whole foreground

