@@ -202,7 +202,7 @@ def scored_mask(fixed_w: torch.Tensor, warped_moving_w: torch.Tensor | None, for
     fg = foreground.bool()
     mw = warped_moving_w.float().to(fg.device)
     v = mind_variance(mw[None])[0, 0]
-    m_object = mw[0] > 0.05
+    m_object = foreground_mask(mw[0]).to(fg.device)
     flat_ref = torch.where(fg & m_object, v, torch.nan).flatten()
     flat_ref = flat_ref[:: -(-flat_ref.numel() // _QUANTILE_MAX)]  # torch's quantile takes <= 2**24 values
     floor = torch.nan_to_num(torch.nanquantile(flat_ref, MOVING_FLOOR_QUANTILE), nan=0.0)
