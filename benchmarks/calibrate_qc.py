@@ -103,9 +103,7 @@ def _working_images(fixed: np.ndarray, moving: np.ndarray, affine_matrix: np.nda
 def _components(fixed_w, moving_w, disp) -> dict:
     jac = jacobian_determinant(disp)[0]
     ff, fm = mind_ssc(fixed_w[None]), mind_ssc(moving_w[None])
-    # where the pipeline scores (score_registration)
-    warped_w = warp(moving_w[None], disp, padding_mode="border")[0]
-    mask = Q.scored_mask(fixed_w, warped_w, Q.foreground_mask(fixed_w[0]))
+    mask = Q.scored_mask(fixed_w, Q.foreground_mask(fixed_w[0]), moving_w, disp)  # as score_registration
     return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, mask)
 
 

@@ -220,11 +220,11 @@ def test_fixed_structure_facing_moving_background_stays_scored():
     half = fixed_w.clone()
     half[..., N // 2 :] = 0.0  # the moving object covers the left half only
     keep = Q.informative_mask(fixed_w, fg)
-    mask = Q.scored_mask(fixed_w, half, fg)
+    mask = Q.scored_mask(fixed_w, fg, half)
     right = torch.zeros_like(fg)
     right[:, N // 2 + 3 :] = True
     assert torch.equal(mask & right, keep & right) and bool((keep & right).any())
-    assert torch.equal(Q.scored_mask(fixed_w, None, fg), keep)
+    assert torch.equal(Q.scored_mask(fixed_w, fg), keep)
 
 
 def test_moving_structure_is_not_asked_in_3d():
@@ -235,4 +235,4 @@ def test_moving_structure_is_not_asked_in_3d():
     fixed_w = (fixed_w - fixed_w.min()) / (fixed_w.max() - fixed_w.min())
     fg = Q.foreground_mask(fixed_w[0])
     flat = torch.full_like(fixed_w, 0.5)
-    assert torch.equal(Q.scored_mask(fixed_w, flat, fg), Q.informative_mask(fixed_w, fg))
+    assert torch.equal(Q.scored_mask(fixed_w, fg, flat), Q.informative_mask(fixed_w, fg))

@@ -181,10 +181,15 @@ def informative_mask(fixed_w: torch.Tensor, foreground: torch.Tensor, level: flo
     return torch.where(keep.sum() >= 0.01 * n, keep, fg)
 
 
-def scored_mask(fixed_w: torch.Tensor, warped_moving_w: torch.Tensor | None, foreground: torch.Tensor) -> torch.Tensor:
+def scored_mask(
+    fixed_w: torch.Tensor,
+    foreground: torch.Tensor,
+    moving_w: torch.Tensor | None = None,
+    disp: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Where a registration is scored, ``(*S)`` boolean: the fixed image's structure
-    (:func:`informative_mask`) less the voxels where the warped moving image ``warped_moving_w``
-    ``(1, *S)`` is object without structure of its own.
+    (:func:`informative_mask`) less the voxels where the moving image ``moving_w`` ``(1, *S)``, pulled
+    through ``disp`` ``(1, ndim, *S)`` (None: as it is), is object without structure of its own.
 
     Per dimension (:data:`MOVING_STRUCTURE`; off in 3-D). A contrast can erase a boundary (grey and white matter
     0.04 apart in a CT-like image, two organs of one PD): there the moving MIND describes noise, no shift matches
@@ -197,10 +202,12 @@ def scored_mask(fixed_w: torch.Tensor, warped_moving_w: torch.Tensor | None, for
     are elementwise ``where``."""
     keep = informative_mask(fixed_w, foreground)
     k = MOVING_STRUCTURE.get(fixed_w.dim() - 1, 0.0)
-    if warped_moving_w is None or k <= 0:
+    if moving_w is None or k <= 0:
         return keep
     fg = foreground.bool()
-    mw = warped_moving_w.float().to(fg.device)
+    mw = moving_w.float().to(fg.device)
+    if disp is not None:
+        mw = warp(mw[None], disp.float().to(fg.device), padding_mode="border")[0]
     v = mind_variance(mw[None])[0, 0]
     m_object = foreground_mask(mw[0]).to(fg.device)
     flat_ref = torch.where(fg & m_object, v, torch.nan).flatten()
@@ -347,10 +354,7 @@ def score_registration(
     fixed_feat, moving_feat = fixed_feat.float().to(dev), moving_feat.float().to(dev)
     disp = disp_w.float()
     warped = warp(moving_feat, disp, padding_mode="border")
-    warped_img = None  # the moving image itself, only where scored_mask looks at it
-    if MOVING_STRUCTURE.get(disp.dim() - 2, 0.0) > 0:
-        warped_img = warp(moving_w[None].float().to(dev), disp, padding_mode="border")[0]
-    mask = scored_mask(fixed_w.to(dev), warped_img, foreground_mask(fixed_w[0]).to(dev))
+    mask = scored_mask(fixed_w.to(dev), foreground_mask(fixed_w[0]).to(dev), moving_w, disp)
     user = None
     if fixed_mask is not None:
         user = _as_tensor(fixed_mask).bool().to(dev)
