@@ -65,6 +65,32 @@ def test_a_displacement_scores_as_the_translation_it_equals():
     assert judge.score(_shift(3.0)) > judge.score(np.eye(4)) + 0.1
 
 
+def test_the_inverse_referee_scores_the_inverse_map():
+    """Seen from the moving image: its points on the moving grid, the fixed image pulled through the
+    inverse of the fixed->moving affine, then through the inverse displacement it is given.  A shift by
+    3 mm scores the same as the identity affine with a -3 mm inverse displacement, peaks at the true
+    map, and the moving image's own mask chooses the points."""
+    fixed = _volume(seed=5)
+    moving = np.roll(fixed, 3, axis=0)  # moving(x + 3) = fixed(x): the fixed->moving map is x -> x + 3
+    back = Referee(moving, np.eye(4), fixed, np.eye(4), 3, inverse=True)
+    w_aff4 = np.diag([2.0, 2.0, 2.0, 1.0])
+    w_aff4[:3, 3] = [-1.0, 0.5, 0.0]
+    inv = torch.zeros((1, 3, 21, 23, 19))
+    inv[:, 0] = -1.5  # -3 mm along x, in 2 mm working voxels
+    assert back.score(np.eye(4), inv, w_aff4) == pytest.approx(back.score(_shift(3.0)), abs=1e-6)
+    best = back.score(_shift(3.0))
+    for dx in (0.0, 2.0, 4.0, -3.0):
+        assert back.score(_shift(dx)) < best
+    # the forward referee of the same pair agrees on the same map
+    forward = Referee(fixed, np.eye(4), moving, np.eye(4), 3)
+    assert forward.score(_shift(3.0)) > forward.score(_shift(2.0))
+    # mask of its own points: the moving image's (here: half of it)
+    half = np.zeros(fixed.shape, bool)
+    half[:20] = True
+    masked = Referee(moving, np.eye(4), fixed, np.eye(4), 3, mask=half, inverse=True)
+    assert float(masked.vox[0].max()) < 19.5
+
+
 def test_two_dimensional_images():
     fixed = _volume((50, 40, 1), seed=6)[..., 0]
     judge = Referee(fixed, np.eye(4), 1.0 - fixed, np.eye(4), 2)

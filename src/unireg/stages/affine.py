@@ -7,8 +7,8 @@ best few get a few 8 mm optimiser steps (a beam search: a start at the edge of t
 before it moves) and are ranked again; the best is optimised at 8 and 4 mm (a polish on the working
 grid's features, ``POLISH_ITERATIONS``, is off by default).  The winner replaces the
 starting transform only if its feature cost is lower than the start's (``affine_cost``) **and** the
-do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`) agrees that it is better;
-else the start is kept and report.json says why.
+do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`), seen from the fixed image
+and from the moving one, agrees that it is better; else the start is kept and report.json says why.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..align.affine import (
     structure_mask,
 )
 from ..align.foreground import otsu_threshold
+from ..align.referee import INVERSE_MARGIN
 from ..features.mind import mind_ssc
 from ..masks import mask_on_grid
 from ..preprocess import presmooth, to_working_grid
@@ -244,8 +245,12 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         n0, n1 = judge.score(start), judge.score(best)
         what += f"; NMI {n0:.4f} -> {n1:.4f}"
         if n1 > n0:
-            s.keep("affine", True, what)
-            return best
+            back = referee(s, inverse=True)
+            b0, b1 = back.score(start), back.score(best)
+            what += f", seen from the moving image {b0:.4f} -> {b1:.4f}"
+            if b1 > b0 * (1 + INVERSE_MARGIN):
+                s.keep("affine", True, what)
+                return best
         s.keep("affine", False, f"the referee disagrees: {what}; {start_name} kept")
         return start
     s.keep("affine", False, f"no improvement: {what}; {start_name} kept")

@@ -5,7 +5,8 @@ The network gives the start, instance optimisation on frozen MIND features gives
 Do-no-harm: the network's velocity is kept only if it lowers the coarse feature cost below the zero
 velocity's, and the deformable result only if it lowers the working-grid cost below the affine's
 and the NMI referee (:mod:`unireg.align.referee`, native resolution, blind to the feature cost's
-biases) scores it above the affine alone: an aligned pair stays as it came.  Then locally
+biases) scores it above the affine alone, seen from the fixed image and (through the inverse
+deformation) from the moving one: an aligned pair stays as it came.  Then locally
 (``local_gate``): the deformation is faded out in the patches where it does not raise NMI.
 """
 
@@ -16,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from ..align.referee import INVERSE_MARGIN
 from ..align.referee import MARGIN as REFEREE_MARGIN
 from ..align.refine import mind_cost, pool_to, refine_multilevel, schedule
 from ..features.mind import MIND, mind_ssc
@@ -211,9 +213,11 @@ def local_gate(s: State) -> tuple[torch.Tensor, str] | None:
 
 
 def deformable_gate(s: State) -> None:
-    """Keep the deformation only if it lowers the working-grid feature cost below the affine's and
-    raises NMI (the referee) by ``REFEREE_MARGIN``; then keep it only where it raises local NMI
-    (:func:`local_gate`), when that trimmed deformation passes the same two tests and scores a higher
+    """Keep the deformation only if it lowers the working-grid feature cost below the affine's,
+    raises NMI (the referee) by ``REFEREE_MARGIN`` and, seen from the moving image through the
+    inverse deformation, by ``INVERSE_MARGIN`` (squeezing one image's blurred boundaries raises NMI
+    only where that image is resampled); then keep it only where it raises local NMI
+    (:func:`local_gate`), when that trimmed deformation passes the same three tests and scores a higher
     NMI than the whole one (trimming must not take away motion that NMI saw as alignment).  A deformation the
     whole-image tests refuse is rescued by its trimmed version only if, whole, it raised NMI at all
     (``LOCAL_RESCUE``): the patches that raise NMI are chosen by NMI, so the trimmed version's gain
@@ -224,26 +228,30 @@ def deformable_gate(s: State) -> None:
             mask = _fixed_mask(s, s.w_shape, s.w_aff4)
             c0 = mind_cost(ff, fm, None, mask)
 
-            def passes(disp) -> tuple[bool, float, str]:
-                """(passes both tests, its NMI or -inf when the feature cost already refuses it, what)"""
+            def passes(disp, inv_disp) -> tuple[bool, float, str]:
+                """(passes the three tests, its NMI or -inf when the feature cost already refuses it, what)"""
                 c1 = mind_cost(ff, fm, disp, mask)
                 what = f"working-grid feature cost {c0:.4f} -> {c1:.4f}"
                 if not c1 < c0 * (1 - IMPROVEMENT):
                     return False, -math.inf, what
                 judge = referee(s)  # built on first use; it keeps the affine's score
                 n0, n1 = judge.score(s.t_nd), judge.score(s.t_nd, disp, s.w_aff4)
-                return n1 > n0 * (1 + REFEREE_MARGIN), n1, f"{what}; NMI {n0:.4f} -> {n1:.4f}"
+                what += f"; NMI {n0:.4f} -> {n1:.4f}"
+                if not n1 > n0 * (1 + REFEREE_MARGIN):
+                    return False, n1, what
+                back = referee(s, inverse=True)  # the same map seen from the moving image
+                b0, b1 = back.score(s.t_nd), back.score(s.t_nd, inv_disp, s.w_aff4)
+                return b1 > b0 * (1 + INVERSE_MARGIN), n1, f"{what}, seen from the moving image {b0:.4f} -> {b1:.4f}"
 
-            better, n_whole, what = passes(s.disp_w)
+            better, n_whole, what = passes(s.disp_w, s.inv_disp_w)
             raised = math.isfinite(n_whole) and n_whole > referee(s).score(s.t_nd)
             trimmed = local_gate(s) if (better or (raised and LOCAL_RESCUE)) else None
             if trimmed is not None:
                 v, how = trimmed
-                disp = s.model.displacement(v, s.w_shape)
-                ok, n_trim, what_t = passes(disp)
+                disp, inv_disp = s.model.displacement(v, s.w_shape), s.model.displacement(-v, s.w_shape)
+                ok, n_trim, what_t = passes(disp, inv_disp)
                 if ok and n_trim > n_whole:  # trimming must raise NMI above the whole deformation's too
-                    s.velocity, s.disp_w = v, disp
-                    s.inv_disp_w = s.model.displacement(-v, s.w_shape)
+                    s.velocity, s.disp_w, s.inv_disp_w = v, disp, inv_disp
                     what = f"{what}; {how}: {what_t}" if better else f"{what}: refused whole; {how}: {what_t}"
                     better = True
                 else:

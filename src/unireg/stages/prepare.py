@@ -83,10 +83,15 @@ def moving_mask_on(s: State, shape, aff4) -> torch.Tensor:
     return mask_on_grid(s.opts.moving_mask, shape, aff4, world_map=affine_map(s.t_nd))
 
 
-def referee(s: State, local: bool = False) -> Referee:
+def referee(s: State, local: bool = False, inverse: bool = False) -> Referee:
     """The do-no-harm referee of this pair (NMI at the native grids; built once).  ``local``: the local
     gate's, with more points (``LOCAL_POINTS``, up to ``LOCAL_PER_VOXEL`` per fixed voxel) so that each
-    of its patches holds a few thousand."""
+    of its patches holds a few thousand.  ``inverse``: the referee seen from the moving image (its
+    points on the moving grid; :class:`Referee` ``inverse``), which scores inverse displacements."""
+    if inverse:
+        if s.inverse_referee is None:
+            s.inverse_referee = _new_referee(s, inverse=True)
+        return s.inverse_referee
     if local:
         if s.local_referee is None:
             s.local_referee = _new_referee(s, points=LOCAL_POINTS, per_voxel=LOCAL_PER_VOXEL)
@@ -96,21 +101,25 @@ def referee(s: State, local: bool = False) -> Referee:
     return s.referee
 
 
-def _new_referee(s: State, **kw) -> Referee:
+def _new_referee(s: State, inverse: bool = False, **kw) -> Referee:
     mask = moving_mask = None
     if s.opts.fixed_mask is not None:
         mask = mask_on_grid(s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine).cpu().numpy()
     if s.opts.moving_mask is not None:
         moving_mask = mask_on_grid(s.opts.moving_mask, s.moving.spatial_shape, s.moving.affine).cpu().numpy()
+    own, other = (s.fixed_n, s.fixed.affine, mask), (s.moving_n, s.moving.affine, moving_mask)
+    if inverse:  # points on the moving image, the fixed image resampled
+        own, other = other, own
     return Referee(
-        s.fixed_n,
-        s.fixed.affine,
-        s.moving_n,
-        s.moving.affine,
+        own[0],
+        own[1],
+        other[0],
+        other[1],
         s.nd,
         device=s.device,
-        mask=mask,
+        mask=own[2],
         seed=s.opts.seed,
-        moving_mask=moving_mask,
+        moving_mask=other[2],
+        inverse=inverse,
         **kw,
     )

@@ -110,6 +110,7 @@ class State:
     outputs: dict = field(default_factory=dict)
     referee: Optional[Referee] = None  # the do-no-harm NMI referee (built on first use)
     local_referee: Optional[Referee] = None  # the local gate's (more points; built on first use)
+    inverse_referee: Optional[Referee] = None  # the referee seen from the moving image (built on first use)
 
     def __post_init__(self):
         self.timer = Timer(self.device)
