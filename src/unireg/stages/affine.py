@@ -27,7 +27,6 @@ from ..align.affine import (
     structure_mask,
 )
 from ..align.foreground import otsu_threshold
-from ..align.referee import INVERSE_MARGIN
 from ..features.mind import mind_ssc
 from ..masks import mask_on_grid
 from ..preprocess import presmooth, to_working_grid
@@ -248,7 +247,7 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
             back = referee(s, inverse=True)
             b0, b1 = back.score(start), back.score(best)
             what += f", seen from the moving image {b0:.4f} -> {b1:.4f}"
-            if b1 > b0 * (1 + INVERSE_MARGIN):
+            if b1 > b0:  # as from the fixed side: any rise
                 s.keep("affine", True, what)
                 return best
         s.keep("affine", False, f"the referee disagrees: {what}; {start_name} kept")
