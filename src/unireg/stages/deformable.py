@@ -215,8 +215,8 @@ def local_gate(s: State) -> tuple[torch.Tensor, str] | None:
 def deformable_gate(s: State) -> None:
     """Keep the deformation only if it lowers the working-grid feature cost below the affine's,
     raises NMI (the referee) by ``REFEREE_MARGIN`` and, seen from the moving image through the
-    inverse deformation, by ``INVERSE_MARGIN`` (squeezing one image's blurred boundaries raises NMI
-    only where that image is resampled); then keep it only where it raises local NMI
+    inverse deformation, by ``INVERSE_MARGIN`` (a map that reshapes one image's histogram instead of
+    aligning it gains much less, or loses, seen from the other); then keep it only where it raises local NMI
     (:func:`local_gate`), when that trimmed deformation passes the same three tests and scores a higher
     NMI than the whole one (trimming must not take away motion that NMI saw as alignment).  A deformation the
     whole-image tests refuse is rescued by its trimmed version only if, whole, it raised NMI at all
