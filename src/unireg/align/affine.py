@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import feature_mse, feature_mse_each
+from ..losses.similarity import parzen_mutual_information
 from ..spatial.frames import voxel_to_world
 from ..spatial.grid import apply_matrix, channels_last, identity_coords, random_box_voxels, sample
 from ..spatial.world import affine_nd, pooled_affine
@@ -22,6 +23,7 @@ __all__ = [
     "center_of_mass_init",
     "optimize_affine",
     "polish_affine",
+    "mi_affine",
     "affine_cost",
     "rotation_starts",
     "ROTATION_START_DEGREES",
@@ -141,6 +143,85 @@ def polish_affine(
         loss = feature_mse_each(target, warped, w).sum() + SHEAR_SCALE_PENALTY * (lin * lin).sum()
         loss.backward()
         opt.step()
+    return matrix().detach().cpu().numpy()[0]
+
+
+def mi_affine(
+    fixed: torch.Tensor,
+    fixed_grid4: np.ndarray,
+    moving: torch.Tensor,
+    moving_grid4: np.ndarray,
+    init: np.ndarray,
+    levels: tuple[tuple[int, int], ...] = ((2, 40), (1, 25)),
+    lr: float = 0.01,
+    points: int = 10_000,
+    bins: int = 32,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Refine one affine ``init`` (fixed world -> moving world) by maximising the mutual information of
+    the two images' *intensities* (Mattes-style: Gaussian Parzen histograms, ``points`` random fixed
+    voxels drawn afresh every iteration, as ANTs' and elastix's affine stages do).
+
+    Why, next to the feature cost: MIND compares self-similarities along the grid's axes, so a moving
+    image turned against the fixed one matches it nowhere exactly and the feature cost's minimum pulls
+    the rotation towards none (a body phantom turned by 16 degrees: the feature cost's optimum, even
+    started at the true affine, kept ~3 degrees of it).  Intensity MI does not depend on orientation.
+
+    ``fixed`` / ``moving``: ``(*S)`` normalised intensities on their working grids (``fixed_grid4`` /
+    ``moving_grid4``); ``levels``: (pooling factor, iterations), coarse to fine, the step size falling
+    from ``lr`` to a tenth over each level; fixed voxels inside ``fixed_mask`` (all when None) whose
+    mapped position falls inside the moving grid and ``moving_mask`` count.  Same parameterisation and
+    the same weak pull towards ``init``'s linear part as :func:`optimize_affine`.
+    """
+    nd = fixed.dim()
+    dev = fixed.device
+    t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev).reshape(1, nd + 1, nd + 1)
+    wf0 = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
+    centre, half_extent = _frame(wf0, tuple(fixed.shape))
+    lin, trans, matrix = _parameters(t0, centre, half_extent)
+    opt = Adam([lin, trans], lr=lr)
+    g = torch.Generator().manual_seed(int(seed))
+    for factor, iters in levels:
+        f_l = pool(fixed[None, None].float(), factor)
+        m_l = pool(moving[None, None].float(), factor)
+        shape = tuple(f_l.shape[2:])
+        wf = torch.as_tensor(affine_nd(pooled_affine(fixed_grid4, nd, factor), nd), dtype=torch.float64, device=dev)
+        wm_inv = torch.as_tensor(
+            np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd)), dtype=torch.float64, device=dev
+        )
+        weight = torch.ones(shape, device=dev)
+        if fixed_mask is not None:
+            weight = (pool(fixed_mask.to(dev).float()[None, None], factor)[0, 0] >= 0.5).float()
+        nz = (weight > 0).nonzero()
+        if nz.shape[0] == 0:
+            continue
+        lo, hi = nz.amin(0).double(), nz.amax(0).double()
+        strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(nd)], device=dev)
+        f_flat, w_flat = f_l.flatten(), weight.flatten()
+        ones = torch.ones_like(m_l)
+        mov_in = None
+        if moving_mask is not None:
+            mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).float()
+        n = min(int(points), int(math.prod(shape)))
+        for it in range(iters):
+            opt.lr = lr * (1.0 - 0.9 * it / max(iters - 1, 1))
+            idx, pick = random_box_voxels(lo, hi, strides, n, g, torch.float64)
+            opt.zero_grad()
+            m = (wm_inv @ matrix() @ wf)[0]
+            coords = apply_matrix(m, idx).float().view(1, nd, n, *([1] * (nd - 1)))
+            values = sample(m_l, coords).flatten()
+            inside = sample(ones, coords).flatten() > 0.99
+            if mov_in is not None:
+                inside = inside & (sample(mov_in, coords).flatten() >= 0.5)
+            w = w_flat[pick] * inside.float()
+            if float(w.sum()) < 100:
+                break
+            loss = -parzen_mutual_information(f_flat[pick], values, w, bins)
+            loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
+            loss.backward()
+            opt.step()
     return matrix().detach().cpu().numpy()[0]
 
 

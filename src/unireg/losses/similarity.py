@@ -22,6 +22,24 @@ def feature_mse_each(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> to
     return d.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
 
+def parzen_mutual_information(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Mutual information (nats) of two samples ``(N,)`` in ~[0, 1] (clamped), each value spread over
+    ``bins`` equal bins by a Gaussian Parzen window of one bin's width (differentiable in both, as
+    Mattes et al.'s MI is); ``weight`` ``(N,)`` counts each sample (0: left out)."""
+    centres = (torch.arange(bins, device=a.device, dtype=a.dtype) + 0.5) / bins
+    sigma = 1.0 / bins
+
+    def window(x: torch.Tensor) -> torch.Tensor:  # (N, bins), each row summing to 1
+        w = torch.exp(-0.5 * ((x.clamp(0, 1)[:, None] - centres) / sigma) ** 2)
+        return w / w.sum(1, keepdim=True).clamp_min(1e-12)
+
+    wa, wb = window(a) * weight[:, None], window(b)
+    joint = wa.t() @ wb
+    joint = joint / joint.sum().clamp_min(1e-12)
+    pa, pb = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    return (joint * (torch.log(joint.clamp_min(1e-12)) - torch.log((pa * pb).clamp_min(1e-12)))).sum()
+
+
 def dice_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """1 - mean soft Dice over channels of one-hot/probability maps ``(B, L, *S)``."""
     dims = tuple(range(2, a.dim()))

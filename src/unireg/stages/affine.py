@@ -20,6 +20,7 @@ from ..align.affine import (
     affine_cost,
     center_of_mass_init,
     center_of_mass_world,
+    mi_affine,
     optimize_affine,
     polish_affine,
     pool,
@@ -69,6 +70,17 @@ POLISH_ITERATIONS = {2: 0, 3: 0}
 # where the unturned Otsu-centroid start reaches 0.0333 (OPTIMISED_STARTS = 1 optimises only the
 # first); and the frames cost ~1.5 s on the 1 mm MNI pair.
 ROTATION_FRAMES = {2: True, 3: False}
+# The winner's last steps on intensity mutual information (align.affine.mi_affine: orientation-free,
+# where the feature cost pulls rotations towards none), per dimension: (pooling of the working grid,
+# iterations), coarse to fine; () = off.  Kept only if the referee prefers it (_mutual_information).
+# In-process, the held-out suite's pairs 0-7 of every 3-D family but the aligned one (32 pairs, one
+# thread): mean Dice 0.908 -> 0.913, EPE 1.57 -> 1.39 mm; the affine family 0.874 -> 0.890, EPE 3.08 ->
+# 2.21 mm (a body phantom turned by 16 degrees 4.03 -> 2.48 mm); one pair lost 0.2 point (a cropped
+# body phantom, EPE 1.83 -> 2.37 mm); none below no registration; time per pair unchanged (~0.7 s of
+# a 1-thread run).  2-D: off: pairs 0-19 of every family (100 pairs) lost 0.03 point on average, two
+# already-aligned thick-slice body pairs were moved 0.44 mm below no registration, +0.6 s per pair;
+# there the rotation frames already find turned slices.
+MI_LEVELS: dict[int, tuple[tuple[int, int], ...]] = {2: (), 3: ((2, 40), (1, 25))}
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as object for the foreground centroid
 
 
@@ -230,11 +242,14 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
     best, best_name, best_frame = _search(s, start, identity)
     if POLISH_ITERATIONS[s.nd]:
         best = _polish(s, best, identity.moving_w0, identity.m_aff4)
+    mi_note = ""
+    if MI_LEVELS[s.nd]:
+        best, mi_note = _mutual_information(s, best, identity)
     best_c, best_o = best_frame.cost(best)
     start_c, start_o = identity.cost(start)
     what = (
         f"feature cost {start_c:.4f} ({start_name}, overlap {start_o:.2f}) -> {best_c:.4f} "
-        f"(optimised from {best_name}, overlap {best_o:.2f})"
+        f"(optimised from {best_name}{mi_note}, overlap {best_o:.2f})"
     )
     if not s.opts.do_no_harm:
         s.keep("affine", True, what + "; do-no-harm check off")
@@ -254,6 +269,34 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         return start
     s.keep("affine", False, f"no improvement: {what}; {start_name} kept")
     return start
+
+
+def _mutual_information(s: State, best: np.ndarray, identity: _Frame) -> tuple[np.ndarray, str]:
+    """``best`` refined on the working grids' intensities by mutual information (:func:`mi_affine`),
+    and a note for the report.  The refined affine replaces ``best`` only if the do-no-harm referee
+    (NMI at the native grids, other points, partial-volume histograms) scores it higher seen from
+    both images: on a body phantom under a smooth field the 2 mm MI pulled a feature-cost affine
+    (EPE 3.4 mm) to a tilted one (5.7 mm) that the referee scores lower from the fixed side."""
+    fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
+    mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
+    with torch.enable_grad():
+        cand = mi_affine(
+            s.fixed_w[0],
+            s.w_aff4,
+            identity.moving_w0[0],
+            identity.m_aff4,
+            best,
+            levels=MI_LEVELS[s.nd],
+            fixed_mask=None if fmask is None else fmask[0] > 0.5,
+            moving_mask=None if mmask is None else mmask[0] > 0.5,
+            seed=s.opts.seed,
+        )
+    fwd, bwd = referee(s), referee(s, inverse=True)
+    f0, f1 = fwd.score(best), fwd.score(cand)
+    b0, b1 = bwd.score(best), bwd.score(cand)
+    if f1 > f0 and b1 > b0:
+        return cand, f", refined by intensity MI (NMI {f0:.4f} -> {f1:.4f}, from the moving image {b0:.4f} -> {b1:.4f})"
+    return best, f", its intensity-MI refinement not kept (NMI {f0:.4f} -> {f1:.4f}, from the moving image {b0:.4f} -> {b1:.4f})"
 
 
 def _polish(s: State, best: np.ndarray, moving_w0: torch.Tensor, m_aff4: np.ndarray) -> np.ndarray:
