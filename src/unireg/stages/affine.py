@@ -294,9 +294,10 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame) -> tuple[n
     fwd, bwd = referee(s), referee(s, inverse=True)
     f0, f1 = fwd.score(best), fwd.score(cand)
     b0, b1 = bwd.score(best), bwd.score(cand)
+    scores = f"NMI {f0:.4f} -> {f1:.4f}, from the moving image {b0:.4f} -> {b1:.4f}"
     if f1 > f0 and b1 > b0:
-        return cand, f", refined by intensity MI (NMI {f0:.4f} -> {f1:.4f}, from the moving image {b0:.4f} -> {b1:.4f})"
-    return best, f", its intensity-MI refinement not kept (NMI {f0:.4f} -> {f1:.4f}, from the moving image {b0:.4f} -> {b1:.4f})"
+        return cand, f", refined by intensity MI ({scores})"
+    return best, f", its intensity-MI refinement not kept ({scores})"
 
 
 def _polish(s: State, best: np.ndarray, moving_w0: torch.Tensor, m_aff4: np.ndarray) -> np.ndarray:
