@@ -183,11 +183,11 @@ def test_affine_stage_runs_its_polish_when_switched_on(monkeypatch):
     assert np.linalg.norm(t[:3, 3] - shift) < 0.5, t
 
 
-def _turned_pair(deg: float, shift, shape=(64, 72)):
+def _turned_pair(deg: float, shift, shape=(128, 144)):
     """A 2-D blob image and an inverted copy of it turned by ``deg`` about the grid centre and shifted
     (world mm, 1 mm voxels): returns (fixed, moving, affine, the true fixed->moving 3x3)."""
-    centres = [(32, 36), (20, 48), (44, 22), (16, 16), (50, 54)]
-    fixed = _blobs(shape, centres, sigma=4.0)
+    centres = [(64, 72), (40, 96), (88, 44), (32, 32), (100, 108)]
+    fixed = _blobs(shape, centres, sigma=8.0)
     a = np.radians(deg)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     c = (np.array(shape) - 1) / 2
@@ -199,27 +199,31 @@ def _turned_pair(deg: float, shift, shape=(64, 72)):
     moving = torch.zeros(shape)
     for k, (cy, cx) in enumerate(centres):
         d2 = (src[0] - cy) ** 2 + (src[1] - cx) ** 2
-        moving += torch.as_tensor((1.0 - 0.15 * k) * np.exp(-d2 / (2 * 16.0)), dtype=torch.float32).view(shape)
+        moving += torch.as_tensor((1.0 - 0.15 * k) * np.exp(-d2 / (2 * 64.0)), dtype=torch.float32).view(shape)
     return fixed, 1.0 - moving / moving.max(), np.eye(4), true
 
 
 def test_mi_affine_recovers_a_turn_across_an_inverted_contrast():
     """Intensity MI finds a 12-degree turn and a shift of an inverted-contrast copy started from the
-    identity (and stays at the truth when started there); with no iterations it returns its start."""
+    identity (and stays at the truth when started there); with no iterations, or on a grid too small
+    for its histogram, it returns its start."""
     from unireg.align.affine import mi_affine
 
     fixed, moving, a, true = _turned_pair(12.0, (2.0, -3.0))
     fixed = fixed / fixed.max()
-    got = mi_affine(fixed, a, moving, a, np.eye(3), levels=((2, 60), (1, 40)), points=4000, lr=0.02)
-    centre = np.array([31.5, 35.5])
+    kw = {"points": 4000, "bins": 16}
+    got = mi_affine(fixed, a, moving, a, np.eye(3), levels=((2, 60), (1, 40)), lr=0.02, **kw)
+    centre = np.array([63.5, 71.5])
     turn = np.degrees(np.arctan2(got[1, 0], got[0, 0]))
     assert abs(turn - 12.0) < 1.0, got
     assert np.linalg.norm(got[:2, :2] @ centre + got[:2, 2] - (true[:2, :2] @ centre + true[:2, 2])) < 0.6, got
-    stay = mi_affine(fixed, a, moving, a, true, levels=((1, 30),), points=4000, lr=0.005)
-    grid = np.stack(np.meshgrid(np.arange(64.0), np.arange(72.0), indexing="ij")).reshape(2, -1)
+    stay = mi_affine(fixed, a, moving, a, true, levels=((1, 30),), lr=0.005, **kw)
+    grid = np.argwhere(fixed.numpy() > 0.2).T.astype(np.float64)  # the object's voxels
     drift = np.linalg.norm((stay - true)[:2, :2] @ grid + (stay - true)[:2, 2:3], axis=0)
     assert drift.mean() < 0.5, (drift.mean(), stay)
     assert np.array_equal(mi_affine(fixed, a, moving, a, true, levels=((1, 0),)), true)
+    small = mi_affine(fixed[::4, ::4], a, moving[::4, ::4], a, np.eye(3), levels=((1, 40),), lr=0.02, **kw)
+    assert np.array_equal(small, np.eye(3))  # 32 x 36 voxels: under 8 per bin of a 16 x 16 histogram
 
 
 def test_affine_stage_keeps_its_mi_refinement_only_if_the_referee_prefers_it(monkeypatch):

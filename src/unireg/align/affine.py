@@ -146,6 +146,12 @@ def polish_affine(
     return matrix().detach().cpu().numpy()[0]
 
 
+# mi_affine skips a level whose fixed grid has fewer voxels than this many per joint-histogram bin:
+# on a 24^3 phantom at 1.5 mm (12^3 at its coarse level, ~1.7 voxels per bin) MI moved an affine 0.34 ->
+# 0.66 mm from a known 3 mm shift, and the referee, on as few voxels, accepted it.
+MI_MIN_VOXELS_PER_BIN = 8
+
+
 def mi_affine(
     fixed: torch.Tensor,
     fixed_grid4: np.ndarray,
@@ -173,7 +179,9 @@ def mi_affine(
     ``moving_grid4``); ``levels``: (pooling factor, iterations), coarse to fine, the step size falling
     from ``lr`` to a tenth over each level; fixed voxels inside ``fixed_mask`` (all when None) whose
     mapped position falls inside the moving grid and ``moving_mask`` count.  Same parameterisation and
-    the same weak pull towards ``init``'s linear part as :func:`optimize_affine`.
+    the same weak pull towards ``init``'s linear part as :func:`optimize_affine`.  A level with fewer
+    than :data:`MI_MIN_VOXELS_PER_BIN` voxels per joint-histogram bin is skipped (all skipped: ``init``
+    comes back unchanged).
     """
     nd = fixed.dim()
     dev = fixed.device
@@ -187,6 +195,8 @@ def mi_affine(
         f_l = pool(fixed[None, None].float(), factor)
         m_l = pool(moving[None, None].float(), factor)
         shape = tuple(f_l.shape[2:])
+        if math.prod(shape) < MI_MIN_VOXELS_PER_BIN * bins * bins:
+            continue  # too few voxels for a bins x bins joint histogram: MI would follow its noise
         wf = torch.as_tensor(affine_nd(pooled_affine(fixed_grid4, nd, factor), nd), dtype=torch.float64, device=dev)
         wm_inv = torch.as_tensor(
             np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd)), dtype=torch.float64, device=dev

@@ -293,6 +293,8 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame) -> tuple[n
             moving_mask=None if mmask is None else mmask[0] > 0.5,
             seed=s.opts.seed,
         )
+    if np.array_equal(cand, best):  # every level skipped (too small an image for MI)
+        return best, ""
     fwd, bwd = referee(s), referee(s, inverse=True)
     f0, f1 = fwd.score(best), fwd.score(cand)
     b0, b1 = bwd.score(best), bwd.score(cand)
