@@ -155,12 +155,9 @@ def test_polish_affine_keeps_an_exact_start_and_respects_the_moving_mask():
     assert np.abs(_translation_of(got, centre) - shift).max() < 0.15
 
 
-def test_affine_stage_runs_its_polish_when_switched_on(monkeypatch):
-    """The stage's polish path (off by default) still runs and keeps a clean shift found."""
-    from unireg import api
-    from unireg.stages import affine as affine_stage
-
-    from ..synthetic_pairs import grid_affine, phantom, tiny_registrar
+def _shifted_phantom():
+    """A 3-D blob phantom on a 1.5 mm grid and its copy moved by (4, -3, 2) mm: (fixed, moving, affine, shift)."""
+    from ..synthetic_pairs import grid_affine, phantom
 
     c = np.zeros(3)
     fs = (32, 32, 28)
@@ -168,6 +165,17 @@ def test_affine_stage_runs_its_polish_when_switched_on(monkeypatch):
     f, _ = phantom(fs, fa, c)
     shift = np.array([4.0, -3.0, 2.0])
     m, _ = phantom(fs, fa, c, shift=shift)
+    return f, m, fa, shift
+
+
+def test_affine_stage_runs_its_polish_when_switched_on(monkeypatch):
+    """The stage's polish path (off by default) still runs and keeps a clean shift found."""
+    from unireg import api
+    from unireg.stages import affine as affine_stage
+
+    from ..synthetic_pairs import tiny_registrar
+
+    f, m, fa, shift = _shifted_phantom()
     calls = []
     real = affine_stage.polish_affine
 
@@ -233,14 +241,9 @@ def test_affine_stage_keeps_its_mi_refinement_only_if_the_referee_prefers_it(mon
     from unireg import api
     from unireg.stages import affine as affine_stage
 
-    from ..synthetic_pairs import grid_affine, phantom, tiny_registrar
+    from ..synthetic_pairs import tiny_registrar
 
-    c = np.zeros(3)
-    fs = (32, 32, 28)
-    fa = grid_affine(fs, (1.5, 1.5, 1.5), np.eye(3), c)
-    f, _ = phantom(fs, fa, c)
-    shift = np.array([4.0, -3.0, 2.0])
-    m, _ = phantom(fs, fa, c, shift=shift)
+    f, m, fa, shift = _shifted_phantom()
     m = (1.2 - m / m.max()) * (m > 0.01)  # another contrast inside the object
 
     def run():
