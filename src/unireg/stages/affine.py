@@ -78,8 +78,9 @@ ROTATION_FRAMES = {2: True, 3: False}
 # In-process, the held-out suite's pairs 0-7 of every 3-D family but the aligned one (32 pairs, one
 # thread): mean Dice 0.908 -> 0.913, EPE 1.57 -> 1.39 mm; the affine family 0.874 -> 0.890, EPE 3.08 ->
 # 2.21 mm (a body phantom turned by 16 degrees 4.03 -> 2.48 mm); one pair lost 0.2 point (a cropped
-# body phantom, EPE 1.83 -> 2.37 mm); none below no registration; time per pair unchanged (~0.7 s of
-# a 1-thread run).  2-D: off: pairs 0-19 of every family (100 pairs) lost 0.03 point on average, two
+# body phantom, EPE 1.83 -> 2.37 mm); none below no registration.  Cost: the step is ~1.2 s of a
+# 2-thread registration of the 1 mm MNI pair, the whole CLI +15 % there (benchmarks/results/speed_cli.md,
+# where the refined affine is kept and the one before it was not).  2-D: off: pairs 0-19 of every family (100 pairs) lost 0.03 point on average, two
 # already-aligned thick-slice body pairs were moved 0.44 mm below no registration, +0.6 s per pair;
 # there the rotation frames already find turned slices.
 MI_LEVELS: dict[int, tuple[tuple[int, int], ...]] = {2: (), 3: ((2, 40), (1, 25))}
@@ -277,8 +278,9 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame) -> tuple[n
     """``best`` refined on the working grids' intensities by mutual information (:func:`mi_affine`),
     and a note for the report.  The refined affine replaces ``best`` only if the do-no-harm referee
     (NMI at the native grids, other points, partial-volume histograms) scores it higher seen from
-    both images: on a body phantom under a smooth field the 2 mm MI pulled a feature-cost affine
-    (EPE 3.4 mm) to a tilted one (5.7 mm) that the referee scores lower from the fixed side."""
+    both images: on a body phantom under a smooth field the 2 mm MI (30 000 points per step then)
+    pulled a feature-cost affine (EPE 3.4 mm) to a tilted one (5.7 mm) that the referee scores lower
+    from the fixed side."""
     fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
     mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
     with torch.enable_grad():
