@@ -80,9 +80,9 @@ ROTATION_FRAMES = {2: True, 3: False}
 # 2.21 mm (a body phantom turned by 16 degrees 4.03 -> 2.48 mm); one pair lost 0.2 point (a cropped
 # body phantom, EPE 1.83 -> 2.37 mm); none below no registration.  Cost: the step is ~1.2 s of a
 # 2-thread registration of the 1 mm MNI pair, the whole CLI +15 % there (benchmarks/results/speed_cli.md,
-# where the refined affine is kept and the one before it was not).  2-D: off: pairs 0-19 of every family (100 pairs) lost 0.03 point on average, two
-# already-aligned thick-slice body pairs were moved 0.44 mm below no registration, +0.6 s per pair;
-# there the rotation frames already find turned slices.
+# where the refined affine is kept and the one before it was not).  2-D: off: pairs 0-19 of every
+# family (100 pairs) lost 0.03 point on average, two already-aligned thick-slice body pairs were moved
+# 0.44 mm below no registration, +0.6 s per pair; there the rotation frames already find turned slices.
 MI_LEVELS: dict[int, tuple[tuple[int, int], ...]] = {2: (), 3: ((2, 40), (1, 25))}
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as object for the foreground centroid
 
