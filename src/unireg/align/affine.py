@@ -87,6 +87,15 @@ def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float):
     return lin, trans, matrix
 
 
+def _sampling_box(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(lo, hi, strides)`` for :func:`random_box_voxels`: the box (voxel indices, float64) around the
+    voxels where ``weight > 0`` (at least one), and the grid's C-order strides."""
+    nz = (weight > 0).nonzero()
+    shape = weight.shape
+    strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(len(shape))], device=weight.device)
+    return nz.amin(0).double(), nz.amax(0).double(), strides
+
+
 def polish_affine(
     fixed_feat: torch.Tensor,
     fixed_grid4: np.ndarray,
@@ -121,9 +130,7 @@ def polish_affine(
     if fixed_mask is not None:
         fm_ = fixed_mask.to(dev).float()
         weight = weight * fm_ if (weight * fm_).sum() > 0 else fm_
-    nz = (weight > 0).nonzero()
-    lo, hi = nz.amin(0).double(), nz.amax(0).double()
-    strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(nd)], device=dev)
+    lo, hi, strides = _sampling_box(weight)
     ff_rows, w_flat = fixed_feat[0].flatten(1).t().contiguous(), weight.flatten()  # a voxel's channels in a row
     moving_feat = channels_last(moving_feat)
     ones = torch.ones_like(moving_feat[:, :1])
@@ -204,11 +211,9 @@ def mi_affine(
         weight = torch.ones(shape, device=dev)
         if fixed_mask is not None:
             weight = (pool(fixed_mask.to(dev).float()[None, None], factor)[0, 0] >= 0.5).float()
-        nz = (weight > 0).nonzero()
-        if nz.shape[0] == 0:
+        if not bool((weight > 0).any()):
             continue
-        lo, hi = nz.amin(0).double(), nz.amax(0).double()
-        strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(nd)], device=dev)
+        lo, hi, strides = _sampling_box(weight)
         f_flat, w_flat = f_l.flatten(), weight.flatten()
         ones = torch.ones_like(m_l)
         mov_in = None
