@@ -268,3 +268,36 @@ def test_affine_stage_keeps_its_mi_refinement_only_if_the_referee_prefers_it(mon
     monkeypatch.setitem(affine_stage.MI_LEVELS, 3, ())
     off, _ = run()
     assert np.allclose(refused, off), (refused, off)
+
+
+def test_affine_stage_mi_restart_in_a_worker_thread_gives_the_in_line_result(monkeypatch):
+    """The MI restart's coarse run goes to a worker thread beside the answer's own MI run (two CPU
+    threads or more): both runs draw from their own seeded generators, so the affine is bitwise the
+    one the same steps give one after the other."""
+    from unireg import api
+    from unireg.stages import affine as affine_stage
+
+    from ..synthetic_pairs import tiny_registrar
+
+    f, m, fa, _ = _shifted_phantom()
+    m = (1.2 - m / m.max()) * (m > 0.01)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the worker path even on a one-core runner
+    monkeypatch.setitem(affine_stage.MI_RESTART_MM, 3, 0.5)  # the small phantom's starts lie within 8 mm
+    calls = []
+    real = affine_stage.mi_affine
+
+    def counted(*args, **kw):
+        calls.append(kw["levels"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(affine_stage, "mi_affine", counted)
+
+    def run():
+        r = api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
+        return np.asarray(r.affine_matrix, float), r.report["stages"]["affine"]["reason"]
+
+    threaded, why = run()
+    assert len(calls) >= 2, (calls, why)  # the answer's MI run and the restart's coarse one
+    monkeypatch.setattr(affine_stage, "MI_WORKER", False)
+    in_line, why_in_line = run()
+    assert np.array_equal(threaded, in_line) and why == why_in_line, (threaded, in_line, why, why_in_line)
