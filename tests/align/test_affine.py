@@ -301,3 +301,29 @@ def test_affine_stage_mi_restart_in_a_worker_thread_gives_the_in_line_result(mon
     monkeypatch.setattr(affine_stage, "MI_WORKER", False)
     in_line, why_in_line = run()
     assert np.array_equal(threaded, in_line) and why == why_in_line, (threaded, in_line, why, why_in_line)
+
+
+def test_affine_stage_mi_foreground_setting_samples_mi_in_the_fixed_object_only(monkeypatch):
+    """``stages.affine.MI_FOREGROUND`` (off by default) hands ``mi_affine`` the fixed object (working
+    grid above the threshold) as its fixed mask; off, MI samples the whole box (no mask)."""
+    from unireg import api
+    from unireg.stages import affine as affine_stage
+
+    from ..synthetic_pairs import tiny_registrar
+
+    f, m, fa, _ = _shifted_phantom()
+    masks = []
+    real = affine_stage.mi_affine
+
+    def spy(*args, **kw):
+        masks.append(kw["fixed_mask"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(affine_stage, "mi_affine", spy)
+    api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
+    assert masks and all(k is None for k in masks), masks
+    masks.clear()
+    monkeypatch.setattr(affine_stage, "MI_FOREGROUND", 0.05)
+    api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
+    share = float(masks[0].float().mean())
+    assert masks[0].dim() == 3 and 0.02 < share < 0.9, share
