@@ -345,7 +345,8 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=())
 
     def restart() -> tuple[float, str, np.ndarray] | None:
         """The referee's favourite far start (its score, name) refined at MI's coarse level."""
-        far = [(name, m) for name, m in starts if _separation(s, m, best) > MI_RESTART_MM[s.nd]]
+        x = _object_points(s)
+        far = [(name, m) for name, m in starts if _separation(x, m, best, s.nd) > MI_RESTART_MM[s.nd]]
         if not far:
             return None
         score, name, m = max(((fwd.score(m), name, m) for name, m in far), key=lambda t: t[0])
@@ -365,12 +366,12 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=())
     if np.array_equal(cand, best):  # every level skipped (too small an image for MI)
         return best, ""
     f0, b0 = fwd.score(best), bwd.score(best)
-    tried = [("", cand)]
+    scored = [(fwd.score(cand), bwd.score(cand), "", cand)]
     if again is not None:  # its finer levels if the referee then prefers it to the answer's refinement
         score, name, coarse = again
-        if fwd.score(coarse) > fwd.score(cand):
-            tried.append((f" from {name} (its NMI {score:.4f})", refine(coarse, MI_LEVELS[s.nd][1:])))
-    scored = [(fwd.score(m), bwd.score(m), where, m) for where, m in tried]
+        if fwd.score(coarse) > scored[0][0]:
+            m = refine(coarse, MI_LEVELS[s.nd][1:])
+            scored.append((fwd.score(m), bwd.score(m), f" from {name} (its NMI {score:.4f})", m))
     accepted = [t for t in scored if t[0] > f0 and t[1] > b0]
     notes = "; ".join(
         f"NMI {f0:.4f} -> {f1:.4f}, from the moving image {b0:.4f} -> {b1:.4f}{w}" for f1, b1, w, _ in scored
@@ -381,10 +382,9 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=())
     return best, f", its intensity-MI refinement not kept ({notes})"
 
 
-def _separation(s: State, a: np.ndarray, b: np.ndarray) -> float:
-    """Mean distance (mm) between where the affines ``a`` and ``b`` (fixed world -> moving world) send
-    the fixed image's object (working-grid voxels above :data:`FOREGROUND`, inside a fixed mask)."""
-    nd = s.nd
+def _object_points(s: State) -> np.ndarray:
+    """World points (mm, ``(N, nd)``, at most ~40 000) of the fixed image's object: working-grid voxels
+    above :data:`FOREGROUND`, inside a fixed mask (the whole grid if none is)."""
     inside = s.fixed_w[0] > FOREGROUND
     if s.opts.fixed_mask is not None:
         inside &= mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).to(inside.device)
@@ -392,8 +392,13 @@ def _separation(s: State, a: np.ndarray, b: np.ndarray) -> float:
     if len(vox) == 0:
         vox = np.asarray(np.nonzero(np.ones(s.w_shape)), dtype=np.float64).T
     vox = vox[:: max(1, len(vox) // 20_000)]
-    w = affine_nd(s.w_aff4, nd)
-    x = vox @ w[:nd, :nd].T + w[:nd, nd]
+    w = affine_nd(s.w_aff4, s.nd)
+    return vox @ w[: s.nd, : s.nd].T + w[: s.nd, s.nd]
+
+
+def _separation(x: np.ndarray, a: np.ndarray, b: np.ndarray, nd: int) -> float:
+    """Mean distance (mm) between where the affines ``a`` and ``b`` (fixed world -> moving world) send
+    the points ``x`` (:func:`_object_points`)."""
     d = affine_nd(a, nd) - affine_nd(b, nd)
     return float(np.linalg.norm(x @ d[:nd, :nd].T + d[:nd, nd], axis=1).mean())
 
