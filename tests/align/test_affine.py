@@ -11,6 +11,8 @@ from unireg.features import create_extractor
 from unireg.spatial.grid import warp
 from unireg.spatial.integrate import integrate_velocity
 
+from ..spies import spy_on
+
 torch.set_num_threads(1)
 
 
@@ -283,7 +285,7 @@ def test_affine_stage_mi_restart_in_a_worker_thread_gives_the_in_line_result(mon
     m = (1.2 - m / m.max()) * (m > 0.01)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the worker path even on a one-core runner
     monkeypatch.setitem(affine_stage.MI_RESTART_MM, 3, 0.5)  # the small phantom's starts lie within 8 mm
-    calls = _spy_on_mi(monkeypatch, affine_stage, "levels")
+    calls = spy_on(monkeypatch, affine_stage, "mi_affine", lambda *a, **kw: kw["levels"])
 
     def run():
         r = api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
@@ -305,7 +307,7 @@ def test_affine_stage_mi_foreground_setting_samples_mi_in_the_fixed_object_only(
     from ..synthetic_pairs import tiny_registrar
 
     f, m, fa, _ = _shifted_phantom()
-    masks = _spy_on_mi(monkeypatch, affine_stage, "fixed_mask")
+    masks = spy_on(monkeypatch, affine_stage, "mi_affine", lambda *a, **kw: kw["fixed_mask"])
     api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
     assert masks and all(k is None for k in masks), masks
     masks.clear()
@@ -313,16 +315,3 @@ def test_affine_stage_mi_foreground_setting_samples_mi_in_the_fixed_object_only(
     api.register((f, fa), (m, fa), model=tiny_registrar(3, 1.5), refine=0, qc=False)
     share = float(masks[0].float().mean())
     assert masks[0].dim() == 3 and 0.02 < share < 0.9, share
-
-
-def _spy_on_mi(monkeypatch, affine_stage, key: str) -> list:
-    """The stage's ``mi_affine`` calls, each call's keyword ``key`` recorded in the returned list."""
-    seen: list = []
-    real = affine_stage.mi_affine
-
-    def spy(*args, **kw):
-        seen.append(kw[key])
-        return real(*args, **kw)
-
-    monkeypatch.setattr(affine_stage, "mi_affine", spy)
-    return seen

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ..spies import spy_on
 from .scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,14 +17,7 @@ def test_the_setting_reaches_run_b_only_and_is_undone(capsys, monkeypatch):
     from unireg.stages import affine as affine_stage
 
     mod = load_script(SCRIPT)
-    seen = []
-    real = mod._run_pair
-
-    def spy(case):
-        seen.append(affine_stage.IMPROVEMENT)
-        return real(case)
-
-    monkeypatch.setattr(mod, "_run_pair", spy)
+    seen = spy_on(monkeypatch, mod, "_run_pair", lambda case: affine_stage.IMPROVEMENT)
     before = affine_stage.IMPROVEMENT
     mod.main(["--dims", "2", "--pairs", "1", "--names", "2d_affine_00", "--set",
               "unireg.stages.affine.IMPROVEMENT=0.9"])

@@ -13,6 +13,8 @@ from unireg.errors import UniRegError
 from unireg.io.image import write_image
 from unireg.io.warp import read_displacement_field, write_displacement_field
 
+from ..spies import spy_on
+
 LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -187,14 +189,7 @@ def test_gzipped_field_is_read_by_isal_as_nibabel_reads_it(tmp_path, field3d, mo
     import unireg.io.image as image_io
     import unireg.io.warp as warp_io
 
-    calls = []
-    real = image_io._read_nifti_gz_isal
-
-    def spy(p):
-        calls.append(p.name)
-        return real(p)
-
-    monkeypatch.setattr(warp_io, "_read_nifti_gz_isal", spy)
+    calls = spy_on(monkeypatch, warp_io, "_read_nifti_gz_isal", lambda p: p.name, real=image_io._read_nifti_gz_isal)
     path, disp = field3d
     back, aff = read_displacement_field(path)
     assert calls == [path.name]
