@@ -17,8 +17,6 @@ from .io.atomic import atomic_path, check_output_dir
 from .io.image import write_image
 from .io.warp import write_displacement_field
 from .spatial.frames import affine_nd
-from .spatial.grid import apply_matrix
-from .spatial.world import slab_voxels, slabs
 
 __all__ = ["save_result", "guard_inputs", "write_json", "OUTPUT_NAMES", "OUTPUT_GROUPS", "parse_outputs"]
 
@@ -206,15 +204,19 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
     moving = result.moving
     jobs: dict[str, Future] = {}
     with _writers() as pool:
-        if "warped" in paths:
-            jobs["warped"] = pool.submit(
-                write_image, paths["warped"], result.warped.data, fixed.affine, dtype=np.float32
-            )
-        if "warp" in paths:
-            jobs["warp"] = pool.submit(write_displacement_field, paths["warp"], result.warp_mm, fixed.affine)
+        # the longest jobs first (each computes a whole-volume field, then compresses it): the last
+        # to start sets when the folder is complete
         if "inverse_warp" in paths:  # computed by its writer (a whole-volume pass); the ANTs split may copy its file
             jobs["inverse_warp"] = pool.submit(
                 lambda: write_displacement_field(paths["inverse_warp"], result.inverse_warp_mm, moving.affine)
+            )
+        if "warp" in paths:
+            jobs["warp"] = pool.submit(write_displacement_field, paths["warp"], result.warp_mm, fixed.affine)
+        if "affine" in paths:  # the ANTs split: its two fields are independent jobs
+            jobs.update(_submit_ants_split(pool, result, paths, jobs.get("warp"), jobs.get("inverse_warp")))
+        if "warped" in paths:
+            jobs["warped"] = pool.submit(
+                write_image, paths["warped"], result.warped.data, fixed.affine, dtype=np.float32
             )
         if "jacobian" in paths:
             jobs["jacobian"] = pool.submit(
@@ -224,8 +226,6 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
             jobs["warped_labels"] = pool.submit(
                 write_image, paths["warped_labels"], result.warped_labels.data, fixed.affine
             )
-        if "affine" in paths:
-            jobs["affine"] = pool.submit(_write_ants_split, result, paths, jobs.get("warp"), jobs.get("inverse_warp"))
         try:
             report = dict(result.report)
             report["outputs"] = {k: v.name for k, v in paths.items()}  # what this folder holds
@@ -285,46 +285,78 @@ def _same_grid(a, b) -> bool:
 
 def deformable_forward_mm(result) -> np.ndarray:
     """``D(x) - x`` on the fixed grid (RAS mm), from the whole map's field ``warp_mm = T(D(x)) - x``:
-    ``D(x) = T^-1(x + warp_mm(x))`` (a matrix per voxel, no resampling)."""
+    ``D(x) = T^-1(x + warp_mm(x))``.  With ``T^-1 y = L y + b`` and ``x = A v + a`` (voxel ``v``) that is
+    ``L warp_mm(x) + (L - I)(A v + a) + b``: one 3x3 product per voxel plus a field that is affine in
+    ``v``, added as one broadcast ramp per axis (no per-voxel coordinates, no resampling; the small
+    matrices in float64, the fields in float32)."""
     fixed = result.fixed
     nd = fixed.ndim
-    t_inv = torch.as_tensor(np.linalg.inv(affine_nd(np.asarray(result.affine_matrix), nd)), dtype=torch.float64)
-    a = torch.as_tensor(affine_nd(fixed.affine, nd), dtype=torch.float64)
-    warp = torch.from_numpy(np.asarray(result.warp_mm))
+    t_inv = np.linalg.inv(affine_nd(np.asarray(result.affine_matrix, dtype=np.float64), nd))
+    a = affine_nd(np.asarray(fixed.affine, dtype=np.float64), nd)
+    lin = t_inv[:nd, :nd]
+    ramp = (lin - np.eye(nd)) @ a[:nd, :nd]  # per voxel index, per output component
+    offset = (lin - np.eye(nd)) @ a[:nd, nd] + t_inv[:nd, nd]
+    warp = torch.from_numpy(np.ascontiguousarray(result.warp_mm, dtype=np.float32))
+    shape = tuple(fixed.spatial_shape)
     out = np.empty(warp.shape, dtype=np.float32)
-    for rows in slabs(fixed.spatial_shape, 2_000_000):
-        x = apply_matrix(a, slab_voxels(fixed.spatial_shape, rows, torch.float64))
-        out[:, rows] = (apply_matrix(t_inv, x + warp[:, rows].double()) - x).float().numpy()
+    res = torch.from_numpy(out)
+    axes = [torch.arange(n, dtype=torch.float32).reshape([-1 if k == j else 1 for k in range(nd)])
+            for j, n in enumerate(shape)]
+    lin32 = torch.as_tensor(lin, dtype=torch.float32)
+    torch.matmul(lin32, warp.reshape(nd, -1), out=res.reshape(nd, -1))
+    for i in range(nd):
+        res[i] += sum(float(ramp[i, j]) * axes[j] for j in range(nd)) + float(offset[i])
     return out
 
 
 def _write_ants_split(
     result, paths: dict[str, Path], warp_job: Future | None = None, inverse_job: Future | None = None
 ) -> None:
-    """``affine.mat`` + ``deformable_warp.nii.gz`` (+ its inverse), the ANTs/elastix way of storing a result.
+    """``affine.mat`` + ``deformable_warp.nii.gz`` (+ its inverse), the ANTs/elastix way of storing a
+    result, written one after the other (:func:`_submit_ants_split`, in line)."""
+    for job in _submit_ants_split(_InLine(), result, paths, warp_job, inverse_job).values():
+        job.result()
+
+
+def _submit_ants_split(
+    pool, result, paths: dict[str, Path], warp_job: Future | None = None, inverse_job: Future | None = None
+) -> dict[str, Future]:
+    """``affine.mat`` (written here) + ``deformable_warp.nii.gz`` and ``deformable_inverse_warp.nii.gz``
+    (a job each on ``pool``): the ANTs/elastix way of storing a result.
 
     With ``T`` the affine (fixed world -> moving world) and ``D(x) = x + d(x)`` the deformable part
     on the fixed grid, the whole map is ``T(D(x))``, i.e. the ANTs chain
     ``-t deformable_warp.nii.gz -t affine.mat`` (``transformlist=[deformable_warp, affine]``).  The
     inverse, moving -> fixed, is ``D^-1(T^-1(y))``: ``-t [affine.mat,1] -t deformable_inverse_warp.nii.gz``.
     Both deformable fields live on the fixed grid, as antsRegistration's ``1Warp``/``1InverseWarp`` do.
+    With an identity affine the deformable part is the whole map: its files are copies of the jobs
+    ``warp_job`` / ``inverse_job`` write (submitted earlier to the same pool, so already started).
     """
     from .io.transform import write_affine
     from .pipeline import displacement_on_grid
 
     fixed, mapping = result.fixed, result.mapping
     write_affine(paths["affine"], result.affine_matrix, ndim=fixed.ndim)
-    # with an identity affine the deformable part is the whole map: its files are copies
     identity = np.array_equal(affine_nd(np.asarray(result.affine_matrix), fixed.ndim), np.eye(fixed.ndim + 1))
-    if identity and warp_job is not None:
-        _copy_written(warp_job, paths["warp"], paths["deformable_warp"])
-    else:
-        write_displacement_field(paths["deformable_warp"], deformable_forward_mm(result), fixed.affine)
-    if identity and inverse_job is not None and _same_grid(fixed, result.moving):
-        _copy_written(inverse_job, paths["inverse_warp"], paths["deformable_inverse_warp"])
-    else:
+    jobs: dict[str, Future] = {}
+
+    def inverse() -> None:
         inv = displacement_on_grid(
             lambda x: mapping._through(x, mapping.inv_disp_vox), fixed.spatial_shape, fixed.affine,
             device=mapping.device,
         )
         write_displacement_field(paths["deformable_inverse_warp"], inv, fixed.affine)
+
+    if identity and inverse_job is not None and _same_grid(fixed, result.moving):
+        jobs["deformable_inverse_warp"] = pool.submit(
+            _copy_written, inverse_job, paths["inverse_warp"], paths["deformable_inverse_warp"]
+        )
+    else:
+        jobs["deformable_inverse_warp"] = pool.submit(inverse)
+    if identity and warp_job is not None:
+        jobs["deformable_warp"] = pool.submit(_copy_written, warp_job, paths["warp"], paths["deformable_warp"])
+    else:
+        jobs["deformable_warp"] = pool.submit(
+            lambda: write_displacement_field(paths["deformable_warp"], deformable_forward_mm(result), fixed.affine)
+        )
+    return jobs
