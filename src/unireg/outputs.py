@@ -309,15 +309,6 @@ def deformable_forward_mm(result) -> np.ndarray:
     return out
 
 
-def _write_ants_split(
-    result, paths: dict[str, Path], warp_job: Future | None = None, inverse_job: Future | None = None
-) -> None:
-    """``affine.mat`` + ``deformable_warp.nii.gz`` (+ its inverse), the ANTs/elastix way of storing a
-    result, written one after the other (:func:`_submit_ants_split`, in line)."""
-    for job in _submit_ants_split(_InLine(), result, paths, warp_job, inverse_job).values():
-        job.result()
-
-
 def _submit_ants_split(
     pool, result, paths: dict[str, Path], warp_job: Future | None = None, inverse_job: Future | None = None
 ) -> dict[str, Future]:

@@ -14,7 +14,7 @@ import torch
 
 from unireg.io.image import Image, write_image
 from unireg.io.transform import read_affine, write_affine
-from unireg.outputs import OUTPUT_NAMES, _write_ants_split
+from unireg.outputs import OUTPUT_NAMES, _InLine, _submit_ants_split
 from unireg.pipeline import FixedToMoving, displacement_on_grid
 from unireg.spatial.world import pull, working_grid
 
@@ -60,7 +60,8 @@ def case(tmp_path_factory):
     warp_mm = displacement_on_grid(mapping.forward, fs, fa)  # what the resample stage gives save()
     res = SimpleNamespace(fixed=fixed, moving=moving, affine_matrix=t, mapping=mapping, warp_mm=warp_mm)
     paths = {k: d / v for k, v in OUTPUT_NAMES.items()}
-    _write_ants_split(res, paths)
+    for job in _submit_ants_split(_InLine(), res, paths).values():  # written in line, one after the other
+        job.result()
     write_image(d / "fixed.nii.gz", f, fa)
     write_image(d / "moving.nii.gz", m, ma)
     # UniReg's own resampling through the whole map (what warped.nii.gz holds)
