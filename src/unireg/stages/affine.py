@@ -6,11 +6,13 @@ about the fixed centroid (large misalignments).  Each is scored at 8 mm (one fea
 best few get a few 8 mm optimiser steps (a beam search: a start at the edge of the basin scores badly
 before it moves) and are ranked again; the best is optimised at 8 and 4 mm (a polish on the working
 grid's features, ``POLISH_ITERATIONS``, is off by default); in 3-D it is then refined on the working
-grids' intensities by mutual information (``MI_LEVELS``), which replaces it only if the referee below
-prefers it from both images.  The winner replaces the
-starting transform only if its feature cost is lower than the start's (``affine_cost``) **and** the
-do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`), seen from the fixed image
-and from the moving one, agrees that it is better; else the start is kept and report.json says why.
+grids' intensities by mutual information (``MI_LEVELS``; from the referee's favourite far start too,
+``MI_RESTART``), which replaces it only if the referee below prefers it from both images.  The winner
+replaces the starting transform only if its feature cost is lower than the start's (``affine_cost``)
+**and** the do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`), seen from the
+fixed image and from the moving one, scores it higher (by the deformations' 0.5 % margin when it moves
+the object by less than half a voxel, ``SUBVOXEL_AFFINE``); else the start is kept and report.json
+says why.
 """
 
 from __future__ import annotations
