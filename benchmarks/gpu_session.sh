@@ -6,7 +6,8 @@
 # 1. benchmarks/gpu_check.py: the 1 mm MNI demo pair, per-stage seconds (synchronised), call and whole-CLI time
 #    (then benchmarks/gpu_profile.py: where those seconds go, start-up included, under cProfile and torch.profiler;
 #    its tables come back as profile.tar.gz)
-# 2. the CUDA-parametrised tests (register, apply, batch, training, device residency)
+# 2. the CUDA-parametrised tests (register, apply, batch, training, device residency), before the profile:
+#    a step that runs out of its time costs only itself
 # 3. the batched torch synthesizer's pairs/s on the device
 # 4. a training check: experiments/train_3d.yaml from scratch, batch 8, TRAIN_MIN minutes, validation on the device
 # 5. --resume on the device: the shipped model's stage-3 checkpoint (with its Adam state, FT_CKPT) continued
@@ -70,9 +71,9 @@ step() {  # step NAME SECONDS CMD...
 
 Q=(); [ "$QUICK" = 1 ] && Q=(--quick)
 step gpu_check 170 $PY benchmarks/gpu_check.py --device "$DEVICE" "${Q[@]}"
-step profile 240 $PY benchmarks/gpu_profile.py --device "$DEVICE" --out "$OUT/profile" "${Q[@]}"
 step cuda_tests 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda or on_a_device or on_device or on_the_model_device or before_validation" \
   tests/cli/test_cli.py tests/stages/test_device_residency.py tests/training/test_trainer_device.py tests/test_warmup.py
+step profile 240 $PY benchmarks/gpu_profile.py --device "$DEVICE" --out "$OUT/profile" "${Q[@]}"
 step synth_speed 60 $PY experiments/synth_speed.py --ndim 3 --crop 48 48 48 --batch 8 --batches 5 --threads 1 --device "$DEVICE" --skip-old
 step train_check $(python3 -c "print(int(60 * $TRAIN_MIN + 60))") $PY -m unireg.training --config experiments/train_3d.yaml \
   --device "$DEVICE" --batch-size 8 --time-limit-min "$TRAIN_MIN" --log-every 25 --checkpoint-every 500 --out /tmp/train_check.pt
