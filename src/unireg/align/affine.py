@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..losses import feature_mse, feature_mse_each
 from ..losses.similarity import parzen_mutual_information
 from ..spatial.frames import voxel_to_world
-from ..spatial.grid import apply_matrix, channels_last, identity_coords, random_box_voxels, sample
+from ..spatial.grid import apply_matrix, channels_last, identity_coords, random_box_voxel_draws, sample
 from ..spatial.world import affine_nd, pooled_affine
 from .optim import Adam
 
@@ -136,15 +136,15 @@ def polish_affine(
     ones = torch.ones_like(moving_feat[:, :1])
     mov_in = None if moving_mask is None else moving_mask.to(dev).to(moving_feat.dtype)[None, None]
     g = torch.Generator().manual_seed(int(seed))
-    for _ in range(int(iterations)):
-        idx, pick = random_box_voxels(lo, hi, strides, points, g, torch.float64)  # (n, N) fixed voxels
+    idx_all, pick_all = random_box_voxel_draws(lo, hi, strides, points, int(iterations), g, torch.float64)
+    for idx, pick in zip(idx_all, pick_all, strict=True):  # (n, N) fixed voxels, their flat indices
         opt.zero_grad()
         m = (wm_inv @ matrix() @ wf)[0]
         coords = apply_matrix(m, idx).float().view(1, nd, points, *([1] * (nd - 1)))
         warped = sample(moving_feat, coords)  # (1, C, N, 1[, 1])
-        inside = sample(ones, coords) > 0.99
+        inside = sample(ones, coords.detach()) > 0.99
         if mov_in is not None:
-            inside = inside & (sample(mov_in, coords) >= 0.5)
+            inside = inside & (sample(mov_in, coords.detach()) >= 0.5)
         w = w_flat[pick].view_as(inside[:, 0:1]) * inside.detach().float()
         target = ff_rows[pick].t().reshape(warped.shape)
         loss = feature_mse_each(target, warped, w).sum() + SHEAR_SCALE_PENALTY * (lin * lin).sum()
@@ -198,7 +198,7 @@ def mi_affine(
     lin, trans, matrix = _parameters(t0, centre, half_extent)
     opt = Adam([lin, trans], lr=lr)
     g = torch.Generator().manual_seed(int(seed))
-    for factor, iters in levels:
+    for level, (factor, iters) in enumerate(levels):
         f_l = pool(fixed[None, None].float(), factor)
         m_l = pool(moving[None, None].float(), factor)
         shape = tuple(f_l.shape[2:])
@@ -220,24 +220,44 @@ def mi_affine(
         if moving_mask is not None:
             mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).float()
         n = min(int(points), int(math.prod(shape)))
+        t_start, g_start = opt.t, g.get_state()
+        idx_all, pick_all = random_box_voxel_draws(lo, hi, strides, n, iters, g, torch.float64)
+        # the loop stops at the first step with fewer than 100 counted points: on the device, a flag
+        # that step clears for good, no step applied once it is clear (no read-back per step)
+        alive = torch.ones((), dtype=torch.bool, device=dev)
+        taken = torch.zeros((), dtype=torch.long, device=dev)
         for it in range(iters):
             opt.lr = lr * (1.0 - 0.9 * it / max(iters - 1, 1))
-            idx, pick = random_box_voxels(lo, hi, strides, n, g, torch.float64)
+            idx, pick = idx_all[it], pick_all[it]
             opt.zero_grad()
             m = (wm_inv @ matrix() @ wf)[0]
             coords = apply_matrix(m, idx).float().view(1, nd, n, *([1] * (nd - 1)))
             values = sample(m_l, coords).flatten()
-            inside = sample(ones, coords).flatten() > 0.99
+            inside = sample(ones, coords.detach()).flatten() > 0.99
             if mov_in is not None:
-                inside = inside & (sample(mov_in, coords).flatten() >= 0.5)
+                inside = inside & (sample(mov_in, coords.detach()).flatten() >= 0.5)
             w = w_flat[pick] * inside.float()
-            if float(w.sum()) < 100:
-                break
+            alive = alive & ~(w.sum() < 100)
             loss = -parzen_mutual_information(f_flat[pick], values, w, bins)
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()
-            opt.step()
+            opt.step(alive)
+            taken += alive
+        if level + 1 < len(levels):  # a later level goes on from this one's step count and draws
+            _stopped_at(taken, iters, opt, t_start, g, g_start, (nd, n))
     return matrix().detach().cpu().numpy()[0]
+
+
+def _stopped_at(taken: torch.Tensor, iters: int, opt: Adam, t_start: int, g: torch.Generator, g_start, draw) -> None:
+    """Leave ``opt``'s step count and the generator ``g`` where a level's loop that stopped at its
+    first dead step would have: ``taken`` steps (one scalar read per level) of ``iters``, and, if it
+    stopped early, the points of one step more drawn (it drew them, then found too few inside).
+    ``g_start``: ``g``'s state before the level's draws, each of shape ``draw``, float64."""
+    steps = int(taken)
+    opt.t = t_start + steps
+    if steps < iters:
+        g.set_state(g_start)
+        torch.rand((steps + 1, *draw), generator=g, dtype=torch.float64)
 
 
 def optimize_affine(
