@@ -368,16 +368,17 @@ def affine_cost(
     affine stage: an affine must lower the cost without pushing the object out of view)."""
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
-    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
-    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
-    m = torch.as_tensor(matrix, dtype=torch.float64, device=dev)
+    maps = np.stack([affine_nd(fixed_grid4, nd), np.linalg.inv(affine_nd(moving_grid4, nd)), matrix])
+    wf, wm_inv, m = torch.as_tensor(maps, dtype=torch.float64, device=dev)  # one copy (the search scores ~30)
     coords = apply_matrix(wm_inv @ m @ wf, identity_coords(fixed_feat.shape[2:], dev, torch.float64))
     coords = coords.unsqueeze(0).to(moving_feat.dtype)
     warped = sample(moving_feat, coords)
     inside = (sample(torch.ones_like(moving_feat[:, :1]), coords) > 0.99).float()
     weight = structure_mask(fixed_feat) if mask is None else mask
-    overlap = float((weight * inside).sum() / weight.sum().clamp_min(1.0))
-    return float(feature_mse(fixed_feat, warped, mask=weight * inside)), overlap
+    overlap = (weight * inside).sum() / weight.sum().clamp_min(1.0)
+    cost = feature_mse(fixed_feat, warped, mask=weight * inside)
+    cost_f, overlap_f = torch.stack([cost.double(), overlap.double()]).tolist()  # one read-back
+    return cost_f, overlap_f
 
 
 # Rotation starts of the affine search (degrees, each with its sign), per dimension.  2-D: every 15
