@@ -6,6 +6,8 @@ from unireg.spatial.grid import (
     channels_last,
     coords_vox_to_norm,
     identity_coords,
+    random_box_voxel_draws,
+    random_box_voxels,
     resize_field,
     sample,
     warp,
@@ -168,3 +170,15 @@ def test_replicate_shift_parts_assemble_the_shifted_image(s):
         for start, length, values in replicate_shift_parts(x, dim, s):
             y.narrow(dim, start, length).copy_(values.expand_as(y.narrow(dim, start, length)))
         assert torch.equal(y, ref)
+
+
+def test_random_box_voxel_draws_are_successive_draws():
+    """A loop's points drawn at once (one copy to the device) are the points and the generator state of
+    one draw per step."""
+    lo, hi = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64), torch.tensor([9.0, 5.0, 7.0], dtype=torch.float64)
+    strides = torch.tensor([48, 8, 1])
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    each = [random_box_voxels(lo, hi, strides, 50, g1, torch.float64) for _ in range(7)]
+    idx, pick = random_box_voxel_draws(lo, hi, strides, 50, 7, g2, torch.float64)
+    assert torch.equal(idx, torch.stack([i for i, _ in each])) and torch.equal(pick, torch.stack([p for _, p in each]))
+    assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))

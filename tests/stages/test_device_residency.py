@@ -11,6 +11,7 @@ returns one Python float per gate (one scalar read per stage, the gate's compari
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -134,6 +135,83 @@ def test_the_mode_catches_a_planted_transfer(monkeypatch):
                 lambda t: float(t.sum())):
         with pytest.raises(HostTransfer), NoHostTransfer(), NoScalarRead():
             bad(torch.ones(1))
+
+
+class Crossings(TorchFunctionMode):
+    """Counts, by kind, what crosses between host and device (whatever the device, as above): reads
+    (Tensor.cpu/numpy/item/tolist, float/int/bool of a tensor, ``.to`` with a device) and host data
+    sent to a device (``torch.tensor`` / ``torch.as_tensor`` with a device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _FLAGGED or name in ("__float__", "__int__", "__bool__", "__index__"):
+            self.n["read " + name] += 1
+        elif name == "to" and any(isinstance(t, (str, torch.device)) for t in [*args[1:], kwargs.get("device")]):
+            self.n["to(device)"] += 1
+        elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
+            self.n["host data " + name] += 1
+        return func(*args, **kwargs)
+
+
+class ScalarReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def _crossings(fn) -> Counter:
+    with Crossings() as c, ScalarReads() as r:
+        fn()
+    return c.n + Counter({"scalar reads": r.n})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_affine_loops_do_not_cross_to_the_host_per_step(device):
+    """``mi_affine``, ``optimize_affine`` and ``polish_affine`` (issue: on an H200 the affine stage was
+    bound by per-step syncs): what crosses between host and device per call does not grow with the
+    steps (per call and per level only; each blocking copy or read waits for the GPU's queue)."""
+    from unireg.align import affine as al
+    from unireg.features.mind import mind_ssc
+
+    mni = load_mni(4.0)
+    t1, aff = mni["t1"].data[0], np.asarray(mni["t1"].affine, dtype=np.float64)
+    fix = torch.from_numpy(t1).to(device)
+    mov = torch.from_numpy(np.roll(t1, 2, axis=0) * 0.8).to(device)
+    mmask = mov > 0.05
+    init = np.eye(4)
+    init[:3, 3] = [2.0, -1.0, 1.0]
+    with torch.no_grad():
+        ff, fm = mind_ssc(fix[None, None]), mind_ssc(mov[None, None])
+
+    def calls(it: int) -> dict:
+        loops = {
+            "mi_affine": lambda: al.mi_affine(
+                fix, aff, mov, aff, init, levels=((2, it), (1, it)), points=2000, bins=8, moving_mask=mmask
+            ),
+            "optimize_affine": lambda: al.optimize_affine(
+                ff, aff, fm, aff, np.stack([init] * 3), levels=((2, it),), moving_mask=mmask
+            ),
+            "polish_affine": lambda: al.polish_affine(
+                ff, aff, fm, aff, init, iterations=it, points=2000, moving_mask=mmask
+            ),
+        }
+        with torch.enable_grad():
+            return {name: _crossings(fn) for name, fn in loops.items()}
+
+    calls(2)  # a first call keeps what it may (the sampling grids' scales)
+    few, many = calls(4), calls(16)
+    for name in few:
+        assert few[name] == many[name], (name, few[name], many[name])
+        assert few[name]["scalar reads"] <= 8, (name, few[name])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..losses import feature_mse, feature_mse_each
 from ..losses.similarity import parzen_mutual_information
 from ..spatial.frames import voxel_to_world
-from ..spatial.grid import apply_matrix, channels_last, identity_coords, random_box_voxels, sample
+from ..spatial.grid import apply_matrix, channels_last, identity_coords, random_box_voxel_draws, sample
 from ..spatial.world import affine_nd, pooled_affine
 from .optim import Adam
 
@@ -59,13 +59,24 @@ def pool(x: torch.Tensor, f: int) -> torch.Tensor:
     return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, f, f, ceil_mode=True)
 
 
-def _frame(wf: torch.Tensor, shape) -> tuple[torch.Tensor, float]:
-    """Centre (world mm) and half the largest extent (mm) of the fixed grid: the affine's parameter frame."""
+def _frame(fixed_grid4: np.ndarray, shape, device) -> tuple[torch.Tensor, float]:
+    """Centre (world mm, on ``device``) and half the largest extent (mm) of the fixed grid: the affine's
+    parameter frame.  Worked out on the host (on a GPU: one copy, no read-back per axis)."""
     nd = len(shape)
-    centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64, device=wf.device)
+    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64)
+    centre_vox = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64)
     centre = wf[:nd, :nd] @ centre_vox + wf[:nd, nd]
     half_extent = float(max((n - 1) * float(torch.linalg.norm(wf[:nd, i])) for i, n in enumerate(shape))) / 2
-    return centre, half_extent
+    return centre.to(device), half_extent
+
+
+def _level_maps(fixed_grid4: np.ndarray, moving_grid4: np.ndarray, nd: int, factor: int, device):
+    """``(fixed voxel -> world, world -> moving voxel)`` (float64, on ``device``) of the grids pooled by
+    ``factor``: one host-to-device copy for both (on a GPU each blocking copy waits for the queue)."""
+    wf = affine_nd(pooled_affine(fixed_grid4, nd, factor), nd)
+    wm_inv = np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd))
+    both = torch.as_tensor(np.stack([wf, wm_inv]), dtype=torch.float64, device=device)
+    return both[0], both[1]
 
 
 def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float):
@@ -88,12 +99,19 @@ def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float):
 
 
 def _sampling_box(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(lo, hi, strides)`` for :func:`random_box_voxels`: the box (voxel indices, float64) around the
-    voxels where ``weight > 0`` (at least one), and the grid's C-order strides."""
-    nz = (weight > 0).nonzero()
+    """``(lo, hi, strides)`` for :func:`random_box_voxel_draws`: the box (voxel indices, float64) around
+    the voxels where ``weight > 0`` (at least one), and the grid's C-order strides.  Found per axis
+    from the slices that hold any such voxel: no list of the voxels (``nonzero``: a million rows on a
+    working grid, and on a GPU a wait for its length)."""
+    inside = weight > 0
     shape = weight.shape
+    lo, hi = [], []
+    for axis, n in enumerate(shape):
+        hit = inside.movedim(axis, 0).reshape(n, -1).any(1).to(torch.uint8)
+        lo.append(hit.argmax())  # the first slice that holds one (argmax: the first of equal maxima)
+        hi.append(n - 1 - hit.flip(0).argmax())
     strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(len(shape))], device=weight.device)
-    return nz.amin(0).double(), nz.amax(0).double(), strides
+    return torch.stack(lo).double(), torch.stack(hi).double(), strides
 
 
 def polish_affine(
@@ -120,10 +138,10 @@ def polish_affine(
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
     shape = tuple(fixed_feat.shape[2:])
-    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
-    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
+    maps = np.stack([affine_nd(fixed_grid4, nd), np.linalg.inv(affine_nd(moving_grid4, nd))])
+    wf, wm_inv = torch.as_tensor(maps, dtype=torch.float64, device=dev)  # one copy for both
     t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev).reshape(1, nd + 1, nd + 1)
-    centre, half_extent = _frame(wf, shape)
+    centre, half_extent = _frame(fixed_grid4, shape, dev)
     lin, trans, matrix = _parameters(t0, centre, half_extent)
     opt = Adam([lin, trans], lr=lr)
     weight = structure_mask(fixed_feat)[0, 0]
@@ -136,15 +154,15 @@ def polish_affine(
     ones = torch.ones_like(moving_feat[:, :1])
     mov_in = None if moving_mask is None else moving_mask.to(dev).to(moving_feat.dtype)[None, None]
     g = torch.Generator().manual_seed(int(seed))
-    for _ in range(int(iterations)):
-        idx, pick = random_box_voxels(lo, hi, strides, points, g, torch.float64)  # (n, N) fixed voxels
+    idx_all, pick_all = random_box_voxel_draws(lo, hi, strides, points, int(iterations), g, torch.float64)
+    for idx, pick in zip(idx_all, pick_all, strict=True):  # (n, N) fixed voxels, their flat indices
         opt.zero_grad()
         m = (wm_inv @ matrix() @ wf)[0]
         coords = apply_matrix(m, idx).float().view(1, nd, points, *([1] * (nd - 1)))
         warped = sample(moving_feat, coords)  # (1, C, N, 1[, 1])
-        inside = sample(ones, coords) > 0.99
+        inside = sample(ones, coords.detach()) > 0.99
         if mov_in is not None:
-            inside = inside & (sample(mov_in, coords) >= 0.5)
+            inside = inside & (sample(mov_in, coords.detach()) >= 0.5)
         w = w_flat[pick].view_as(inside[:, 0:1]) * inside.detach().float()
         target = ff_rows[pick].t().reshape(warped.shape)
         loss = feature_mse_each(target, warped, w).sum() + SHEAR_SCALE_PENALTY * (lin * lin).sum()
@@ -193,26 +211,22 @@ def mi_affine(
     nd = fixed.dim()
     dev = fixed.device
     t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev).reshape(1, nd + 1, nd + 1)
-    wf0 = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
-    centre, half_extent = _frame(wf0, tuple(fixed.shape))
+    centre, half_extent = _frame(fixed_grid4, tuple(fixed.shape), dev)
     lin, trans, matrix = _parameters(t0, centre, half_extent)
     opt = Adam([lin, trans], lr=lr)
     g = torch.Generator().manual_seed(int(seed))
-    for factor, iters in levels:
+    for level, (factor, iters) in enumerate(levels):
         f_l = pool(fixed[None, None].float(), factor)
         m_l = pool(moving[None, None].float(), factor)
         shape = tuple(f_l.shape[2:])
         if math.prod(shape) < MI_MIN_VOXELS_PER_BIN * bins * bins:
             continue  # too few voxels for a bins x bins joint histogram: MI would follow its noise
-        wf = torch.as_tensor(affine_nd(pooled_affine(fixed_grid4, nd, factor), nd), dtype=torch.float64, device=dev)
-        wm_inv = torch.as_tensor(
-            np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd)), dtype=torch.float64, device=dev
-        )
+        wf, wm_inv = _level_maps(fixed_grid4, moving_grid4, nd, factor, dev)
         weight = torch.ones(shape, device=dev)
         if fixed_mask is not None:
             weight = (pool(fixed_mask.to(dev).float()[None, None], factor)[0, 0] >= 0.5).float()
-        if not bool((weight > 0).any()):
-            continue
+            if not bool((weight > 0).any()):
+                continue
         lo, hi, strides = _sampling_box(weight)
         f_flat, w_flat = f_l.flatten(), weight.flatten()
         ones = torch.ones_like(m_l)
@@ -220,24 +234,44 @@ def mi_affine(
         if moving_mask is not None:
             mov_in = (pool(moving_mask.to(dev).float()[None, None], factor) >= 0.5).float()
         n = min(int(points), int(math.prod(shape)))
+        t_start, g_start = opt.t, g.get_state()
+        idx_all, pick_all = random_box_voxel_draws(lo, hi, strides, n, iters, g, torch.float64)
+        # the loop stops at the first step with fewer than 100 counted points: on the device, a flag
+        # that step clears for good, no step applied once it is clear (no read-back per step)
+        alive = torch.ones((), dtype=torch.bool, device=dev)
+        taken = torch.zeros((), dtype=torch.long, device=dev)
         for it in range(iters):
             opt.lr = lr * (1.0 - 0.9 * it / max(iters - 1, 1))
-            idx, pick = random_box_voxels(lo, hi, strides, n, g, torch.float64)
+            idx, pick = idx_all[it], pick_all[it]
             opt.zero_grad()
             m = (wm_inv @ matrix() @ wf)[0]
             coords = apply_matrix(m, idx).float().view(1, nd, n, *([1] * (nd - 1)))
             values = sample(m_l, coords).flatten()
-            inside = sample(ones, coords).flatten() > 0.99
+            inside = sample(ones, coords.detach()).flatten() > 0.99
             if mov_in is not None:
-                inside = inside & (sample(mov_in, coords).flatten() >= 0.5)
+                inside = inside & (sample(mov_in, coords.detach()).flatten() >= 0.5)
             w = w_flat[pick] * inside.float()
-            if float(w.sum()) < 100:
-                break
+            alive = alive & ~(w.sum() < 100)
             loss = -parzen_mutual_information(f_flat[pick], values, w, bins)
             loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
             loss.backward()
-            opt.step()
+            opt.step(alive)
+            taken += alive
+        if level + 1 < len(levels):  # a later level goes on from this one's step count and draws
+            _stopped_at(taken, iters, opt, t_start, g, g_start, (nd, n))
     return matrix().detach().cpu().numpy()[0]
+
+
+def _stopped_at(taken: torch.Tensor, iters: int, opt: Adam, t_start: int, g: torch.Generator, g_start, draw) -> None:
+    """Leave ``opt``'s step count and the generator ``g`` where a level's loop that stopped at its
+    first dead step would have: ``taken`` steps (one scalar read per level) of ``iters``, and, if it
+    stopped early, the points of one step more drawn (it drew them, then found too few inside).
+    ``g_start``: ``g``'s state before the level's draws, each of shape ``draw``, float64."""
+    steps = int(taken)
+    opt.t = t_start + steps
+    if steps < iters:
+        g.set_state(g_start)
+        torch.rand((steps + 1, *draw), generator=g, dtype=torch.float64)
 
 
 def optimize_affine(
@@ -269,22 +303,18 @@ def optimize_affine(
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
-    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
     t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev)
     single = t0.dim() == 2
     t0 = t0.reshape(-1, nd + 1, nd + 1)
     k = t0.shape[0]
     shape = fixed_feat.shape[2:]
-    centre, half_extent = _frame(wf, shape)
+    centre, half_extent = _frame(fixed_grid4, shape, dev)
     lin, trans, matrix = _parameters(t0, centre, half_extent)
     opt = Adam([lin, trans], lr=lr)
 
     for factor, iters in levels:
         ff, fm = (pooled or {}).get(factor) or (pool(fixed_feat, factor), pool(moving_feat, factor))
-        wf_l = torch.as_tensor(affine_nd(pooled_affine(fixed_grid4, nd, factor), nd), dtype=torch.float64, device=dev)
-        wm_l_inv = torch.as_tensor(
-            np.linalg.inv(affine_nd(pooled_affine(moving_grid4, nd, factor), nd)), dtype=torch.float64, device=dev
-        )
+        wf_l, wm_l_inv = _level_maps(fixed_grid4, moving_grid4, nd, factor, dev)
         ident = identity_coords(ff.shape[2:], dev, torch.float64)
         # Count only voxels where the fixed features have structure: in flat background MIND is
         # constant, and a shrinking/shifting affine could otherwise "match" background to
@@ -292,7 +322,7 @@ def optimize_affine(
         structure = structure_mask(ff)
         if fixed_mask is not None:
             fmask = (pool(fixed_mask.to(dev).float()[None, None], factor) >= 0.5).float()
-            structure = structure * fmask if (structure * fmask).sum() > 0 else fmask
+            structure = torch.where((structure * fmask).sum() > 0, structure * fmask, fmask)  # no read-back
         fm_k = fm.expand(k, *fm.shape[1:])
         ones_k = torch.ones_like(fm_k[:, :1])
         mov_in = ones_k
@@ -303,9 +333,9 @@ def optimize_affine(
             mats = wm_l_inv @ matrix() @ wf_l
             coords = torch.stack([apply_matrix(m, ident) for m in mats.unbind(0)]).float()
             warped = sample(fm_k, coords)
-            inside = sample(ones_k, coords).detach() > 0.99
+            inside = sample(ones_k, coords.detach()) > 0.99
             if moving_mask is not None:
-                inside = inside & (sample(mov_in, coords).detach() >= 0.5)
+                inside = inside & (sample(mov_in, coords.detach()) >= 0.5)
             # each start's own feature MSE, summed: the starts' gradients stay apart
             loss = feature_mse_each(ff, warped, inside.float() * structure).sum()
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
@@ -317,9 +347,10 @@ def optimize_affine(
 
 
 def structure_mask(feat: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
-    """Voxels ``(B, 1, *S)`` where features vary across channels (structure, not flat background)."""
+    """Voxels ``(B, 1, *S)`` where features vary across channels (structure, not flat background); all
+    of them if under 1 % do (chosen on the device: no read-back)."""
     m = ((feat.amax(1, keepdim=True) - feat.amin(1, keepdim=True)) > threshold).float()
-    return m if m.mean() >= 0.01 else torch.ones_like(m)
+    return torch.where(m.mean() >= 0.01, m, torch.ones_like(m))
 
 
 @torch.no_grad()
@@ -337,16 +368,17 @@ def affine_cost(
     affine stage: an affine must lower the cost without pushing the object out of view)."""
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
-    wf = torch.as_tensor(affine_nd(fixed_grid4, nd), dtype=torch.float64, device=dev)
-    wm_inv = torch.as_tensor(np.linalg.inv(affine_nd(moving_grid4, nd)), dtype=torch.float64, device=dev)
-    m = torch.as_tensor(matrix, dtype=torch.float64, device=dev)
+    maps = np.stack([affine_nd(fixed_grid4, nd), np.linalg.inv(affine_nd(moving_grid4, nd)), matrix])
+    wf, wm_inv, m = torch.as_tensor(maps, dtype=torch.float64, device=dev)  # one copy (the search scores ~30)
     coords = apply_matrix(wm_inv @ m @ wf, identity_coords(fixed_feat.shape[2:], dev, torch.float64))
     coords = coords.unsqueeze(0).to(moving_feat.dtype)
     warped = sample(moving_feat, coords)
     inside = (sample(torch.ones_like(moving_feat[:, :1]), coords) > 0.99).float()
     weight = structure_mask(fixed_feat) if mask is None else mask
-    overlap = float((weight * inside).sum() / weight.sum().clamp_min(1.0))
-    return float(feature_mse(fixed_feat, warped, mask=weight * inside)), overlap
+    overlap = (weight * inside).sum() / weight.sum().clamp_min(1.0)
+    cost = feature_mse(fixed_feat, warped, mask=weight * inside)
+    cost_f, overlap_f = torch.stack([cost.double(), overlap.double()]).tolist()  # one read-back
+    return cost_f, overlap_f
 
 
 # Rotation starts of the affine search (degrees, each with its sign), per dimension.  2-D: every 15

@@ -27,7 +27,11 @@ class Adam:
             p.grad = None
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, alive: torch.Tensor | None = None) -> None:
+        """One update.  ``alive``: a boolean scalar tensor; where it is False the parameters and the
+        moments stay as they were (a device-side ``if``: a loop that would stop on a condition of its
+        tensors need not read it back to the host each step).  The step count ``t`` advances either
+        way: a caller that goes on after such steps sets it back to the steps taken."""
         self.t += 1
         c1 = 1 - self.b1**self.t
         c2 = 1 - self.b2**self.t
@@ -35,7 +39,16 @@ class Adam:
             if p.grad is None:
                 continue
             g = p.grad
-            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            denom = (v / c2).sqrt_().add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / c1)
+            if alive is None:
+                m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+                denom = (v / c2).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-self.lr / c1)
+                continue
+            # the same arithmetic out of place, then kept only where alive (bit for bit the update above)
+            m1 = m.mul(self.b1).add_(g, alpha=1 - self.b1)
+            v1 = v.mul(self.b2).addcmul_(g, g, value=1 - self.b2)
+            denom = (v1 / c2).sqrt_().add_(self.eps)
+            p1 = torch.addcdiv(p, m1, denom, value=-self.lr / c1)
+            for old, new in ((m, m1), (v, v1), (p, p1)):
+                old.copy_(torch.where(alive, new, old))

@@ -23,6 +23,7 @@ __all__ = [
     "with_caller_threads",
     "channels_last",
     "random_box_voxels",
+    "random_box_voxel_draws",
     "identity_coords",
     "coords_vox_to_norm",
     "sample",
@@ -56,9 +57,19 @@ def coords_vox_to_norm(coords_vox: torch.Tensor, in_shape: Sequence[int]) -> tor
     The last axis of the result is in (x, y[, z]) order, i.e. array order reversed.
     """
     nd = coords_vox.shape[1]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in in_shape], device=coords_vox.device, dtype=coords_vox.dtype)
+    scale = _vox_to_norm(tuple(int(n) for n in in_shape), coords_vox.device, coords_vox.dtype)
     coords_norm = coords_vox * scale.view(1, nd, *([1] * nd)) - 1.0
     return coords_norm.movedim(1, -1).flip(-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _vox_to_norm(in_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``2 / (n - 1)`` per axis of ``in_shape``, ``(ndim,)``, kept once per grid: built afresh it is a
+    host-to-device copy per :func:`sample` call, and on a GPU a blocking copy waits for the queue to
+    drain (the affine loops sample a few times per step).  Built outside any inference mode, so that
+    autograd may save it; nobody writes into it."""
+    with torch.inference_mode(False):
+        return torch.tensor([2.0 / max(n - 1, 1) for n in in_shape], device=device, dtype=dtype)
 
 
 def sample(
@@ -196,6 +207,19 @@ def random_box_voxels(
     u = torch.rand((nd, n), generator=generator, dtype=dtype).to(lo.device)
     idx = torch.round(lo.view(nd, 1) + u * (hi - lo).view(nd, 1))
     return idx, (idx.long() * strides.view(nd, 1)).sum(0)
+
+
+def random_box_voxel_draws(
+    lo: torch.Tensor, hi: torch.Tensor, strides: torch.Tensor, n: int, draws: int, generator: torch.Generator, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draws`` successive :func:`random_box_voxels` at once: ``(coords (draws, ndim, n), flat indices
+    (draws, n))``, the same values as ``draws`` calls of it, leaving ``generator`` where they would (the
+    CPU generator fills a tensor in order, one value after another).  One host-to-device copy for a
+    whole loop instead of one per step: on a GPU each blocking copy waits for the queue to drain."""
+    nd = lo.shape[0]
+    u = torch.rand((draws, nd, n), generator=generator, dtype=dtype).to(lo.device)
+    idx = torch.round(lo.view(1, nd, 1) + u * (hi - lo).view(1, nd, 1))
+    return idx, (idx.long() * strides.view(1, nd, 1)).sum(1)
 
 
 def warp(
