@@ -34,6 +34,37 @@ from ..spatial.grid import channels_last, random_box_voxels, resize_field, sampl
 from ..spatial.integrate import integrate_velocity
 from .optim import Adam
 
+# The similarity counts only fixed points whose moved position lies inside the moving image's field of
+# view, eroded by the features' footprint (MIND-SSC's neighbour distance plus its patch radius: within
+# it, a moving feature mixes in the zeros beyond the edge of the image).  ITK's metrics (ANTs, elastix)
+# likewise drop samples that map outside the moving image.  Without it a moving image cropped through
+# the object shows an edge at its cut that the fixed image does not have, and the refinement pulls
+# anatomy towards it (an aligned PD-like body phantom whose moving image was cut 11-13 % short on two
+# axes was moved 1.6 mm, Dice 1.000 -> 0.910).  Held-out suite in-process (benchmarks/suite_ab.py,
+# A/B at 7e903f1): 2-D pairs 0-29 of every family (150), Dice 0.9428 -> 0.9431, EPE 0.792 -> 0.768 mm,
+# no family worse; 3-D pairs 0-3 (20) 0.9358 -> 0.9351, EPE 0.947 -> 0.949 mm (the affine family
+# 0.920 -> 0.915), pairs 10-11 (10) 0.9198 -> 0.9304, EPE 1.084 -> 0.840 mm, below no registration 1 -> 0.
+# False: every fixed point counts (the behaviour before session 21).
+FOV_AWARE = True
+MIND_FOOTPRINT = 3  # voxels: mind_ssc's default dilation (2) + radius (1)
+
+
+def valid_fov(fov: torch.Tensor, shape, margin: int = MIND_FOOTPRINT) -> torch.Tensor:
+    """``(1, 1, *shape)`` float 0/1: where the moving image's field of view ``fov`` (``(1, 1, *S)``, 1
+    inside, on a grid with the same corners) covers a voxel and its ``margin`` neighbours along each
+    axis (a box erosion, one axis at a time; the grid's own edges erode nothing)."""
+    f = fov if tuple(fov.shape[2:]) == tuple(shape) else pool_to(fov, tuple(shape))
+    inside = f[0, 0] > 0.999
+    for axis in range(inside.dim()):
+        src, out = inside, inside.clone()
+        n = inside.shape[axis]
+        for k in range(1, min(margin, n - 1) + 1):
+            out.narrow(axis, k, n - k).logical_and_(src.narrow(axis, 0, n - k))
+            out.narrow(axis, 0, n - k).logical_and_(src.narrow(axis, k, n - k))
+        inside = out
+    return inside.float()[None, None]
+
+
 __all__ = [
     "refine_velocity",
     "refine_multilevel",
@@ -169,6 +200,7 @@ def refine_velocity(
     mask: torch.Tensor | None = None,
     feature_grid: bool = False,
     generator: torch.Generator | None = None,
+    moving_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Optimise a velocity ``(1, ndim, *S_v)`` (voxels of its own grid) so that the moving features,
     pulled through ``exp(velocity)``, match the fixed features.
@@ -179,6 +211,8 @@ def refine_velocity(
     ``mask`` (on the grid where the similarity is measured) restricts it (a fixed mask).
     ``generator``: the iterations compare the two feature maps at the grid shifted by sub-voxel
     offsets drawn from it (:func:`_grid_shifts`, :data:`UNBIASED_SAMPLING`); None: at the grid's own points.
+    ``moving_valid``: ``(1, 1, *S_f)`` 1 where the moving features are the image's own (:func:`valid_fov`);
+    a voxel counts only where its moved position lands there.
     """
     if iterations <= 0:
         return velocity
@@ -198,7 +232,11 @@ def refine_velocity(
         d = disp if f_shape == shape else resize_field(disp, f_shape)
         j, target = shifts[it % len(shifts)], targets[it % len(shifts)]
         moved = warp(fm, d if j is None else d + j)
-        loss = feature_mse(target, moved, mask=mask) + lam * gradient_l2(disp)
+        m = mask
+        if moving_valid is not None:
+            landed = (warp(moving_valid, d if j is None else d + j) > 0.99).float().detach()
+            m = landed if mask is None else mask * landed
+        loss = feature_mse(target, moved, mask=m) + lam * gradient_l2(disp)
         loss.backward()
         opt.step()
     return v.detach()
@@ -247,11 +285,13 @@ def _point_refine(
     int_steps: int,
     weight: torch.Tensor,
     generator: torch.Generator,
+    moving_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Velocity on its own (control) grid, similarity on a finer grid's features (same corners) at
     random points drawn every iteration uniformly in the bounding box of ``weight`` (flat, 1 inside the
     object or mask, 0 outside) and weighted by it.  The draws are continuous positions scaled to the
-    box, so two near-identical inputs (a .nii.gz and its .mha twin) get the same points."""
+    box, so two near-identical inputs (a .nii.gz and its .mha twin) get the same points.
+    ``moving_valid``: ``(1, 1, *S_f)`` (:func:`valid_fov`): a point counts only where it lands in it."""
     nd = v.shape[1]
     f_shape = fixed_fine.shape[2:]
     # fine voxel -> velocity-grid voxel, per axis (same corners)
@@ -276,12 +316,15 @@ def _point_refine(
         opt.zero_grad()
         disp = integrate_velocity(v, int_steps)
         d_pts = sample(disp, pts_f * to_v, padding_mode="border")  # (1, n, N, 1[, 1]) velocity voxels
-        moved = sample(moving_fine, pts_f + d_pts / to_v)  # (1, C, N, 1[, 1])
+        q = pts_f + d_pts / to_v
+        moved = sample(moving_fine, q)  # (1, C, N, 1[, 1])
         if ff_flat is None:  # UNBIASED_SAMPLING
             target = sample(fixed_fine, pts_f, padding_mode="border")
         else:
             target = ff_flat[:, :, pick].view_as(moved)
         w = weight[pick].view(1, 1, n_pts, *([1] * (nd - 1)))
+        if moving_valid is not None:
+            w = w * (sample(moving_valid, q.detach()) > 0.99).float()
         err = ((moved - target).pow(2).mean(1, keepdim=True) * w).sum() / w.sum().clamp_min(1.0)
         loss = err + lam * gradient_l2(disp)
         loss.backward()
@@ -326,6 +369,8 @@ def refine_multilevel(
     fixed_mask_fine: torch.Tensor | None = None,
     on_level: Callable[[RefineLevel], None] | None = None,
     seed: int = 0,
+    moving_fov_w: torch.Tensor | None = None,
+    moving_fov_fine: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Refine ``velocity`` ``(1, n, *S_v)`` level by level, on its own grid (a control grid: the
     similarity is measured at each level's resolution, the displacement brought to it).
@@ -334,6 +379,8 @@ def refine_multilevel(
     already through the affine).  ``fine``: ``(fixed_fine, moving_fine, factor)`` images ``(1, 1, *S_f)``
     on the fine grid (working grid subdivided by ``factor``), or None to skip the native level.
     ``fixed_mask_*``: where the similarity is measured (as ANTs' ``-x``); the images are not zeroed.
+    ``moving_fov_*``: ``(1, 1, *S)`` the moving image's field of view (1 inside) on the working and
+    fine grids (:data:`FOV_AWARE`); None: every point counts.
     """
     lam = REFINE_REG[velocity.dim() - 2] * float(smoothness)
     v = velocity
@@ -351,17 +398,20 @@ def refine_multilevel(
             fm = mind_ssc(pool_to(moving_w, shape), channels_last=True)  # sampled: laid out for it
             mask = None if fixed_mask_w is None else (pool_to(fixed_mask_w, shape) > 0.5).float()
             gen = torch.Generator().manual_seed(int(seed) + len(level.name)) if UNBIASED_SAMPLING else None
-            v = refine_velocity(v, ff, fm, level.iterations, smoothness, level.lr, int_steps, mask, generator=gen)
+            valid = None if moving_fov_w is None else valid_fov(moving_fov_w, shape)
+            v = refine_velocity(
+                v, ff, fm, level.iterations, smoothness, level.lr, int_steps, mask, generator=gen, moving_valid=valid
+            )
         elif level.name in ("working", "native"):
             if math.prod(w_shape) <= FINE_CONTROL_VOXELS and tuple(v.shape[2:]) != w_shape:
                 v = resize_field(v, w_shape)  # small images: the control grid refines to the working grid
             if level.name == "working":
-                fixed_l, moving_l, mask_l = fixed_w, moving_w, fixed_mask_w
+                fixed_l, moving_l, mask_l, fov_l = fixed_w, moving_w, fixed_mask_w, moving_fov_w
             elif fine is None:
                 continue
             else:
                 fixed_l, moving_l, _ = fine
-                mask_l = fixed_mask_fine
+                mask_l, fov_l = fixed_mask_fine, moving_fov_fine
             inside = fixed_l[0, 0] > 0.02 if mask_l is None else mask_l[0, 0] > 0.5
             inside = torch.where(inside.sum() < 100, torch.ones_like(inside), inside)  # no host read
             g = torch.Generator().manual_seed(int(seed) + len(level.name))
@@ -369,7 +419,8 @@ def refine_multilevel(
                 feats = native_mind.result()
             else:
                 feats = (mind_ssc(fixed_l, channels_last=UNBIASED_SAMPLING), mind_ssc(moving_l, channels_last=True))
-            v = _point_refine(v, feats[0], feats[1], level, lam, int_steps, inside.flatten().float(), g)
+            valid = None if fov_l is None else valid_fov(fov_l, tuple(fixed_l.shape[2:]))
+            v = _point_refine(v, feats[0], feats[1], level, lam, int_steps, inside.flatten().float(), g, valid)
         else:
             raise ValueError(f"unknown refinement level {level.name!r}")
     return v
