@@ -257,7 +257,7 @@ def test_the_local_gate_fades_motion_where_nothing_moved(monkeypatch):
 
 @pytest.mark.parametrize(
     "name, off",
-    [("2d_aligned_32_body_pd_native", -1.0), ("2d_aligned_35_body_gamma_crop", -1.0),
+    [("2d_aligned_32_body_pd_native", -1.0), ("2d_aligned_53_body_pd_aniso", -1.0),
      ("3d_aligned_05_body_flair_aniso", 0.0)],
 )
 def test_a_deformation_only_the_fixed_side_rewards_is_refused(name, off, monkeypatch):
@@ -267,13 +267,17 @@ def test_a_deformation_only_the_fixed_side_rewards_is_refused(name, off, monkeyp
     (Dice 1.000 -> 0.984 / 0.997, 0.953 -> 0.948).  Seen from the moving image through the inverse
     deformation the same maps lose NMI (-0.81 / -0.18 %) or gain less than the margin (+0.21 %), so
     the two-way referee refuses them and the pair stays as it came.  With the moving side's test
-    loosened (``off``: any score passes, or any rise) the pair is made worse again: the test can fail."""
+    loosened (``off``: any score passes, or any rise) the pair is made worse again: the test can fail.
+    (Session 21: 2d_aligned_35_body_gamma_crop left this list.  Its deformation came from the moving
+    image's cut, which the refinement no longer counts (``refine.FOV_AWARE``); what is left is refused
+    from the fixed side already.  2d_aligned_53_body_pd_aniso, on 2x3 mm pixels, took its place: +0.97 %
+    from the fixed side, +0.45 % from the moving one.)"""
     from unireg.evaluation.suite import cases
     from unireg.evaluation.suite.scoring import score_map
     from unireg.stages import deformable
 
     nd = int(name[0])
-    spec = next(s for s in cases.case_list((nd,), 6 if nd == 3 else 40, ["aligned"]) if s.name == name)
+    spec = next(s for s in cases.case_list((nd,), 6 if nd == 3 else 60, ["aligned"]) if s.name == name)
     case = cases.build_case(spec)
 
     def dice_after():
