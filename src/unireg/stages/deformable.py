@@ -179,7 +179,7 @@ def refine(s: State) -> None:
 def _fov_covers(s: State) -> bool:
     """Whether the moving image's field of view, through the affine, covers the whole fixed working
     grid with the features' footprint to spare at the coarsest level (every point counts then, and
-    the field of view need not be pulled onto the grids).  The grid's corners suffice: an affine
+    the field of view need not be worked out on the grids).  The grid's corners suffice: an affine
     carries the box to a parallelepiped, and the moving box is convex."""
     nd = s.nd
     w = affine_nd(s.w_aff4, nd)
