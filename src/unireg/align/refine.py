@@ -41,7 +41,8 @@ from .optim import Adam
 # the object shows an edge at its cut that the fixed image does not have, and the refinement pulls
 # anatomy towards it (an aligned PD-like body phantom whose moving image was cut 11-13 % short on two
 # axes was moved 1.6 mm, Dice 1.000 -> 0.910).  Held-out suite in-process (benchmarks/suite_ab.py,
-# A/B at 7e903f1): 2-D pairs 0-29 of every family (150), Dice 0.9428 -> 0.9431, EPE 0.792 -> 0.768 mm,
+# A/B in session 21, the flag then off by default): 2-D pairs 0-29 of every family (150), Dice
+# 0.9428 -> 0.9431, EPE 0.792 -> 0.768 mm,
 # no family worse; 3-D pairs 0-3 (20) 0.9358 -> 0.9351, EPE 0.947 -> 0.949 mm (the affine family
 # 0.920 -> 0.915), pairs 10-11 (10) 0.9198 -> 0.9304, EPE 1.084 -> 0.840 mm, below no registration 1 -> 0.
 # False: every fixed point counts (the behaviour before session 21).
@@ -231,10 +232,11 @@ def refine_velocity(
         disp = integrate_velocity(v, int_steps)
         d = disp if f_shape == shape else resize_field(disp, f_shape)
         j, target = shifts[it % len(shifts)], targets[it % len(shifts)]
-        moved = warp(fm, d if j is None else d + j)
+        dj = d if j is None else d + j
+        moved = warp(fm, dj)
         m = mask
         if moving_valid is not None:
-            landed = (warp(moving_valid, d if j is None else d + j) > 0.99).float().detach()
+            landed = (warp(moving_valid, dj.detach()) > 0.99).float()
             m = landed if mask is None else mask * landed
         loss = feature_mse(target, moved, mask=m) + lam * gradient_l2(disp)
         loss.backward()
