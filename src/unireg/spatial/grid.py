@@ -202,11 +202,10 @@ def random_box_voxels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` voxels drawn uniformly in the box ``[lo, hi]`` (per axis, ``dtype``), as elastix's random
     sampler does: ``(coords (ndim, n) rounded to voxels, flat indices (n,))`` for a grid with ``strides``.
-    The draws are continuous positions scaled to the box, so two near-identical grids get the same points."""
-    nd = lo.shape[0]
-    u = torch.rand((nd, n), generator=generator, dtype=dtype).to(lo.device)
-    idx = torch.round(lo.view(nd, 1) + u * (hi - lo).view(nd, 1))
-    return idx, (idx.long() * strides.view(nd, 1)).sum(0)
+    The draws are continuous positions scaled to the box, so two near-identical grids get the same points.
+    One draw of :func:`random_box_voxel_draws` (the same values)."""
+    idx, flat = random_box_voxel_draws(lo, hi, strides, n, 1, generator, dtype)
+    return idx[0], flat[0]
 
 
 def random_box_voxel_draws(
