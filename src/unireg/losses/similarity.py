@@ -22,6 +22,9 @@ def feature_mse_each(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> to
     return d.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
 
+WINDOW_FLOOR = -40.0  # Parzen windows' log-weight below which a bin gets nothing
+
+
 def parzen_mutual_information(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bins: int = 32) -> torch.Tensor:
     """Mutual information (nats) of two samples ``(N,)`` in ~[0, 1] (clamped), each value spread over
     ``bins`` equal bins by a Gaussian Parzen window of one bin's width (differentiable in both, as
@@ -30,7 +33,12 @@ def parzen_mutual_information(a: torch.Tensor, b: torch.Tensor, weight: torch.Te
     sigma = 1.0 / bins
 
     def window(x: torch.Tensor) -> torch.Tensor:  # (N, bins), each row summing to 1
-        w = torch.exp(-0.5 * ((x.clamp(0, 1)[:, None] - centres) / sigma) ** 2)
+        e = -0.5 * ((x.clamp(0, 1)[:, None] - centres) / sigma) ** 2
+        # zero beyond ~9 bins (exp(-40) = 4e-18 of a row summing to >= 1: below float32's resolution):
+        # exp's underflow there and the products of two such tails in the histogram's matrix product
+        # are subnormal numbers, which the CPU computes ~30x slower (10 000 points, 32 bins: exp
+        # 1.5 ms -> 0.03 ms, the product 5.4 ms -> 0.8 ms)
+        w = torch.where(e > WINDOW_FLOOR, torch.exp(e.clamp_min(WINDOW_FLOOR)), 0.0)
         return w / w.sum(1, keepdim=True).clamp_min(1e-12)
 
     wa, wb = window(a) * weight[:, None], window(b)
