@@ -324,7 +324,6 @@ def _submit_ants_split(
     ``warp_job`` / ``inverse_job`` write (submitted earlier to the same pool, so already started).
     """
     from .io.transform import write_affine
-    from .pipeline import displacement_on_grid
 
     fixed, mapping = result.fixed, result.mapping
     write_affine(paths["affine"], result.affine_matrix, ndim=fixed.ndim)
@@ -332,10 +331,7 @@ def _submit_ants_split(
     jobs: dict[str, Future] = {}
 
     def inverse() -> None:
-        inv = displacement_on_grid(
-            lambda x: mapping._through(x, mapping.inv_disp_vox), fixed.spatial_shape, fixed.affine,
-            device=mapping.device,
-        )
+        inv = mapping.inverse_on_grid(fixed.spatial_shape, fixed.affine, with_affine=False)
         write_displacement_field(paths["deformable_inverse_warp"], inv, fixed.affine)
 
     if identity and inverse_job is not None and _same_grid(fixed, result.moving):

@@ -67,6 +67,36 @@ class FixedToMoving:
         return self._through(apply_matrix(tinv, world), self.inv_disp_vox)
 
 
+    def inverse_on_grid(
+        self, shape, affine4, *, with_affine: bool = True, chunk_voxels: int | None = None
+    ) -> np.ndarray:
+        """World displacement ``(n, *shape)`` float32 (RAS mm) of the inverse map at every voxel ``v`` of
+        a grid (voxel -> world ``A``): ``x = inverse(A v)`` less ``A v``; ``with_affine=False``: of the
+        deformable part's inverse alone (``W (p + inv_disp_vox(p))``, ``p = W^-1 A v``: ANTs'
+        ``1InverseWarp``).  The same figures as :func:`displacement_on_grid` of :meth:`inverse`, with the
+        matrices composed once in float64 instead of applied one after another to every voxel: per
+        voxel one matrix to the working grid, one sampling, one 3x3 product and one affine ramp (a 1 mm
+        head: 1.4 -> 0.8 s at one thread; the two differ by float rounding, 3e-5 mm)."""
+        nd = self.ndim
+        a = affine_nd(np.asarray(affine4, dtype=np.float64), nd)
+        w = np.asarray(self.work_affine, dtype=np.float64)
+        t_inv = np.linalg.inv(np.asarray(self.affine_matrix, dtype=np.float64)) if with_affine else np.eye(nd + 1)
+        pre = np.linalg.inv(w) @ t_inv @ a  # grid voxel -> working voxel
+        rest = w @ pre - a  # W p - A v, affine in v (its last row is zero)
+        dev = self.device
+        pre_t, rest_t, lin_t = (torch.as_tensor(m, dtype=torch.float32, device=dev) for m in (pre, rest, w[:nd, :nd]))
+        disp = self.inv_disp_vox.float()
+        if chunk_voxels is None:  # points, working coordinates, the sampled field, the result
+            chunk_voxels = slab_size(dev, 16, 2_000_000)
+        out = np.empty((nd,) + tuple(shape), dtype=np.float32)
+        for rows in slabs(shape, chunk_voxels):
+            v = slab_voxels(shape, rows, device=dev)
+            d = sample(disp, apply_matrix(pre_t, v).unsqueeze(0), padding_mode="border")[0]
+            res = torch.einsum("ij,j...->i...", lin_t, d) + apply_matrix(rest_t, v)
+            torch.from_numpy(out)[:, rows].copy_(res)  # straight into the host array
+        return out
+
+
 def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int | None = None, device=None) -> np.ndarray:
     """World displacement ``mapping(x) - x`` (RAS mm) at every voxel of a grid: ``(n, *shape)`` float32.
     The slabs' points are made on ``device`` (default CPU) and each slab's result is copied back
@@ -104,8 +134,7 @@ class RegistrationResult:
         """``(n, *S_moving)`` RAS mm on the moving grid: the moving -> fixed map's displacement.
         Computed on first use (a whole-volume pass: skipped when nobody asks for the inverse)."""
         if self._inverse_warp_mm is None:
-            self._inverse_warp_mm = displacement_on_grid(self.mapping.inverse, self.moving.spatial_shape,
-                                                         self.moving.affine, device=self.mapping.device)
+            self._inverse_warp_mm = self.mapping.inverse_on_grid(self.moving.spatial_shape, self.moving.affine)
         return self._inverse_warp_mm
 
     def before_image(self) -> np.ndarray:
