@@ -64,7 +64,14 @@ def write_displacement_field(path: str | os.PathLike, disp_mm_ras, affine) -> Pa
     affine = np.asarray(_as_numpy(affine), dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
-    vec = ras_to_lps(np.moveaxis(d, 0, -1)).astype(np.float32, copy=False)  # (*spatial, ndim), LPS on disk
+    # (*spatial, ndim), LPS on disk, laid out as NIfTI stores it (first axis fastest, component slowest):
+    # written in one pass per component, sign and transposition at once (C order (ndim, ..., X) is that
+    # layout), where flipping and then transposing took two passes over the field
+    lps = np.empty((nd,) + d.shape[:0:-1], dtype=np.float32)
+    signs = ras_to_lps(np.ones(nd, dtype=np.float32))  # the convention's own flips, per component
+    for c in range(nd):
+        np.multiply(d[c].T, signs[c], out=lps[c])
+    vec = lps.T
     vec = vec[:, :, :, None, :] if nd == 3 else vec[:, :, None, None, :]
     img = _nifti_image(vec, affine)
     img.header.set_intent(NIFTI_INTENT_VECTOR)
