@@ -66,7 +66,6 @@ class FixedToMoving:
         tinv = torch.as_tensor(np.linalg.inv(self.affine_matrix), dtype=world.dtype, device=world.device)
         return self._through(apply_matrix(tinv, world), self.inv_disp_vox)
 
-
     def inverse_on_grid(
         self, shape, affine4, *, with_affine: bool = True, chunk_voxels: int | None = None
     ) -> np.ndarray:
