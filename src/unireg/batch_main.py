@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 
+from .cli.allocator import keep_freed_memory
 from .cli.main import app
 
 _GLOBAL_FLAGS = {"--debug"}
@@ -28,6 +29,7 @@ _GLOBAL_WITH_VALUE = {"--threads"}
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # as the unireg command does (unireg.cli.allocator)
     args = list(sys.argv[1:] if argv is None else argv)
     glob: list[str] = []
     while args and (args[0] in _GLOBAL_FLAGS or args[0] in _GLOBAL_WITH_VALUE or args[0].startswith("--threads=")):

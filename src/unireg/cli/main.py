@@ -23,6 +23,7 @@ from ..errors import UniRegError
 # `python -X importtime -c "import unireg.cli.main"`: ~0.06 s here, versus ~2 s once torch loads).
 from ..verdict import EXIT_BAD_INPUT, EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED
 from . import options
+from .allocator import keep_freed_memory
 from .group import UniRegGroup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, cls=UniRegGroup,
@@ -426,7 +427,9 @@ def main() -> None:
     ends with ``os._exit`` once stdout and stderr are flushed, skipping the interpreter's teardown:
     freeing a registration's arrays and unloading torch took 0.6-0.8 s of a 1 mm head's CLI here
     (0.5 s of a 1 mm ``apply``'s 3.7 s), and nothing is left to do (outputs are written atomically and
-    closed; the idle worker threads hold nothing).  Errors and the other commands end as usual."""
+    closed; the idle worker threads hold nothing).  Errors and the other commands end as usual.
+    Before anything else, glibc is told to keep freed memory for reuse (:mod:`unireg.cli.allocator`)."""
+    keep_freed_memory()
     try:
         app()
     except SystemExit as e:
