@@ -26,7 +26,7 @@ from .io.image import Image
 from .models.registrar import Registrar
 from .resample import warp_labels  # noqa: F401  (re-exported: unireg.pipeline.warp_labels)
 from .spatial.grid import apply_matrix, sample
-from .spatial.world import affine_nd, embed_nd, pull, slab_size, slab_voxels, slabs
+from .spatial.world import affine_nd, embed_nd, fill_by_slabs, pull, slab_size
 from .stages import deformable, finish
 from .stages.affine import affine as affine_stage
 from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare  # noqa: F401
@@ -87,13 +87,12 @@ class FixedToMoving:
         disp = self.inv_disp_vox.float()
         if chunk_voxels is None:  # points, working coordinates, the sampled field, the result
             chunk_voxels = slab_size(dev, 16, 2_000_000)
-        out = np.empty((nd,) + tuple(shape), dtype=np.float32)
-        for rows in slabs(shape, chunk_voxels):
-            v = slab_voxels(shape, rows, device=dev)
+
+        def one(v: torch.Tensor) -> torch.Tensor:
             d = sample(disp, apply_matrix(pre_t, v).unsqueeze(0), padding_mode="border")[0]
-            res = torch.einsum("ij,j...->i...", lin_t, d) + apply_matrix(rest_t, v)
-            torch.from_numpy(out)[:, rows].copy_(res)  # straight into the host array
-        return out
+            return torch.einsum("ij,j...->i...", lin_t, d) + apply_matrix(rest_t, v)
+
+        return fill_by_slabs(shape, nd, one, chunk_voxels, dev)
 
 
 def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int | None = None, device=None) -> np.ndarray:
@@ -103,12 +102,13 @@ def displacement_on_grid(mapping, shape, affine4, chunk_voxels: int | None = Non
     nd = len(shape)
     if chunk_voxels is None:  # points, world and working coordinates, the sampled field, the result
         chunk_voxels = slab_size(device, 16, 2_000_000)
-    out = np.empty((nd,) + tuple(shape), dtype=np.float32)
     a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float32, device=device)
-    for rows in slabs(shape, chunk_voxels):
-        x = apply_matrix(a, slab_voxels(shape, rows, device=device))
-        torch.from_numpy(out)[:, rows].copy_(mapping(x) - x)  # straight into the host array
-    return out
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        x = apply_matrix(a, v)
+        return mapping(x) - x
+
+    return fill_by_slabs(shape, nd, one, chunk_voxels, device)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from unireg.spatial.world import field_on_grid, pull, warp_points, working_grid
+from unireg.spatial.world import field_on_grid, fill_by_slabs, pull, warp_points, working_grid
 
 
 def _oblique_affine():
@@ -81,3 +81,19 @@ def test_slab_size_keeps_cpu_slabs_small_and_gpu_slabs_within_the_budget():
     assert slab_size(None, 16, 2_000_000) == 2_000_000
     assert slab_size("cuda", 16, 2_000_000) == GPU_SLAB_FLOATS // 16  # a device object: no GPU needed
     assert slab_size("cuda:0", 10**9, 1_000_000) == 1_000_000  # never below the CPU's slab
+
+
+def test_fill_by_slabs_gives_each_voxel_its_own_values_for_any_slab_size():
+    """Every slab gets its own voxel coordinates and its values land in its own rows: a function of
+    the coordinates, filled in slabs of 1, 7 or all rows, equals it evaluated on the whole grid."""
+    shape = (9, 5, 4)
+    whole = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+
+    def f(v):
+        return torch.stack([v[0] * 100 + v[1] * 10 + v[2], v[0] - v[2]])
+
+    expected = f(whole).numpy()
+    for chunk in (20, 7 * 20, 10_000):  # one row, seven rows, the whole grid per slab
+        out = fill_by_slabs(shape, 2, f, chunk)
+        assert out.dtype == np.float32 and out.shape == (2, *shape)
+        np.testing.assert_array_equal(out, expected)

@@ -22,6 +22,7 @@ __all__ = [
     "apply_homogeneous",
     "slabs",
     "slab_voxels",
+    "fill_by_slabs",
     "pooled_affine",
     "field_on_grid",
     "warp_points",
@@ -41,6 +42,23 @@ def slabs(shape: Sequence[int], chunk_voxels: int):
     step = max(1, chunk_voxels // max(int(np.prod(shape[1:])), 1))
     for start in range(0, shape[0], step):
         yield slice(start, min(start + step, shape[0]))
+
+
+def fill_by_slabs(
+    shape: Sequence[int],
+    channels: int,
+    per_slab: Callable[[torch.Tensor], torch.Tensor],
+    chunk_voxels: int,
+    device=None,
+) -> np.ndarray:
+    """A host array ``(channels, *shape)`` float32 filled slab by slab along the first axis:
+    ``per_slab(v)`` gets one slab's voxel coordinates ``(n, rows, *shape[1:])`` (:func:`slab_voxels`,
+    on ``device``) and returns its ``(channels, rows, *shape[1:])`` values, copied straight into the
+    array (memory stays bounded by the slab, whatever the grid)."""
+    out = np.empty((channels,) + tuple(shape), dtype=np.float32)
+    for rows in slabs(shape, chunk_voxels):
+        torch.from_numpy(out)[:, rows].copy_(per_slab(slab_voxels(shape, rows, device=device)))
+    return out
 
 
 GPU_SLAB_FLOATS = 400_000_000  # float32 temporaries per slab of a whole-grid pass on a GPU (1.6 GB)
