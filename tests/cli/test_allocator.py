@@ -13,6 +13,7 @@ import pytest
 
 import unireg.batch_main
 import unireg.cli.main as cli_main
+from unireg.cli.allocator import ENV_SWITCH
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator only"
@@ -57,7 +58,7 @@ def test_freed_volumes_are_reused_without_page_faults_in_every_thread():
     assert on["applied"] is True
     assert on["main"] < 0.02 and on["thread"] < 0.02, on
     # the yardstick: glibc's defaults fault a large block in afresh each time (so this test can fail)
-    off = _probe({"UNIREG_MALLOC": "default"})
+    off = _probe({ENV_SWITCH: "default"})
     assert off["applied"] is False
     assert off["main"] > 0.5 and off["thread"] > 0.5, off
 
