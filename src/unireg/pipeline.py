@@ -29,7 +29,7 @@ from .spatial.grid import apply_matrix, sample
 from .spatial.world import affine_nd, embed_nd, fill_by_slabs, pull, slab_size
 from .stages import deformable, finish
 from .stages.affine import affine as affine_stage
-from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare  # noqa: F401
+from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare, stage_threads  # noqa: F401
 from .stages.state import Options, State
 
 __all__ = ["RegistrationResult", "register_images", "FixedToMoving", "displacement_on_grid"]
@@ -207,16 +207,17 @@ def register_images(
     s = State(fixed, moving, model, opts, dev, moving_labels=moving_labels, fixed_labels=fixed_labels)
 
     prepare(s)
-    affine_stage(s)
-    deformable.features(s)
-    deformable.network(s)
-    deformable.refine(s)
-    deformable.integrate(s)
-    deformable.deformable_gate(s)
-    # on the registration's device: the inverse warp's whole-grid pass runs there (points are moved to it)
-    mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, s.disp_w.detach(), s.inv_disp_w.detach())
-    finish.qc_and_resample(s)
-    report = finish.report(s, t_start)
+    with stage_threads(s):  # one thread for a small 2-D pair (the report says how many ran)
+        affine_stage(s)
+        deformable.features(s)
+        deformable.network(s)
+        deformable.refine(s)
+        deformable.integrate(s)
+        deformable.deformable_gate(s)
+        # on the registration's device: the inverse warp's whole-grid pass runs there (points are moved to it)
+        mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, s.disp_w.detach(), s.inv_disp_w.detach())
+        finish.qc_and_resample(s)
+        report = finish.report(s, t_start)
     o = s.outputs
     return RegistrationResult(
         fixed=fixed,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -14,7 +17,16 @@ from ..spatial.grid import apply_matrix
 from ..spatial.world import native_factor, subdivided_grid, working_grid
 from .state import State
 
-__all__ = ["prepare", "moving_on", "moving_mask_on", "affine_map", "check_working_size", "MIN_WORKING_SIDE"]
+__all__ = [
+    "prepare",
+    "stage_threads",
+    "SMALL_2D_VOXELS",
+    "moving_on",
+    "moving_mask_on",
+    "affine_map",
+    "check_working_size",
+    "MIN_WORKING_SIDE",
+]
 
 # Smallest working-grid side, per dimensionality, that features, affine pooling and the Jacobian's
 # torch.gradient accept (3-D MIND pools with a 5-voxel kernel; 2-D needs 2 for finite differences;
@@ -24,6 +36,14 @@ MIN_WORKING_SIDE = {2: 2, 3: 5}
 # LOCAL_PER_VOXEL per voxel (a 2-D slice has too few voxels for a patch's histogram at one each).
 LOCAL_POINTS = 1_500_000
 LOCAL_PER_VOXEL = 8.0
+# A small 2-D pair (working grid up to this many pixels) is registered on one torch thread.  Its
+# ~1 s is thousands of ops on tensors of ~40 000 values; with two threads each op wakes the other
+# thread through the kernel (OpenMP waits passively: unireg/__init__.py) and the pair took longer.
+# Whole `unireg register` of a 2-D suite pair (MNI slice, 197x233 working pixels; 2026-11-29, two
+# runs each): registration 1.54-1.67 s with two threads (refinement 1.16-1.26 s), 0.94 s with one
+# (0.63 s); the whole command 3.4-3.6 s vs 2.9 s.  A small 3-D pair (56x64x52 working voxels) still
+# gains from two threads (6.1-6.5 s vs 8.3-8.4 s), so 3-D keeps the caller's count.
+SMALL_2D_VOXELS = 131_072
 
 
 def check_working_size(w_shape, w_aff4, path, which: str) -> None:
@@ -37,6 +57,22 @@ def check_working_size(w_shape, w_aff4, path, which: str) -> None:
         f"at least {need} per axis ({(need - 1) * sp:g} mm) needed",
         path,
     )
+
+
+@contextmanager
+def stage_threads(s: State):
+    """The torch thread count for the stages after ``prepare``: one for a small 2-D pair on the CPU
+    (:data:`SMALL_2D_VOXELS`), the caller's otherwise; the caller's is restored on the way out."""
+    before = torch.get_num_threads()
+    small = s.nd == 2 and s.device.type == "cpu" and math.prod(s.w_shape) <= SMALL_2D_VOXELS
+    if not small or before < 2:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def prepare(s: State) -> None:
