@@ -41,8 +41,10 @@ LOCAL_PER_VOXEL = 8.0
 # thread through the kernel (OpenMP waits passively: unireg/__init__.py) and the pair took longer.
 # Whole `unireg register` of a 2-D suite pair (MNI slice, 197x233 working pixels; 2026-11-29, two
 # runs each): registration 1.54-1.67 s with two threads (refinement 1.16-1.26 s), 0.94 s with one
-# (0.63 s); the whole command 3.4-3.6 s vs 2.9 s.  A small 3-D pair (56x64x52 working voxels) still
-# gains from two threads (6.1-6.5 s vs 8.3-8.4 s), so 3-D keeps the caller's count.
+# (0.63 s); the whole command 3.4-3.6 s vs 2.9 s.  At the shipped 2-D model's largest working grid
+# (256x256: a 360x360 mm slice, in-process, QC on) 1.42-1.51 s with one thread, 2.12-2.29 s with two.
+# A small 3-D pair (56x64x52 working voxels) still gains from two threads (6.1-6.5 s vs 8.3-8.4 s),
+# so 3-D keeps the caller's count, and so does a 2-D model with a larger working grid (not measured).
 SMALL_2D_VOXELS = 131_072
 
 
