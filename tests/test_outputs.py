@@ -176,3 +176,29 @@ def test_identity_affine_deformable_files_are_the_whole_maps(tmp_path, monkeypat
     assert paths["deformable_inverse_warp"].read_bytes() == paths["inverse_warp"].read_bytes()
     w = nib.load(paths["deformable_warp"]).get_fdata()
     assert np.abs(w).max() > 0.05  # a real deformation, not two empty files
+
+
+def test_report_modules_are_prefetched_beside_a_3d_registration_only(monkeypatch):
+    """A 2-D registration is ~1 s of small ops that would wait for the interpreter lock the import holds."""
+    import threading
+
+    from unireg import outputs
+
+    started = []
+
+    class Spy:
+        def __init__(self, target=None, name=None, daemon=None):
+            self.name = name
+
+        def start(self):
+            started.append(self.name)
+
+    monkeypatch.setattr(threading, "Thread", Spy)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    outputs.prefetch_report_modules(2)
+    assert started == []
+    outputs.prefetch_report_modules(3)
+    assert started == ["unireg-prefetch"]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    outputs.prefetch_report_modules(3)
+    assert started == ["unireg-prefetch"]  # one core: nothing beside the registration

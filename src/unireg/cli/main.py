@@ -242,11 +242,8 @@ def register(
                       [str(p) for p in (fixed, moving, labels, fixed_labels) if p])
         fixed_img, moving_img, labels_img, fixed_labels_img = reads.result()
         assert fixed_img is not None and moving_img is not None  # given (not None), hence read
-        # 3-D only: there the import hides behind a registration of seconds; a 2-D one lasts ~1 s of
-        # mostly small ops, each waiting for the interpreter lock the importing thread holds (a 2-D
-        # suite pair at two threads: registration 2.1 s with the import beside it, 0.9 s without)
-        if fixed_img.ndim == 3 and not no_qc and (wanted is None or wanted & {"qc", "html"}):
-            prefetch_report_modules()
+        if not no_qc and (wanted is None or wanted & {"qc", "html"}):
+            prefetch_report_modules(fixed_img.ndim)
         if moving_img.ndim != fixed_img.ndim:
             raise UniRegError(f"moving image is {moving_img.ndim}-D but the fixed image is {fixed_img.ndim}-D", moving)
         reg = api.load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
