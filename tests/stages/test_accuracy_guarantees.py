@@ -167,19 +167,20 @@ def test_the_ct_like_whole_head_pair_of_the_suite_ends_above_no_registration():
     )
 
 
-def _suite_affine_alone(name: str, pairs: int) -> tuple[float, dict]:
+def _suite_affine_alone(name: str, pairs: int, nd: int = 3) -> tuple[float, dict]:
     """The affine stage's mean distance (mm) from the true map inside the object of the frozen suite's
-    3-D affine pair ``name`` (index below ``pairs``), and the stage's report record."""
+    ``nd``-D affine pair ``name`` (index below ``pairs``), and the stage's report record."""
     from unireg.evaluation.suite import cases
+    from unireg.spatial.frames import affine_nd
 
-    spec = next(s for s in cases.case_list((3,), pairs, ["affine"]) if s.name == name)
+    spec = next(s for s in cases.case_list((nd,), pairs, ["affine"]) if s.name == name)
     case = cases.build_case(spec)
     res = api.register(case["fixed"], case["moving"], refine=0, qc=False)
-    f_aff, inside = case["fixed"][1], case["mask"]
-    pts = np.argwhere(inside) @ f_aff[:3, :3].T + f_aff[:3, 3]
-    true = np.stack([case["true_warp_mm"][k][inside] for k in range(3)], 1)
-    m = np.asarray(res.affine_matrix, dtype=np.float64)
-    err = np.linalg.norm(pts @ m[:3, :3].T + m[:3, 3] - pts - true, axis=1).mean()
+    f_aff, inside = affine_nd(np.asarray(case["fixed"][1], dtype=np.float64), nd), case["mask"]
+    pts = np.argwhere(inside) @ f_aff[:nd, :nd].T + f_aff[:nd, nd]
+    true = np.stack([case["true_warp_mm"][k][inside] for k in range(nd)], 1)
+    m = affine_nd(np.asarray(res.affine_matrix, dtype=np.float64), nd)
+    err = np.linalg.norm(pts @ m[:nd, :nd].T + m[:nd, nd] - pts - true, axis=1).mean()
     return float(err), res.report["stages"]["affine"]
 
 
@@ -205,6 +206,20 @@ def test_the_affine_stage_refines_the_start_the_referee_prefers_when_the_search_
     err, rec = _suite_affine_alone("3d_affine_09_body_t2_aniso", 10)
     assert err < 5.0, (err, rec)
     assert rec["kept"] and "refined by intensity MI from" in rec["reason"], rec
+
+
+def test_a_refused_far_affine_gets_a_second_opinion_from_intensity_mi():
+    """The suite's 2-D affine pair 71 (drawn fresh in session 24, never tuned to): a label phantom under
+    a random piecewise-linear contrast whose background lands at the objects' own level, cropped, and
+    moved by a large affine.  The feature search's answer (from a turned start) is wrong and the
+    referee refuses it (NMI 1.0136 -> 1.0150 from the fixed image, 1.0144 -> 1.0128 from the moving
+    one), which left the pair unregistered (Dice 0.42, ANTs SyN 0.89).  2-D has no MI step
+    (``MI_LEVELS[2]``), so a refused answer that moves the object far now gets intensity MI from it
+    and from the referee's favourite far start: the affine alone then ends ~1 mm from the true map
+    (unrescued: 11 mm).  With ``stages.affine.RESCUE_LEVELS[2] = ()`` this test fails (checked)."""
+    err, rec = _suite_affine_alone("2d_affine_71_labels_piecewise_crop", 72, nd=2)
+    assert err < 2.5, (err, rec)
+    assert rec["kept"] and "rescued by intensity MI" in rec["reason"], rec
 
 
 @pytest.mark.parametrize("degrees", [90.0, -135.0])

@@ -11,8 +11,9 @@ grids' intensities by mutual information (``MI_LEVELS``; from the referee's favo
 replaces the starting transform only if its feature cost is lower than the start's (``affine_cost``)
 **and** the do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`), seen from the
 fixed image and from the moving one, scores it higher (by the deformations' 0.5 % margin when it moves
-the object by less than half a voxel, ``SUBVOXEL_AFFINE``); else the start is kept and report.json
-says why.
+the object by less than half a voxel, ``SUBVOXEL_AFFINE``); else, in 2-D, an answer that moves the object
+far gets a second chance through intensity MI (``RESCUE_LEVELS``), and failing that the start is kept
+and report.json says why.
 """
 
 from __future__ import annotations
@@ -120,6 +121,29 @@ MI_RESTART_MM = {2: 8.0, 3: 8.0}
 # more): the 1 mm MNI pair's affine stage, in-process, alternating on and off three times, 3.35 / 2.95
 # / 3.05 s with the restart against 3.11 / 3.17 / 2.73 s without (in line: 3.43 / 4.03 vs 2.94 / 3.04)
 MI_WORKER = True
+# ... and that start goes on to MI's finer levels when the referee scores the start itself (not only
+# its coarse MI result) above the answer's refinement.  Fresh 3-D pair 3d_affine_12_body_ct_native
+# (session 24, never tuned to: a body phantom turned by 29 degrees, CT-like contrast that makes the
+# air brighter than the body, partly outside the moving field of view): the feature cost prefers a
+# wrong answer (0.099 against 0.135 at the true affine); the referee's favourite start, 4.9 mm from
+# the true affine (NMI 1.0964 against the answer's refinement's 1.0918), came out of MI's coarse
+# level 5.6 mm away and scored lower there, so it was dropped; MI's finer level takes it to 3.1 mm:
+# Dice 0.734 -> 0.926 (ANTs SyN 0.514), EPE 11.7 -> 2.1 mm.  Held-out suite pairs 0-5 of every 3-D
+# family in-process (`python benchmarks/suite_ab.py --dims 3 --pairs 6 --threads 2 --set
+# "unireg.stages.affine.RESTART_BY_START=False"`): none of the 30 changed.
+RESTART_BY_START = True
+# Where MI_LEVELS is off (2-D): a feature-search answer the referee refuses although it moves the
+# object by more than RESCUE_MM (mean mm from the start: the two disagree about a large misalignment,
+# not a sub-voxel one) gets a third opinion, intensity MI at RESCUE_LEVELS from it and from the
+# referee's favourite far start, kept if the referee prefers that to the start (_rescue).  Fresh 2-D
+# pair 2d_affine_71_labels_piecewise_crop (session 24: a label phantom whose random contrast puts the
+# background at the objects' level, cropped, a large affine): the search's answer was wrong (Dice
+# 0.36 through it), the referee refused it and the pair stayed unregistered (0.42; ANTs SyN 0.89);
+# rescued, 0.88.  `python benchmarks/suite_ab.py --dims 2 --pairs 60 --threads 1 --set
+# "unireg.stages.affine.RESCUE_LEVELS={2: (), 3: ()}"`: none of the 300 pairs changed (the rescue
+# never fired there).
+RESCUE_MM = 8.0
+RESCUE_LEVELS: dict[int, tuple[tuple[int, int], ...]] = {2: ((2, 40), (1, 25)), 3: ()}
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as object for the foreground centroid
 # An affine that moves the fixed object by less than this share of the coarser image's largest voxel
 # edge (mean over the object, from its start) must raise NMI by the deformations' margin
@@ -308,27 +332,59 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         s.keep("affine", True, what + "; do-no-harm check off")
         return best
     if best_c < start_c * (1 - IMPROVEMENT) and best_o >= MIN_OVERLAP * start_o:
-        judge = referee(s)
-        n0, n1 = judge.score(start), judge.score(best)
-        what += f"; NMI {n0:.4f} -> {n1:.4f}"
-        margin, inverse_margin, small = 0.0, 0.0, _subvoxel(s, best, start)
-        if small:
-            margin, inverse_margin = REFEREE_MARGIN, INVERSE_MARGIN
-            what += f" (a sub-voxel change, {small}: NMI must rise by {margin:.1%} from each side)"
-        if n1 > n0 * (1 + margin):
-            back = referee(s, inverse=True)
-            b0, b1 = back.score(start), back.score(best)
-            what += f", seen from the moving image {b0:.4f} -> {b1:.4f}"
-            if b1 > b0 * (1 + inverse_margin):  # as from the fixed side
-                s.keep("affine", True, what)
-                return best
-        s.keep("affine", False, f"the referee disagrees: {what}; {start_name} kept")
+        ok, verdict = _referee_prefers(s, start, best)
+        if ok:
+            s.keep("affine", True, what + verdict)
+            return best
+        rescued = _rescue(s, start, best, identity, starts)
+        if rescued is not None:
+            m, note = rescued
+            s.keep("affine", True, f"{what}{verdict}: refused; {note}")
+            return m
+        s.keep("affine", False, f"the referee disagrees: {what}{verdict}; {start_name} kept")
         return start
     s.keep("affine", False, f"no improvement: {what}; {start_name} kept")
     return start
 
 
-def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=()) -> tuple[np.ndarray, str]:
+def _referee_prefers(s: State, start: np.ndarray, cand: np.ndarray) -> tuple[bool, str]:
+    """Whether the do-no-harm referee scores ``cand`` above ``start`` seen from the fixed image and
+    from the moving one (by the deformations' margin for a sub-voxel change, :data:`SUBVOXEL_AFFINE`),
+    and the figures for the report."""
+    judge = referee(s)
+    n0, n1 = judge.score(start), judge.score(cand)
+    what = f"; NMI {n0:.4f} -> {n1:.4f}"
+    margin, inverse_margin, small = 0.0, 0.0, _subvoxel(s, cand, start)
+    if small:
+        margin, inverse_margin = REFEREE_MARGIN, INVERSE_MARGIN
+        what += f" (a sub-voxel change, {small}: NMI must rise by {margin:.1%} from each side)"
+    if n1 > n0 * (1 + margin):
+        back = referee(s, inverse=True)
+        b0, b1 = back.score(start), back.score(cand)
+        what += f", seen from the moving image {b0:.4f} -> {b1:.4f}"
+        if b1 > b0 * (1 + inverse_margin):  # as from the fixed side
+            return True, what
+    return False, what
+
+
+def _rescue(s: State, start: np.ndarray, best: np.ndarray, identity: _Frame, starts) -> tuple[np.ndarray, str] | None:
+    """Where the stage has no intensity-MI step (:data:`MI_LEVELS` off, 2-D) and the referee refuses a
+    feature-search answer that moves the object far (:data:`RESCUE_MM`), a third opinion: the answer and
+    the referee's favourite far start refined by MI at :data:`RESCUE_LEVELS` (:func:`_mutual_information`),
+    kept only if the referee prefers it to the start from both images.  ``(matrix, note)`` or None."""
+    levels = RESCUE_LEVELS.get(s.nd, ())
+    if MI_LEVELS[s.nd] or not levels or _separation(_object_points(s), best, start, s.nd) <= RESCUE_MM:
+        return None
+    cand, note = _mutual_information(s, best, identity, starts, levels=levels)
+    if np.array_equal(cand, best):
+        return None
+    ok, verdict = _referee_prefers(s, start, cand)
+    return (cand, f"rescued by intensity MI{note.removeprefix(', refined by intensity MI')}{verdict}") if ok else None
+
+
+def _mutual_information(
+    s: State, best: np.ndarray, identity: _Frame, starts=(), levels: tuple[tuple[int, int], ...] | None = None
+) -> tuple[np.ndarray, str]:
     """``best`` refined on the working grids' intensities by mutual information (:func:`mi_affine`),
     and a note for the report.  The refined affine replaces ``best`` only if the do-no-harm referee
     (NMI at the native grids, other points, partial-volume histograms) scores it higher seen from
@@ -340,14 +396,16 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=())
     referee scores highest of those at least :data:`MI_RESTART_MM` from ``best`` is refined by MI at
     the coarse level, and at the finer ones if the referee then prefers it to ``best``'s refinement
     (the feature search may have left that start's basin for a worse one); of the refinements the
-    referee accepts, the one it scores highest (both sides summed) is kept."""
+    referee accepts, the one it scores highest (both sides summed) is kept.  ``levels``: MI's (pooling,
+    iterations), coarse to fine (default: :data:`MI_LEVELS` of the dimension)."""
+    levels = MI_LEVELS[s.nd] if levels is None else levels
     fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
     if MI_FOREGROUND is not None:  # MI's points in the fixed object only
         inside = (s.fixed_w > MI_FOREGROUND).float()
         fmask = inside if fmask is None else fmask * inside
     mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
 
-    def refine(m: np.ndarray, levels=MI_LEVELS[s.nd]) -> np.ndarray:
+    def refine(m: np.ndarray, levels=levels) -> np.ndarray:
         with torch.enable_grad():
             return mi_affine(
                 s.fixed_w[0],
@@ -371,7 +429,7 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=())
         if not far:
             return None
         score, name, m = max(((fwd.score(m), name, m) for name, m in far), key=lambda t: t[0])
-        return score, name, refine(m, MI_LEVELS[s.nd][:1])
+        return score, name, refine(m, levels[:1])
 
     want = bool(MI_RESTART and starts)
     if want and MI_WORKER and s.device.type == "cpu" and torch.get_num_threads() >= 2:
@@ -390,8 +448,8 @@ def _mutual_information(s: State, best: np.ndarray, identity: _Frame, starts=())
     scored = [(fwd.score(cand), bwd.score(cand), "", cand)]
     if again is not None:  # its finer levels if the referee then prefers it to the answer's refinement
         score, name, coarse = again
-        if fwd.score(coarse) > scored[0][0]:
-            m = refine(coarse, MI_LEVELS[s.nd][1:])
+        if max(fwd.score(coarse), score if RESTART_BY_START else 0.0) > scored[0][0]:
+            m = refine(coarse, levels[1:])
             scored.append((fwd.score(m), bwd.score(m), f" from {name} (its NMI {score:.4f})", m))
     accepted = [t for t in scored if t[0] > f0 and t[1] > b0]
     notes = "; ".join(
