@@ -208,6 +208,19 @@ def test_the_affine_stage_refines_the_start_the_referee_prefers_when_the_search_
     assert rec["kept"] and "refined by intensity MI from" in rec["reason"], rec
 
 
+def test_the_mi_restart_follows_the_start_the_referee_prefers_past_a_poor_coarse_step():
+    """The suite's 3-D affine pair 12 (drawn fresh in session 24, never tuned to): a body phantom turned
+    by 29 degrees in a CT-like contrast whose air is brighter than the body, partly outside the moving
+    field of view.  The feature cost prefers a wrong answer (0.099 against 0.135 at the true affine,
+    13.6 mm from it after MI); the referee's favourite far start lies 4.9 mm from the true affine, but
+    MI's coarse level took it to 5.6 mm, where the referee scored it below the answer, and it was
+    dropped.  Going on to MI's finer level whenever the referee prefers the start itself ends ~3 mm
+    from the true map.  With ``stages.affine.RESTART_BY_START = False`` this test fails (checked)."""
+    err, rec = _suite_affine_alone("3d_affine_12_body_ct_native", 13)
+    assert err < 5.0, (err, rec)
+    assert rec["kept"] and "refined by intensity MI from" in rec["reason"], rec
+
+
 def test_a_refused_far_affine_gets_a_second_opinion_from_intensity_mi():
     """The suite's 2-D affine pair 71 (drawn fresh in session 24, never tuned to): a label phantom under
     a random piecewise-linear contrast whose background lands at the objects' own level, cropped, and
