@@ -388,12 +388,30 @@ def affine_cost(
 # 0.33); every 15 degrees finds it (0.97): family mean 0.910 -> 0.939 Dice, EPE 2.73 -> 1.13 mm, +0.2 s
 # CPU per pair, the other 80 pairs of the suite unchanged.  3-D: +-30 degrees about each axis.
 ROTATION_START_DEGREES = {2: tuple(float(a) for a in range(15, 180, 15)), 3: (30.0,)}
+# 3-D: the same angles also about the four body diagonals and the six face diagonals of the axes (an
+# object turned about an oblique axis lies > 11 mm from every single-axis start; see OBLIQUE_STARTS in
+# stages.affine for what they changed).  () = the coordinate axes only.
+OBLIQUE_AXES: tuple[tuple[float, float, float], ...] = (
+    (1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1),
+    (1, 1, 0), (1, -1, 0), (1, 0, 1), (1, 0, -1), (0, 1, 1), (0, 1, -1),
+)  # fmt: skip
 
 
-def rotation_starts(centre: np.ndarray, nd: int, base: np.ndarray, degrees=None) -> list[np.ndarray]:
+def _axis_rotation(axis, degrees: float) -> np.ndarray:
+    """The 3x3 rotation by ``degrees`` about ``axis`` (Rodrigues)."""
+    k = np.asarray(axis, dtype=np.float64)
+    k = k / np.linalg.norm(k)
+    a = math.radians(degrees)
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * (kx @ kx)
+
+
+def rotation_starts(
+    centre: np.ndarray, nd: int, base: np.ndarray, degrees=None, oblique: bool = False
+) -> list[np.ndarray]:
     """``base`` composed with rotations about ``centre`` (fixed world): +-each angle (default
     :data:`ROTATION_START_DEGREES`) about each axis (3-D) or in-plane (2-D, plus 90 and 180 degrees),
-    for large initial misalignments."""
+    for large initial misalignments; ``oblique`` (3-D): about :data:`OBLIQUE_AXES` too."""
     degrees = ROTATION_START_DEGREES[nd] if degrees is None else degrees
     out = []
     planes = [(0, 1)] if nd == 2 else [(0, 1), (0, 2), (1, 2)]
@@ -408,4 +426,14 @@ def rotation_starts(centre: np.ndarray, nd: int, base: np.ndarray, degrees=None)
             back = np.eye(nd + 1)
             back[:nd, nd] = -centre
             out.append(base @ shift @ r @ back)
+    if nd == 3 and oblique:
+        for axis in OBLIQUE_AXES:
+            for a in sorted({a for d in degrees for a in (d, -d)}):
+                r = np.eye(4)
+                r[:3, :3] = _axis_rotation(axis, a)
+                shift = np.eye(4)
+                shift[:3, 3] = centre
+                back = np.eye(4)
+                back[:3, 3] = -centre
+                out.append(base @ shift @ r @ back)
     return out
