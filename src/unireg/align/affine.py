@@ -413,27 +413,26 @@ def rotation_starts(
     :data:`ROTATION_START_DEGREES`) about each axis (3-D) or in-plane (2-D, plus 90 and 180 degrees),
     for large initial misalignments; ``oblique`` (3-D): about :data:`OBLIQUE_AXES` too."""
     degrees = ROTATION_START_DEGREES[nd] if degrees is None else degrees
-    out = []
     planes = [(0, 1)] if nd == 2 else [(0, 1), (0, 2), (1, 2)]
     angles = sorted({a for d in degrees for a in (d, -d)} | ({90.0, -90.0, 180.0} if nd == 2 else set()))
+    turns = []  # the linear parts, in order: each plane's angles, then each oblique axis's
     for i, j in planes:
         for a in angles:
-            r = np.eye(nd + 1)
+            r = np.eye(nd)
             c, s_ = np.cos(np.radians(a)), np.sin(np.radians(a))
             r[i, i], r[i, j], r[j, i], r[j, j] = c, -s_, s_, c
-            shift = np.eye(nd + 1)
-            shift[:nd, nd] = centre
-            back = np.eye(nd + 1)
-            back[:nd, nd] = -centre
-            out.append(base @ shift @ r @ back)
+            turns.append(r)
     if nd == 3 and oblique:
-        for axis in OBLIQUE_AXES:
-            for a in sorted({a for d in degrees for a in (d, -d)}):
-                r = np.eye(4)
-                r[:3, :3] = _axis_rotation(axis, a)
-                shift = np.eye(4)
-                shift[:3, 3] = centre
-                back = np.eye(4)
-                back[:3, 3] = -centre
-                out.append(base @ shift @ r @ back)
+        turns += [
+            _axis_rotation(axis, a) for axis in OBLIQUE_AXES for a in sorted({a for d in degrees for a in (d, -d)})
+        ]
+    shift = np.eye(nd + 1)
+    shift[:nd, nd] = centre
+    back = np.eye(nd + 1)
+    back[:nd, nd] = -centre
+    out = []
+    for turn in turns:
+        r = np.eye(nd + 1)
+        r[:nd, :nd] = turn
+        out.append(base @ shift @ r @ back)
     return out
