@@ -414,7 +414,8 @@ def rotation_starts(
     for large initial misalignments; ``oblique`` (3-D): about :data:`OBLIQUE_AXES` too."""
     degrees = ROTATION_START_DEGREES[nd] if degrees is None else degrees
     planes = [(0, 1)] if nd == 2 else [(0, 1), (0, 2), (1, 2)]
-    angles = sorted({a for d in degrees for a in (d, -d)} | ({90.0, -90.0, 180.0} if nd == 2 else set()))
+    signed = {a for d in degrees for a in (d, -d)}
+    angles = sorted(signed | ({90.0, -90.0, 180.0} if nd == 2 else set()))
     turns = []  # the linear parts, in order: each plane's angles, then each oblique axis's
     for i, j in planes:
         for a in angles:
@@ -423,9 +424,7 @@ def rotation_starts(
             r[i, i], r[i, j], r[j, i], r[j, j] = c, -s_, s_, c
             turns.append(r)
     if nd == 3 and oblique:
-        turns += [
-            _axis_rotation(axis, a) for axis in OBLIQUE_AXES for a in sorted({a for d in degrees for a in (d, -d)})
-        ]
+        turns += [_axis_rotation(axis, a) for axis in OBLIQUE_AXES for a in sorted(signed)]
     shift = np.eye(nd + 1)
     shift[:nd, nd] = centre
     back = np.eye(nd + 1)
