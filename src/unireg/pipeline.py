@@ -214,6 +214,7 @@ def register_images(
         deformable.refine(s)
         deformable.integrate(s)
         deformable.deformable_gate(s)
+        deformable.polish(s)
         # on the registration's device: the inverse warp's whole-grid pass runs there (points are moved to it)
         mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, s.disp_w.detach(), s.inv_disp_w.detach())
         finish.qc_and_resample(s)

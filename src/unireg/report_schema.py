@@ -19,7 +19,7 @@ __all__ = [
 REPORT_FORMAT = 2
 
 # Stages whose "kept" decision is recorded (do-no-harm): a stage not kept fell back to the one before.
-STAGE_NAMES = ("affine", "network", "refine", "deformable")
+STAGE_NAMES = ("affine", "network", "refine", "deformable", "polish")
 
 
 class StageRecord(TypedDict):

@@ -86,7 +86,7 @@ def test_register_writes_every_output(inputs, registered):
         assert key in rep, key
     assert rep["extractor"] == "mind" and {lv["iterations"] for lv in rep["refine_levels"]} == {3}
     assert [lv["level"] for lv in rep["refine_levels"]][:2] == ["coarse", "working"]
-    assert set(rep["stages"]) == {"affine", "network", "refine", "deformable"}
+    assert set(rep["stages"]) == {"affine", "network", "refine", "deformable", "polish"}
     assert rep["runtime_s"]["total"] > 0
     assert (out / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<html" in (out / "report.html").read_text().lower()

@@ -1,4 +1,4 @@
-"""The GPU-resident stages (``features``, ``network``, ``refine``, ``integrate``) never copy a tensor
+"""The GPU-resident stages (``features``, ``network``, ``refine``, ``integrate``, the polish's loop) never copy a tensor
 to the host (issue #12): a CPU-only CI catches a planted ``.cpu()`` / ``.item()`` / ``.numpy()`` /
 ``.tolist()`` / ``.to("cpu")`` because the mode below flags those METHOD CALLS whatever the device
 (on a CPU everything is "host", so the device cannot tell a transfer apart), plus implicit scalar
@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from unireg.data.mni import load_mni
 from unireg.models.registrar import Registrar
 from unireg.stages import Options, State, deformable
+from unireg.align import refine as refine_mod
 from unireg.stages.affine import affine as affine_stage
 from unireg.stages.prepare import prepare
 
@@ -93,7 +94,11 @@ def test_deformable_stages_stay_on_the_device(device):
     with NoHostTransfer(), NoScalarRead():
         for stage in (deformable.features, deformable.network, deformable.refine, deformable.integrate):
             stage(s)
+        assert s.finest is not None
+        # the polish's iterations (the finest level with intensity MI; off by default in 3-D: weight given)
+        v = refine_mod.polish(s.velocity, s.finest, iterations=3, weight=0.05)
     assert s.disp_w.device.type == torch.device(device).type
+    assert v.device.type == torch.device(device).type and not torch.equal(v, s.velocity)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,4 +1,4 @@
-"""Stages ``features``, ``network``, ``refine``, ``integrate`` and ``deformable_gate``.
+"""Stages ``features``, ``network``, ``refine``, ``integrate``, ``deformable_gate`` and ``polish``.
 
 The network gives the start, instance optimisation on frozen MIND features gives the accuracy
 (coarse -> working -> native resolution, :mod:`unireg.align.refine`), and both stay diffeomorphic.
@@ -7,7 +7,9 @@ velocity's, and the deformable result only if it lowers the working-grid cost be
 and the NMI referee (:mod:`unireg.align.referee`, native resolution, blind to the feature cost's
 biases) scores it above the affine alone, seen from the fixed image and (through the inverse
 deformation) from the moving one: an aligned pair stays as it came.  Then locally
-(``local_gate``): the deformation is faded out in the patches where it does not raise NMI.
+(``local_gate``): the deformation is faded out in the patches where it does not raise NMI.  Last, on a
+deformation the gate kept, the ``polish``: the finest level continued with the intensities' mutual
+information beside the features (kept only if the feature cost and NMI agree).
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from ..spatial.jacobian import folding_stats, jacobian_determinant
 from .prepare import moving_mask_on, moving_on, referee
 from .state import State
 
-__all__ = ["features", "network", "refine", "integrate", "deformable_gate", "IMPROVEMENT"]
+__all__ = ["features", "network", "refine", "integrate", "deformable_gate", "polish", "IMPROVEMENT"]
 
+# The polish (stage ``polish``) is kept only if the working-grid feature cost rises by at most this share
+# (session 25, 2-D suite pairs: it moved by -4 % .. +0.3 % on the pairs the polish improved).
+POLISH_TOLERANCE = 0.01
 IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
 # The local gate (local_gate): patch side per dimension (mm; a patch holds a few thousand of the
 # referee's points) and the fewest points a patch needs to be judged.
@@ -173,7 +178,66 @@ def refine(s: State) -> None:
             seed=s.opts.seed,
             moving_fov_w=fov_w,
             moving_fov_fine=fov_f,
+            keep_finest=lambda f: setattr(s, "finest", f),
         )
+
+
+def polish(s: State) -> None:
+    """Stage ``polish``: the finest refinement level continued with the intensities' mutual information
+    joining its feature cost (:func:`unireg.align.refine.polish`), from the deformation the gate kept.
+
+    It runs only on a deformation the gate kept (never on an aligned pair's, never on none), its own
+    motion faded out where the local gate faded the deformation, and it is kept only if it does not raise
+    the working-grid feature cost by more than ``POLISH_TOLERANCE`` (MI must not pull against the local
+    features) nor lower the NMI referee's score (do-no-harm: the intensities must agree more, not less)."""
+    levels = schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1, ndim=s.nd)
+    why = _polish_skipped(s, levels)
+    finest, s.finest = s.finest, None  # the finest level's images and features are freed after this stage
+    if why or finest is None:
+        s.keep("polish", False, why)
+        return
+    s.announce("polish")
+    with s.timer("refine"), torch.enable_grad():
+        v = refine_mod.polish(s.velocity, finest, iterations=s.opts.refine)  # --refine N: N here too
+    del finest
+    if s.gate_weight is not None:  # the polish's own motion faded where the local gate faded the deformation
+        v = s.velocity + (v - s.velocity) * s.gate_weight
+    with s.timer("integrate"), torch.no_grad():
+        disp = s.model.displacement(v, s.w_shape)
+        inv_disp = s.model.displacement(-v, s.w_shape)
+        what = "do-no-harm check off"
+        if s.opts.do_no_harm:
+            ff, fm = _working_mind(s)
+            mask = _fixed_mask(s, s.w_shape, s.w_aff4)
+            c0, c1 = mind_cost(ff, fm, s.disp_w, mask), mind_cost(ff, fm, disp, mask)
+            what = f"working-grid feature cost {c0:.4f} -> {c1:.4f}"
+            if not c1 <= c0 * (1 + POLISH_TOLERANCE):
+                s.keep("polish", False, f"{what}: MI pulls against the features, the deformation before it kept")
+                return
+            judge = referee(s)
+            n0, n1 = judge.score(s.t_nd, s.disp_w, s.w_aff4), judge.score(s.t_nd, disp, s.w_aff4)
+            what += f"; NMI {n0:.4f} -> {n1:.4f}"
+            if not n1 >= n0:
+                s.keep("polish", False, f"{what}: no improvement, the deformation before it kept")
+                return
+        it = refine_mod.POLISH_ITERATIONS[s.nd] if s.opts.refine is None else s.opts.refine
+        s.keep("polish", True, f"{it} iterations, MI weight {refine_mod.POLISH_WEIGHT[s.nd]:g}: {what}")
+        s.velocity, s.disp_w, s.inv_disp_w = v, disp, inv_disp
+        s.jac_w = jacobian_determinant(s.disp_w)[0]
+        s.fold = folding_stats(s.jac_w)
+
+
+def _polish_skipped(s: State, levels) -> str:
+    """Why the polish does not run ('' when it does)."""
+    if s.opts.fast:
+        return "not run with --fast"
+    if refine_mod.POLISH_WEIGHT[s.nd] <= 0 or refine_mod.POLISH_ITERATIONS[s.nd] <= 0:
+        return "off for this dimension"
+    if s.finest is None or not any(lv.name in ("working", "native") and lv.iterations > 0 for lv in levels):
+        return "no working or native refinement level to continue"
+    if not s.stages.get("deformable", {}).get("kept"):
+        return "the deformation was refused: nothing to polish"
+    return ""
 
 
 def _fov_covers(s: State) -> bool:
@@ -229,7 +293,7 @@ def _working_mind(s: State) -> tuple[torch.Tensor, torch.Tensor]:
     return mind_ssc(s.fixed_w[None]), mind_ssc(s.moving_w[None])
 
 
-def local_gate(s: State) -> tuple[torch.Tensor, str] | None:
+def local_gate(s: State) -> tuple[torch.Tensor, torch.Tensor, str] | None:
     """The deformation faded out wherever it does not raise the NMI of the patch around it.
 
     The feature cost can pull the parts of an image that nothing moved by half a voxel or more (a
@@ -238,8 +302,9 @@ def local_gate(s: State) -> tuple[torch.Tensor, str] | None:
     into overlapping patches of ``LOCAL_PATCH_MM``; where a patch's NMI through the deformation is not
     above its NMI through the affine alone by ``LOCAL_MARGIN`` (the global rule, applied locally), the
     velocity is faded out, linearly between patch centres, so the result is still the exponential of
-    a smooth velocity: diffeomorphic.  Returns ``(velocity, what it did)``, or None when there is
-    nothing to trim (no velocity, no patch with enough points, every patch raised)."""
+    a smooth velocity: diffeomorphic.  Returns ``(velocity, the fading weights on its grid, what it
+    did)``, or None when there is nothing to trim (no velocity, no patch with enough points, every patch
+    raised)."""
     if not LOCAL_GATE or not bool(s.velocity.abs().max() > 0):
         return None
     patch = LOCAL_PATCH_MM[s.nd]
@@ -254,7 +319,7 @@ def local_gate(s: State) -> tuple[torch.Tensor, str] | None:
         return None
     vshape = tuple(s.velocity.shape[2:])
     w = judge.patch_weights_on(keep, patch, vshape, _grid_of(s, vshape))
-    return s.velocity * w, f"kept in the {kept} of {n} patches of {patch:g} mm where it raises local NMI"
+    return s.velocity * w, w, f"kept in the {kept} of {n} patches of {patch:g} mm where it raises local NMI"
 
 
 def deformable_gate(s: State) -> None:
@@ -292,11 +357,12 @@ def deformable_gate(s: State) -> None:
             raised = math.isfinite(n_whole) and n_whole > referee(s).score(s.t_nd)
             trimmed = local_gate(s) if (better or (raised and LOCAL_RESCUE)) else None
             if trimmed is not None:
-                v, how = trimmed
+                v, weight, how = trimmed
                 disp, inv_disp = s.model.displacement(v, s.w_shape), s.model.displacement(-v, s.w_shape)
                 ok, n_trim, what_t = passes(disp, inv_disp)
                 if ok and n_trim > n_whole:  # trimming must raise NMI above the whole deformation's too
                     s.velocity, s.disp_w, s.inv_disp_w = v, disp, inv_disp
+                    s.gate_weight = weight
                     what = f"{what}; {how}: {what_t}" if better else f"{what}: refused whole; {how}: {what_t}"
                     better = True
                 else:

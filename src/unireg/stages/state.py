@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..align.referee import Referee
+from ..align.refine import FinestLevel
 from ..errors import UniRegError
 from ..io.image import Image
 from ..models.registrar import Registrar
@@ -107,6 +108,8 @@ class State:
     fold: dict = field(default_factory=dict)
     qc: dict = field(default_factory=lambda: {"qc_score": None, "qc_flag": None})
     stages: dict = field(default_factory=dict)  # name -> {"kept": bool, "reason": str}
+    finest: Optional[FinestLevel] = None  # the refinement's finest level, kept for the polish
+    gate_weight: Optional[torch.Tensor] = None  # the local gate's fading weights, when it trimmed
     outputs: dict = field(default_factory=dict)
     referee: Optional[Referee] = None  # the do-no-harm NMI referee (built on first use)
     local_referee: Optional[Referee] = None  # the local gate's (more points; built on first use)
