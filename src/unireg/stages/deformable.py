@@ -190,8 +190,7 @@ def polish(s: State) -> None:
     motion faded out where the local gate faded the deformation, and it is kept only if it does not raise
     the working-grid feature cost by more than ``POLISH_TOLERANCE`` (MI must not pull against the local
     features) nor lower the NMI referee's score (do-no-harm: the intensities must agree more, not less)."""
-    levels = schedule(s.opts.refine, fast=s.opts.fast, native=s.opts.native and s.fine_factor > 1, ndim=s.nd)
-    why = _polish_skipped(s, levels)
+    why = _polish_skipped(s)
     finest, s.finest = s.finest, None  # the finest level's images and features are freed after this stage
     if why or finest is None:
         s.keep("polish", False, why)
@@ -204,7 +203,6 @@ def polish(s: State) -> None:
         v = s.velocity + (v - s.velocity) * s.gate_weight
     with s.timer("integrate"), torch.no_grad():
         disp = s.model.displacement(v, s.w_shape)
-        inv_disp = s.model.displacement(-v, s.w_shape)
         what = "do-no-harm check off"
         if s.opts.do_no_harm:
             ff, fm = _working_mind(s)
@@ -222,18 +220,18 @@ def polish(s: State) -> None:
                 return
         it = refine_mod.POLISH_ITERATIONS[s.nd] if s.opts.refine is None else s.opts.refine
         s.keep("polish", True, f"{it} iterations, MI weight {refine_mod.POLISH_WEIGHT[s.nd]:g}: {what}")
-        s.velocity, s.disp_w, s.inv_disp_w = v, disp, inv_disp
+        s.velocity, s.disp_w, s.inv_disp_w = v, disp, s.model.displacement(-v, s.w_shape)
         s.jac_w = jacobian_determinant(s.disp_w)[0]
         s.fold = folding_stats(s.jac_w)
 
 
-def _polish_skipped(s: State, levels) -> str:
+def _polish_skipped(s: State) -> str:
     """Why the polish does not run ('' when it does)."""
     if s.opts.fast:
         return "not run with --fast"
     if refine_mod.POLISH_WEIGHT[s.nd] <= 0 or refine_mod.POLISH_ITERATIONS[s.nd] <= 0:
         return "off for this dimension"
-    if s.finest is None or not any(lv.name in ("working", "native") and lv.iterations > 0 for lv in levels):
+    if s.finest is None:  # set by the refinement's working and native levels only
         return "no working or native refinement level to continue"
     if not s.stages.get("deformable", {}).get("kept"):
         return "the deformation was refused: nothing to polish"
