@@ -178,7 +178,7 @@ def refine(s: State) -> None:
             seed=s.opts.seed,
             moving_fov_w=fov_w,
             moving_fov_fine=fov_f,
-            keep_finest=lambda f: setattr(s, "finest", f),
+            keep_finest=(lambda f: setattr(s, "finest", f)) if not _polish_off(s) else (lambda f: None),
         )
 
 
@@ -225,12 +225,22 @@ def polish(s: State) -> None:
         s.fold = folding_stats(s.jac_w)
 
 
-def _polish_skipped(s: State) -> str:
-    """Why the polish does not run ('' when it does)."""
+def _polish_off(s: State) -> str:
+    """Why the polish is off for this run whatever the refinement does ('' when it is on): then the
+    refinement does not keep its finest level's images and features (a 1 mm head's native MIND, ~0.8 GB,
+    would otherwise stay alive through the integration and the gate)."""
     if s.opts.fast:
         return "not run with --fast"
     if refine_mod.POLISH_WEIGHT[s.nd] <= 0 or refine_mod.POLISH_ITERATIONS[s.nd] <= 0:
         return "off for this dimension"
+    return ""
+
+
+def _polish_skipped(s: State) -> str:
+    """Why the polish does not run ('' when it does)."""
+    off = _polish_off(s)
+    if off:
+        return off
     if s.finest is None:  # set by the refinement's working and native levels only
         return "no working or native refinement level to continue"
     if not s.stages.get("deformable", {}).get("kept"):
