@@ -34,7 +34,8 @@ def _gm_wm(fixed_lab, warped) -> float:
 
 
 def test_the_polish_brings_tissue_closer_across_real_anatomical_differences(monkeypatch):
-    """Measured (session 25): GM/WM Dice none 0.734, without the polish 0.790, with it 0.838."""
+    """Measured: GM/WM Dice none 0.734, without the polish 0.790, with it 0.838 at session 25's
+    weight (0.1, 30 iterations), 0.866 at session 26's (0.2, 60)."""
     fixed, moving, fixed_lab, moving_lab = _slice_pair()
     res = api.register(fixed, moving, labels=moving_lab, qc=False)
     assert res.report["stages"]["polish"]["kept"], res.report["stages"]
@@ -43,7 +44,7 @@ def test_the_polish_brings_tissue_closer_across_real_anatomical_differences(monk
     off = api.register(fixed, moving, labels=moving_lab, qc=False)
     assert not off.report["stages"]["polish"]["kept"]
     without = _gm_wm(fixed_lab, off.warped_labels)
-    assert with_polish >= without + 0.015, (with_polish, without)
+    assert with_polish >= without + 0.04, (with_polish, without)
     assert res.report["folded_percent"] < 0.05
 
 
@@ -58,6 +59,40 @@ def test_a_polish_that_raises_the_feature_cost_is_refused(monkeypatch):
     res = api.register(fixed, moving, qc=False)
     st = res.report["stages"]["polish"]
     assert not st["kept"] and "feature cost" in st["reason"], st
+    np.testing.assert_array_equal(res.warp_mm, off.warp_mm)
+
+
+def test_a_polish_the_moving_image_sees_as_worse_is_refused(monkeypatch):
+    """The referee seen from the moving image is planted to score the polished deformation's inverse
+    below the kept one's: refused, and the registration is the one without the polish, value for value."""
+    fixed, moving, _, _ = _slice_pair()
+    monkeypatch.setitem(refine_mod.POLISH_WEIGHT, 2, 0.0)
+    off = api.register(fixed, moving, qc=False)
+    monkeypatch.undo()
+    polishing = []
+    real_polish, real_referee = refine_mod.polish, deformable.referee
+
+    def polish(*args, **kwargs):
+        polishing.append(True)
+        return real_polish(*args, **kwargs)
+
+    class Planted:
+        def __init__(self, s, judge):
+            self.s, self.judge = s, judge
+
+        def score(self, t_nd, disp_w=None, w_aff4=None):
+            value = self.judge.score(t_nd, disp_w, w_aff4)
+            return value if disp_w is None or disp_w is self.s.inv_disp_w else value - 1.0
+
+    def referee(s, local=False, inverse=False):
+        judge = real_referee(s, local=local, inverse=inverse)
+        return Planted(s, judge) if inverse and polishing else judge
+
+    monkeypatch.setattr(refine_mod, "polish", polish)
+    monkeypatch.setattr(deformable, "referee", referee)
+    res = api.register(fixed, moving, qc=False)
+    st = res.report["stages"]["polish"]
+    assert polishing and not st["kept"] and "seen from the moving image" in st["reason"], st
     np.testing.assert_array_equal(res.warp_mm, off.warp_mm)
 
 

@@ -33,9 +33,14 @@ from .state import State
 
 __all__ = ["features", "network", "refine", "integrate", "deformable_gate", "polish", "IMPROVEMENT"]
 
-# The polish (stage ``polish``) is kept only if the working-grid feature cost rises by at most this share
-# (session 25, 2-D suite pairs: it moved by -4 % .. +0.3 % on the pairs the polish improved).
-POLISH_TOLERANCE = 0.01
+# The polish (stage ``polish``) is kept only if the working-grid feature cost rises by at most this share: a
+# guard against a runaway fit to intensities, not a judge of small changes.  Session 25 had 1 %, from the
+# 2-D suite's pairs (the cost moved by -4 % .. +0.3 % on the pairs the polish improved); on real anatomical
+# differences (two MNI slices 3-5 mm apart, 12 pairs of a development draw, seed 777, apart from
+# benchmarks/slice_pairs.py's frozen ones) polishes that raised GM/WM Dice raised the cost by up to 12 %
+# (0.753 -> 0.839 at +12 %; at 1 % 3 of the 12 were refused: mean 0.840 against 0.859), and on the suite it
+# moved by < 2 % on the pairs it helped and the pairs it hurt alike: the cost cannot tell them apart.
+POLISH_TOLERANCE = 0.25
 IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
 # The local gate (local_gate): patch side per dimension (mm; a patch holds a few thousand of the
 # referee's points) and the fewest points a patch needs to be judged.
@@ -188,8 +193,9 @@ def polish(s: State) -> None:
 
     It runs only on a deformation the gate kept (never on an aligned pair's, never on none), its own
     motion faded out where the local gate faded the deformation, and it is kept only if it does not raise
-    the working-grid feature cost by more than ``POLISH_TOLERANCE`` (MI must not pull against the local
-    features) nor lower the NMI referee's score (do-no-harm: the intensities must agree more, not less)."""
+    the working-grid feature cost by more than ``POLISH_TOLERANCE`` (MI must not run away from the local
+    features) nor lower the NMI referee's score, seen from either image (do-no-harm: the intensities must
+    agree more, not less)."""
     why = _polish_skipped(s)
     finest, s.finest = s.finest, None  # the finest level's images and features are freed after this stage
     if why or finest is None:
@@ -202,7 +208,7 @@ def polish(s: State) -> None:
     if s.gate_weight is not None:  # the polish's own motion faded where the local gate faded the deformation
         v = s.velocity + (v - s.velocity) * s.gate_weight
     with s.timer("integrate"), torch.no_grad():
-        disp = s.model.displacement(v, s.w_shape)
+        disp, inv = s.model.displacement(v, s.w_shape), s.model.displacement(-v, s.w_shape)
         what = "do-no-harm check off"
         if s.opts.do_no_harm:
             ff, fm = _working_mind(s)
@@ -215,12 +221,15 @@ def polish(s: State) -> None:
             judge = referee(s)
             n0, n1 = judge.score(s.t_nd, s.disp_w, s.w_aff4), judge.score(s.t_nd, disp, s.w_aff4)
             what += f"; NMI {n0:.4f} -> {n1:.4f}"
-            if not n1 >= n0:
+            back = referee(s, inverse=True)  # seen from the moving image too, as the deformable gate does
+            b0, b1 = back.score(s.t_nd, s.inv_disp_w, s.w_aff4), back.score(s.t_nd, inv, s.w_aff4)
+            what += f", seen from the moving image {b0:.4f} -> {b1:.4f}"
+            if not (n1 >= n0 and b1 >= b0):
                 s.keep("polish", False, f"{what}: no improvement, the deformation before it kept")
                 return
         it = refine_mod.POLISH_ITERATIONS[s.nd] if s.opts.refine is None else s.opts.refine
         s.keep("polish", True, f"{it} iterations, MI weight {refine_mod.POLISH_WEIGHT[s.nd]:g}: {what}")
-        s.velocity, s.disp_w, s.inv_disp_w = v, disp, s.model.displacement(-v, s.w_shape)
+        s.velocity, s.disp_w, s.inv_disp_w = v, disp, inv
         s.jac_w = jacobian_determinant(s.disp_w)[0]
         s.fold = folding_stats(s.jac_w)
 
