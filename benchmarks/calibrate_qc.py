@@ -104,7 +104,9 @@ def _components(fixed_w, moving_w, disp) -> dict:
     jac = jacobian_determinant(disp)[0]
     ff, fm = mind_ssc(fixed_w[None]), mind_ssc(moving_w[None])
     mask = Q.scored_mask(fixed_w, Q.foreground_mask(fixed_w[0]), moving_w, disp)  # as score_registration
-    return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, mask)
+    warped = warp(moving_w[None], disp, padding_mode="border")[0, 0]
+    intensities = (fixed_w[0], warped, Q.foreground_mask(fixed_w[0]))
+    return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, mask, intensities)
 
 
 def real_label(epe: float, epe0: float) -> tuple[str, bool | None]:
@@ -185,6 +187,7 @@ def run_pair(t1: np.ndarray, seed: int, nd: int = 2) -> list[dict]:
     comp = _components(fixed_w, moving_w, disp)
     # the pipeline's own figures (computed in register_images) must be what we recompute here
     assert abs(comp["shift_ratio"] - rep["qc_components"]["shift_ratio"]) < 1e-3, (comp, rep["qc_components"])
+    assert abs(comp["nmi_shift_ratio"] - rep["qc_components"]["nmi_shift_ratio"]) < 1e-3, (comp, rep["qc_components"])
     # ground truth, for the record only (the score never sees it): mean endpoint error in the brain
     fg = normalize_intensity(p["fixed"]) > 0.05
     epe = float(np.linalg.norm(res.warp_mm - p["true_disp"], axis=0)[fg].mean())
@@ -276,10 +279,11 @@ def rates(rows, weights, thr):
     out = {"fpr": None, "tpr": None, "by_kind": {}}
     kinds = sorted({r["kind"] for r in rows})
     for k in kinds:
-        sc = [Q.combine(r, weights) for r in rows if r["kind"] == k]
-        out["by_kind"][k] = (sum(s >= thr for s in sc), len(sc), float(np.min(sc)), float(np.max(sc)))
-    good = [Q.combine(r, weights) >= thr for r in rows if r["broken"] is False]
-    bad = [Q.combine(r, weights) >= thr for r in rows if r["broken"]]
+        rs = [r for r in rows if r["kind"] == k]
+        sc = [Q.combine(r, weights) for r in rs]
+        out["by_kind"][k] = (sum(Q.flagged(r, r["ndim"], weights, thr) for r in rs), len(sc), float(np.min(sc)), float(np.max(sc)))
+    good = [Q.flagged(r, r["ndim"], weights, thr) for r in rows if r["broken"] is False]
+    bad = [Q.flagged(r, r["ndim"], weights, thr) for r in rows if r["broken"]]
     out["fpr"] = (sum(good), len(good))
     out["tpr"] = (sum(bad), len(bad))
     return out
@@ -348,6 +352,21 @@ def main():
             for f in ("shift_ratio", "mismatch_fraction", "folded_percent", "mind_distance")
         )
         print(f"  {k:21s} n={len(rs):3d}  {txt}")
+    # the intensities' veto (qc_score.NMI_SHARP): the broken registrations the score flags must keep
+    # their flag, so the veto threshold may not exceed the lowest NMI shift ratio among them
+    for nd in sorted({r["ndim"] for r in cal}):
+        scored = [r for r in cal if r["ndim"] == nd and r["broken"] and "nmi_shift_ratio" in r
+                  and Q.combine(r, weights) >= thr and r["folded_percent"] < Q.VETO_FOLDED]
+        good = [r["nmi_shift_ratio"] for r in cal if r["ndim"] == nd and r["broken"] is False and "nmi_shift_ratio" in r]
+        if scored and good:
+            lowest = min(scored, key=lambda r: r["nmi_shift_ratio"])
+            print(f"\n{nd}-D: highest nmi_shift_ratio of a good registration {max(good):.3f}; lowest among the flagged "
+                  f"broken ones that do not fold {lowest['nmi_shift_ratio']:.3f} ({lowest['kind']}, seed {lowest['seed']}); "
+                  f"NMI_SHARP[{nd}] in qc_score.py: {Q.NMI_SHARP[nd]}")
+        for k in sorted({r["kind"] for r in cal}):
+            v = [r["nmi_shift_ratio"] for r in cal if r["kind"] == k and "nmi_shift_ratio" in r]
+            if v:
+                print(f"  {k:21s} nmi_shift_ratio median {np.median(v):.3f} [{min(v):.3f}, {max(v):.3f}]")
     print("\nQC_WEIGHTS =", json.dumps(weights))
     print(f"QC_THRESHOLD = {thr}")
     summary = []

@@ -61,7 +61,8 @@ def run(dims, pairs: int, start: int, families, whole_foreground: bool) -> list[
             "not_worse": bool(got["dice"] >= none["dice"] - 0.005 and got["epe_mm"] <= none["epe_mm"] + 1e-6),
             "qc_score": rep["qc_score"],
             "qc_flag": bool(rep["qc_flag"]),
-            **{k: rep["qc_components"][k] for k in ("shift_ratio", "mismatch_fraction", "mind_distance")},
+            **{k: rep["qc_components"].get(k) for k in ("shift_ratio", "mismatch_fraction", "mind_distance",
+                                                          "nmi_shift_ratio")},
         }
         rows.append(row)
         print(f"  [{i + 1}/{len(specs)}] {spec.name}: score {row['qc_score']:.3f}"

@@ -83,6 +83,11 @@ def judge(report: dict, warped: np.ndarray | None = None) -> dict:
             if isinstance(st, dict) and st.get("kept") is False:
                 notes.append(f"stage {name} was discarded" + (f": {st['reason']}" if st.get("reason") else ""))
     failed = bool(flag) or empty
+    nsr = _num(comp.get("nmi_shift_ratio"))
+    thr = _num(report.get("qc_threshold"))
+    if not failed and score is not None and thr is not None and score >= thr and nsr is not None:
+        notes.append(f"the feature score is {score:.2f}, at or above {thr:g}, but the intensities' NMI peaks sharply "
+                     f"at the found alignment (shift ratio {nsr:.2f}): not flagged")
     status = "flagged" if failed else ("not scored" if score is None else "ok")
     return {"failed": failed, "status": status, "qc_score": score, "qc_flag": flag,
             "reasons": reasons if failed else [], "notes": notes}

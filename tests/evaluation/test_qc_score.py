@@ -48,16 +48,18 @@ def test_good_registrations_pass():
     """Eight good registrations (the true displacement of each pair): scored where the fixed image has
     structure, their scores lie in 0.18-0.52 (0.12-0.46 over the whole foreground, before
     ``informative_mask``): at most one at the threshold, the median well below it."""
-    scores = []
+    scores, flags = [], []
     for seed in range(8):
         fixed_w, moving_w, disp = _pair(seed)
         out = _score(fixed_w, moving_w, disp)
         assert 0.0 <= out["qc_score"] <= 1.0 and out["qc_threshold"] == Q.QC_THRESHOLD
-        assert out["qc_flag"] is (out["qc_score"] >= Q.QC_THRESHOLD)
+        assert out["qc_flag"] is Q.flagged(out["qc_components"], 2)
         assert out["qc_components"]["shift_ratio"] < 0.85
         scores.append(out["qc_score"])
+        flags.append(out["qc_flag"])
     assert sum(s >= Q.QC_THRESHOLD for s in scores) <= 1, scores
     assert float(np.median(scores)) < 0.4, scores
+    assert not any(flags), (scores, flags)  # the one at the threshold: its intensities vouch for it
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -236,3 +238,33 @@ def test_moving_structure_is_not_asked_in_3d():
     fg = Q.foreground_mask(fixed_w[0])
     flat = torch.full_like(fixed_w, 0.5)
     assert torch.equal(Q.scored_mask(fixed_w, fg, flat), Q.informative_mask(fixed_w, fg))
+
+
+def test_nmi_shift_ratio_is_sharp_at_an_alignment_and_flat_between_unrelated_images():
+    fixed = torch.from_numpy(_phantom(0))
+    inside = fixed > 0.05
+    other = torch.from_numpy(_phantom(0, (0.9, 0.2, 0.6, 0.4)))  # the same regions, another contrast
+    noise = torch.from_numpy(_phantom(7))  # unrelated regions
+    same = float(Q.nmi_shift_ratio(fixed, other, inside))
+    unrelated = float(Q.nmi_shift_ratio(fixed, noise, inside))
+    assert same < 0.5 < 0.9 < unrelated, (same, unrelated)  # 0.28 and 1.05 (0.68 with the outline counted)
+    assert Q.nmi_shift_ratio(fixed[:8, :8], other[:8, :8], inside[:8, :8]) is None  # too small to shift in
+
+
+def test_an_aligned_pair_in_an_inverted_contrast_is_not_flagged(monkeypatch):
+    """A held-out suite pair nothing moved (MNI slice, inverted contrast): MIND's patterns disagree across
+    the inversion, so the feature score is above the threshold (0.87), but the intensities' NMI peaks
+    sharply where the pair already is: not flagged; with the intensities' veto off the same pair is."""
+    from unireg import api
+    from unireg.evaluation.suite.cases import build_case, case_list
+
+    spec = next(s for s in case_list(dims=(2,), pairs=121) if s.name == "2d_aligned_120_mni_inverted_native")
+    case = build_case(spec)
+    fixed, moving = api.as_image(case["fixed"]), api.as_image(case["moving"])
+    rep = api.register(fixed, moving).report
+    comp = rep["qc_components"]
+    assert rep["qc_score"] >= Q.QC_THRESHOLD and comp["nmi_shift_ratio"] < Q.NMI_SHARP[2], rep
+    assert rep["qc_flag"] is False and rep["verdict"]["failed"] is False, rep["verdict"]
+    assert any("NMI peaks sharply" in n for n in rep["verdict"]["notes"]), rep["verdict"]
+    monkeypatch.setitem(Q.NMI_SHARP, 2, 0.0)
+    assert api.register(fixed, moving).report["qc_flag"] is True

@@ -167,3 +167,14 @@ def test_report_and_index_in_headless_chromium(tmp_path, result_dir_3d):
     assert console == "" and 'data-sorted="dice:asc"' in dom
     assert _row_order(dom)[:3] == ["p-bad", "p-mid", "p-good"]  # unknown Dice last
     assert re.search(r'<div id="selftest" data-status="pass" data-errors="0"', dom)
+
+
+@pytest.mark.parametrize(("score", "flag", "vouched"), [(0.87, False, True), (0.3, False, False), (0.87, True, False)])
+def test_badge_says_when_the_intensities_vouched_for_a_high_score(tmp_path, score, flag, vouched):
+    out = make_result_dir(tmp_path / "r", 2, with_dice=False, qc_score=score, qc_flag=flag)
+    rep = json.loads((out / "report.json").read_text())
+    rep["qc_threshold"] = 0.5
+    (out / "report.json").write_text(json.dumps(rep))
+    badge = re.search(r'<span id="qc-badge"[^>]*>([^<]*)</span>', build_report(out).read_text()).group(1)
+    assert badge.startswith("FLAGGED" if flag else "passed QC"), badge
+    assert ("vouches for the alignment" in badge) is vouched, badge

@@ -28,7 +28,7 @@ from ..preprocess import as_tensor
 from ..spatial.frames import affine_nd
 from ..spatial.grid import apply_matrix, sample
 
-__all__ = ["Referee", "nmi", "POINTS", "BINS", "MARGIN", "INVERSE_MARGIN", "LOCAL_BINS"]
+__all__ = ["Referee", "nmi", "nmi_tensor", "POINTS", "BINS", "MARGIN", "INVERSE_MARGIN", "LOCAL_BINS"]
 
 POINTS = 300_000  # random points in the fixed image's object (a 1 mm head has ~1.5 M)
 BINS = 32
@@ -81,6 +81,14 @@ def nmi(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor
     joint = joint.view(bins, bins) / joint.sum().clamp_min(1e-12)
     h = _entropy(joint).clamp_min(1e-12)
     return float((_entropy(joint.sum(1)) + _entropy(joint.sum(0))) / h)
+
+
+def nmi_tensor(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`nmi` as a 0-d tensor on the samples' device (no host read)."""
+    joint = torch.zeros(bins * bins, dtype=torch.float64, device=a.device)
+    for index, w in _partial_volume(a, b, bins, weight):
+        joint.index_add_(0, index, w.double())
+    return _nmi_of_histograms(joint.view(bins, bins))
 
 
 class Referee:

@@ -46,12 +46,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..align.referee import nmi_tensor
 from ..features.mind import mind_ssc, mind_variance
 from ..spatial.grid import replicate_shift_parts, warp
 
 __all__ = [
     "qc_score",
     "qc_components",
+    "flagged",
+    "intensities_vouch",
+    "nmi_shift_ratio",
+    "NMI_SHARP",
     "combine",
     "foreground_mask",
     "score_registration",
@@ -100,6 +105,23 @@ QC_WEIGHTS: dict[str, float] = {
 }
 # Flag threshold on qc_score (see above and docs/qc.md; command: python benchmarks/calibrate_qc.py).
 QC_THRESHOLD = 0.5
+# The intensities' second opinion (session 26).  MIND's patterns can disagree across a contrast even where
+# the alignment is exact (an inverted or piecewise map, a CT-like map that erases a boundary, a phantom's
+# flat labels): a pair the suite had *already aligned* in an inverted contrast scored 0.87 (shift ratio
+# 0.97), and every pair the held-out suite's fresh runs flagged (9-11 of 100 per 2-D set, 1-2 of 10 per 3-D
+# set) had a Dice at or above no registration.  So the flag also asks the intensities: the NMI of the fixed
+# image and the warped moving one (NMI_BINS bins, on the fixed foreground eroded by SHIFT_VOX + 1 voxels, so
+# that a shared outline alone cannot vouch: two unrelated phantoms in one disk score 0.68-0.73 on the whole
+# disk, 1.05-1.09 inside it) at the found alignment against the same with the warped image shifted SHIFT_VOX voxels along each
+# axis, both ways: ``nmi_shift_ratio`` = mean over the shifts of (NMI - 1) / (NMI at the alignment - 1).  A
+# registration whose NMI peaks sharply where it ended (ratio below NMI_SHARP), and which does not fold
+# (below VETO_FOLDED % of the scored voxels), is not flagged, whatever MIND says.  Calibration and rates:
+# benchmarks/calibrate_qc.py, docs/qc.md.
+NMI_BINS = 32
+NMI_MIN_POINTS = 200  # fewer points inside the eroded foreground, or less information at the alignment
+NMI_MIN_GAIN = 0.01  # (NMI - 1; unrelated images 0.02, good registrations 0.08-0.55): no opinion, no veto
+NMI_SHARP = {2: 0.65, 3: 0.45}
+VETO_FOLDED = 0.05
 
 
 def _shift(x: torch.Tensor, axis: int, s: int) -> torch.Tensor:
@@ -229,12 +251,57 @@ def _structure_mask(fixed_feat: torch.Tensor) -> torch.Tensor:
     return m
 
 
+def nmi_shift_ratio(fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    """``(*S)`` fixed and warped moving intensities (~[0, 1]) and a boolean ``(*S)`` mask -> a 0-d tensor:
+    the mean over shifts of SHIFT_VOX voxels along each axis, both ways, of (NMI - 1) / (NMI at the
+    alignment - 1) (module comment at :data:`NMI_SHARP`); None when the grid is too small to shift in."""
+    s = SHIFT_VOX
+    shape = tuple(fixed.shape)
+    if min(shape) <= 4 * s:
+        return None
+    inner = tuple(slice(s, n - s) for n in shape)
+    f, w = fixed[inner].float(), _eroded(mask, s + 1)[inner].float()
+    gain0 = nmi_tensor(f, warped[inner].float(), NMI_BINS, w) - 1
+    gains = []
+    for axis in range(len(shape)):
+        for d in (s, -s):
+            sl = list(inner)
+            sl[axis] = slice(s + d, shape[axis] - s + d)
+            gains.append(nmi_tensor(f, warped[tuple(sl)].float(), NMI_BINS, w) - 1)
+    ratio = torch.stack(gains).mean() / gain0.clamp_min(1e-6)
+    judged = (w.sum() >= NMI_MIN_POINTS) & (gain0 >= NMI_MIN_GAIN)  # an empty warped image shares nothing
+    return torch.where(judged, ratio, torch.full_like(ratio, math.nan))  # no host read
+
+
+def _eroded(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """``mask`` ``(*S)`` eroded by ``r`` voxels (a cube/square element): a min-pool."""
+    pool = F.max_pool2d if mask.dim() == 2 else F.max_pool3d
+    outside = (~mask.bool()).float()[None, None]
+    return pool(outside, 2 * r + 1, stride=1, padding=r)[0, 0] < 0.5
+
+
+def intensities_vouch(components: dict, ndim: int) -> bool:
+    """The intensities' NMI peaks sharply at the found alignment (``nmi_shift_ratio`` below
+    :data:`NMI_SHARP` of an ``ndim``-D grid) and the map does not fold: then it is not flagged."""
+    r = components.get("nmi_shift_ratio")
+    return r is not None and r < NMI_SHARP[ndim] and components["folded_percent"] < VETO_FOLDED
+
+
+def flagged(
+    components: dict, ndim: int, weights: dict[str, float] | None = None, threshold: float | None = None
+) -> bool:
+    """The failure flag: the score at or above the threshold, unless the intensities vouch for the alignment."""
+    thr = QC_THRESHOLD if threshold is None else threshold
+    return combine(components, weights) >= thr and not intensities_vouch(components, ndim)
+
+
 @torch.no_grad()
 def qc_components(
     fixed_feat: torch.Tensor,
     warped_moving_feat: torch.Tensor,
     jac: torch.Tensor | np.ndarray,
     mask: torch.Tensor | np.ndarray | None = None,
+    intensities: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """The raw figures behind :func:`qc_score` (see the module docstring).
 
@@ -243,6 +310,8 @@ def qc_components(
     fixed_feat, warped_moving_feat : ``(1, C, *S)`` MIND-SSC features on the same grid.
     jac : ``(*S)`` det J of the displacement on that grid.
     mask : ``(*S)`` boolean foreground, or None for the voxels where the fixed features are not flat.
+    intensities : optional ``(fixed, warped moving, mask)``, each ``(*S)``: adds ``nmi_shift_ratio``
+        (:func:`nmi_shift_ratio`).
     """
     ff = fixed_feat.detach().float()  # on the features' device: one host read at the end
     dev = ff.device
@@ -264,17 +333,29 @@ def qc_components(
     bmin = torch.stack([_box(d, SMOOTH_RADIUS, den) for d in ds]).amin(0)
     sums = [(d0[0, 0] * m).sum() / n] + [(d[0, 0] * m).sum() / n for d in ds]
     sums += [((b0 >= bmin)[0, 0] & m).sum() / n, ((j <= 0) & m).sum() / n]
-    vals = torch.stack(sums).tolist()
+    ratio = None
+    if intensities is not None:
+        fi, wi, mi = (_as_tensor(x).to(dev) for x in intensities)
+        ratio = nmi_shift_ratio(fi.reshape(spatial), wi.reshape(spatial), mi.bool().reshape(spatial))
+    if ratio is not None:
+        sums.append(ratio.float())
+    vals = torch.stack(sums).tolist()  # the one host read
+    nmi_ratio = vals.pop() if ratio is not None else None
+    if nmi_ratio is not None and not math.isfinite(nmi_ratio):
+        nmi_ratio = None  # too few points inside the eroded foreground to judge
     mean0 = vals[0]
     mean_s = sum(vals[1 : 1 + len(ds)]) / len(ds)
     mismatch = vals[-2]
     folded = vals[-1] * 100.0
-    return {
+    out = {
         "mind_distance": mean0,
         "shift_ratio": mean0 / max(mean_s, 1e-12),
         "mismatch_fraction": mismatch,
         "folded_percent": folded,
     }
+    if nmi_ratio is not None:
+        out["nmi_shift_ratio"] = nmi_ratio
+    return out
 
 
 def combine(components: dict[str, float], weights: dict[str, float] | None = None) -> float:
@@ -293,8 +374,10 @@ def qc_score(
     warped_moving_feat: torch.Tensor,
     jac: torch.Tensor | np.ndarray,
     mask: torch.Tensor | np.ndarray | None = None,
+    intensities: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
-    """Failure score of one registration from features and Jacobian alone (no ground truth).
+    """Failure score of one registration from features and Jacobian alone (no ground truth); the flag
+    also hears the intensities when they are given (:func:`flagged`).
 
     Parameters
     ----------
@@ -303,6 +386,7 @@ def qc_score(
     jac : ``(*S)`` det J of the warp on the same grid.
     mask : optional ``(*S)`` boolean foreground of the fixed image (default: where the fixed
         features are not flat).
+    intensities : optional ``(fixed, warped moving, mask)`` intensities ``(*S)`` (:func:`qc_components`).
 
     Returns
     -------
@@ -310,11 +394,11 @@ def qc_score(
         ``qc_score`` (float in [0, 1], higher = more likely failed), ``qc_flag``
         (``qc_score >= QC_THRESHOLD``), ``qc_threshold``, and ``qc_components`` (the raw figures).
     """
-    comp = qc_components(fixed_feat, warped_moving_feat, jac, mask)
+    comp = qc_components(fixed_feat, warped_moving_feat, jac, mask, intensities)
     s = combine(comp)
     return {
         "qc_score": round(s, 4),
-        "qc_flag": bool(s >= QC_THRESHOLD),
+        "qc_flag": flagged(comp, fixed_feat.dim() - 2),
         "qc_threshold": QC_THRESHOLD,
         "qc_components": {k: round(v, 5) for k, v in comp.items()},
     }
@@ -361,8 +445,12 @@ def score_registration(
     if moving_mask is not None:
         mw = warp(_as_tensor(moving_mask).float().to(dev)[None, None], disp)[0, 0] >= 0.5
         user = mw if user is None else user & mw
+    fg = foreground_mask(fixed_w[0]).to(dev)
     if user is not None:
         both = mask & user
         # a mask that misses the foreground entirely: score the whole mask rather than nothing
         mask = both if both.any() else (user if user.any() else mask)
-    return qc_score(fixed_feat, warped, jac_w, mask)
+        fg_user = fg & user
+        fg = fg_user if fg_user.any() else (user if user.any() else fg)
+    warped_img = warp(moving_w[None].float().to(dev), disp, padding_mode="border")[0, 0]
+    return qc_score(fixed_feat, warped, jac_w, mask, (fixed_w[0].float().to(dev), warped_img, fg))

@@ -481,6 +481,9 @@ def build_report(out_dir: str | os.PathLike, *, max_px: int = 256, preloaded: di
         txt = "FLAGGED" if qc_flag else "passed QC"
         if qc_score is not None:
             txt += f" · failure score {_fmt(qc_score)}"
+            thr = report.get("qc_threshold")
+            if not qc_flag and isinstance(thr, (int, float)) and qc_score >= thr:  # qc_score.intensities_vouch
+                txt += " (the intensities' NMI vouches for the alignment)"
         badge = f'<span id="qc-badge" class="{cls}">{esc(txt)}</span>'
     summary_bits = [
         f"<div>fixed: <code>{esc(str(report.get('fixed')))}</code></div>",
