@@ -114,8 +114,8 @@ QC_THRESHOLD = 0.5
 # that a shared outline alone cannot vouch: two unrelated phantoms in one disk score 0.68-0.73 on the whole
 # disk, 1.05-1.09 inside it) at the found alignment against the same with the warped image shifted
 # SHIFT_VOX voxels along each axis, both ways: ``nmi_shift_ratio`` = mean over the shifts of (NMI - 1) /
-# (NMI at the alignment - 1).  A registration whose NMI peaks sharply where it ended (ratio below NMI_SHARP: 2-D good registrations
-# mostly below 0.45, broken ones from 0.745; 3-D good up to 0.36, broken from 0.53), and which does not
+# (NMI at the alignment - 1).  A registration whose NMI peaks sharply where it ended (ratio below
+# NMI_SHARP: 2-D good registrations mostly below 0.45, broken ones from 0.745; 3-D good up to 0.36, broken from 0.53), and which does not
 # fold (below VETO_FOLDED % of the scored voxels), is not flagged, whatever MIND says.  Calibration and
 # rates: benchmarks/calibrate_qc.py (it prints both per dimension), docs/qc.md.
 NMI_BINS = 32
