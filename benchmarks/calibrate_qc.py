@@ -187,7 +187,8 @@ def run_pair(t1: np.ndarray, seed: int, nd: int = 2) -> list[dict]:
     comp = _components(fixed_w, moving_w, disp)
     # the pipeline's own figures (computed in register_images) must be what we recompute here
     assert abs(comp["shift_ratio"] - rep["qc_components"]["shift_ratio"]) < 1e-3, (comp, rep["qc_components"])
-    assert abs(comp["nmi_shift_ratio"] - rep["qc_components"]["nmi_shift_ratio"]) < 1e-3, (comp, rep["qc_components"])
+    if "nmi_shift_ratio" in rep["qc_components"]:  # the pipeline asks the intensities about a flag only
+        assert abs(comp["nmi_shift_ratio"] - rep["qc_components"]["nmi_shift_ratio"]) < 1e-3, (comp, rep["qc_components"])
     # ground truth, for the record only (the score never sees it): mean endpoint error in the brain
     fg = normalize_intensity(p["fixed"]) > 0.05
     epe = float(np.linalg.norm(res.warp_mm - p["true_disp"], axis=0)[fg].mean())

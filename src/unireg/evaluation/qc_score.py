@@ -418,7 +418,9 @@ def score_registration(
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
 ) -> dict:
-    """:func:`qc_score` on the working grid, the way :func:`unireg.pipeline.register_images` calls it.
+    """:func:`qc_score` on the working grid, the way :func:`unireg.pipeline.register_images` calls it; a
+    registration the score flags is then judged by the intensities too (:func:`nmi_shift_ratio`, added to
+    ``qc_components``; :func:`flagged`).
 
     Parameters
     ----------
@@ -454,5 +456,12 @@ def score_registration(
         mask = both if both.any() else (user if user.any() else mask)
         fg_user = fg & user
         fg = fg_user if fg_user.any() else (user if user.any() else fg)
-    warped_img = warp(moving_w[None].float().to(dev), disp, padding_mode="border")[0, 0]
-    return qc_score(fixed_feat, warped, jac_w, mask, (fixed_w[0].float().to(dev), warped_img, fg))
+    out = qc_score(fixed_feat, warped, jac_w, mask)
+    if out["qc_flag"]:  # only a flag hears the intensities: 5 (2-D) or 7 NMIs, ~1 s on a 3-D head's grid
+        warped_img = warp(moving_w[None].float().to(dev), disp, padding_mode="border")[0, 0]
+        r = nmi_shift_ratio(fixed_w[0].float().to(dev), warped_img, fg)
+        ratio = math.nan if r is None else float(r)  # a second host read, for a flag only
+        if math.isfinite(ratio):
+            out["qc_components"]["nmi_shift_ratio"] = round(ratio, 5)
+            out["qc_flag"] = flagged(out["qc_components"], fixed_feat.dim() - 2)
+    return out
