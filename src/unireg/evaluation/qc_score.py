@@ -393,8 +393,9 @@ def qc_score(
     Returns
     -------
     dict
-        ``qc_score`` (float in [0, 1], higher = more likely failed), ``qc_flag``
-        (``qc_score >= QC_THRESHOLD``), ``qc_threshold``, and ``qc_components`` (the raw figures).
+        ``qc_score`` (float in [0, 1], higher = more likely failed), ``qc_flag`` (``qc_score >=
+        QC_THRESHOLD`` unless the intensities vouch for the alignment, :func:`flagged`), ``qc_threshold``,
+        and ``qc_components`` (the raw figures).
     """
     comp = qc_components(fixed_feat, warped_moving_feat, jac, mask, intensities)
     s = combine(comp)
@@ -449,15 +450,16 @@ def score_registration(
     if moving_mask is not None:
         mw = warp(_as_tensor(moving_mask).float().to(dev)[None, None], disp)[0, 0] >= 0.5
         user = mw if user is None else user & mw
-    fg = foreground_mask(fixed_w[0]).to(dev)
     if user is not None:
         both = mask & user
         # a mask that misses the foreground entirely: score the whole mask rather than nothing
         mask = both if both.any() else (user if user.any() else mask)
-        fg_user = fg & user
-        fg = fg_user if fg_user.any() else (user if user.any() else fg)
     out = qc_score(fixed_feat, warped, jac_w, mask)
     if out["qc_flag"]:  # only a flag hears the intensities: 5 (2-D) or 7 NMIs, ~1 s on a 3-D head's grid
+        fg = foreground_mask(fixed_w[0]).to(dev)
+        if user is not None:  # the same rule for the intensities' mask
+            fg_user = fg & user
+            fg = fg_user if fg_user.any() else (user if user.any() else fg)
         warped_img = warp(moving_w[None].float().to(dev), disp, padding_mode="border")[0, 0]
         r = nmi_shift_ratio(fixed_w[0].float().to(dev), warped_img, fg)
         ratio = math.nan if r is None else float(r)  # a second host read, for a flag only
