@@ -72,23 +72,26 @@ def _partial_volume(a: torch.Tensor, b: torch.Tensor, bins: int, weight: torch.T
             yield (ia + da) * bins + (ib + db), w * wa * wb
 
 
-def nmi(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor | None = None) -> float:
-    """NMI of two equally shaped samples in ~[0, 1] (clamped): ``bins`` equal bins per image, each
-    sample shared linearly between its two nearest bins (partial-volume binning, no hard edges)."""
+def _joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int, weight: torch.Tensor | None) -> torch.Tensor:
+    """``(bins, bins)`` float64 joint histogram (unnormalised) of :func:`_partial_volume`'s binning."""
     joint = torch.zeros(bins * bins, dtype=torch.float64, device=a.device)
     for index, w in _partial_volume(a, b, bins, weight):
         joint.index_add_(0, index, w.double())
-    joint = joint.view(bins, bins) / joint.sum().clamp_min(1e-12)
+    return joint.view(bins, bins)
+
+
+def nmi(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor | None = None) -> float:
+    """NMI of two equally shaped samples in ~[0, 1] (clamped): ``bins`` equal bins per image, each
+    sample shared linearly between its two nearest bins (partial-volume binning, no hard edges)."""
+    joint = _joint_histogram(a, b, bins, weight)
+    joint = joint / joint.sum().clamp_min(1e-12)
     h = _entropy(joint).clamp_min(1e-12)
     return float((_entropy(joint.sum(1)) + _entropy(joint.sum(0))) / h)
 
 
 def nmi_tensor(a: torch.Tensor, b: torch.Tensor, bins: int = BINS, weight: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`nmi` as a 0-d tensor on the samples' device (no host read)."""
-    joint = torch.zeros(bins * bins, dtype=torch.float64, device=a.device)
-    for index, w in _partial_volume(a, b, bins, weight):
-        joint.index_add_(0, index, w.double())
-    return _nmi_of_histograms(joint.view(bins, bins))
+    return _nmi_of_histograms(_joint_histogram(a, b, bins, weight))
 
 
 class Referee:

@@ -407,6 +407,15 @@ def qc_score(
     }
 
 
+def _within(mask: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+    """``mask`` inside the user's masks; a user mask that misses ``mask`` entirely: the user mask rather
+    than nothing (an empty one: ``mask``)."""
+    if user is None:
+        return mask
+    both = mask & user
+    return both if both.any() else (user if user.any() else mask)
+
+
 @torch.no_grad()
 def score_registration(
     fixed_w: torch.Tensor,
@@ -450,16 +459,10 @@ def score_registration(
     if moving_mask is not None:
         mw = warp(_as_tensor(moving_mask).float().to(dev)[None, None], disp)[0, 0] >= 0.5
         user = mw if user is None else user & mw
-    if user is not None:
-        both = mask & user
-        # a mask that misses the foreground entirely: score the whole mask rather than nothing
-        mask = both if both.any() else (user if user.any() else mask)
+    mask = _within(mask, user)
     out = qc_score(fixed_feat, warped, jac_w, mask)
     if out["qc_flag"]:  # only a flag hears the intensities: 5 (2-D) or 7 NMIs, ~1 s on a 3-D head's grid
-        fg = foreground_mask(fixed_w[0]).to(dev)
-        if user is not None:  # the same rule for the intensities' mask
-            fg_user = fg & user
-            fg = fg_user if fg_user.any() else (user if user.any() else fg)
+        fg = _within(foreground_mask(fixed_w[0]).to(dev), user)
         warped_img = warp(moving_w[None].float().to(dev), disp, padding_mode="border")[0, 0]
         r = nmi_shift_ratio(fixed_w[0].float().to(dev), warped_img, fg)
         ratio = math.nan if r is None else float(r)  # a second host read, for a flag only
