@@ -104,9 +104,12 @@ def _components(fixed_w, moving_w, disp) -> dict:
     jac = jacobian_determinant(disp)[0]
     ff, fm = mind_ssc(fixed_w[None]), mind_ssc(moving_w[None])
     mask = Q.scored_mask(fixed_w, Q.foreground_mask(fixed_w[0]), moving_w, disp)  # as score_registration
+    comp = Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, mask)
     warped = warp(moving_w[None], disp, padding_mode="border")[0, 0]
-    intensities = (fixed_w[0], warped, Q.foreground_mask(fixed_w[0]))
-    return Q.qc_components(ff, warp(fm, disp, padding_mode="border"), jac, mask, intensities)
+    ratio = Q.nmi_shift_ratio(fixed_w[0], warped, Q.foreground_mask(fixed_w[0]))  # as score_registration
+    if ratio is not None and math.isfinite(float(ratio)):  # computed for every case here, for a flag there
+        comp["nmi_shift_ratio"] = float(ratio)
+    return comp
 
 
 def real_label(epe: float, epe0: float) -> tuple[str, bool | None]:

@@ -303,7 +303,6 @@ def qc_components(
     warped_moving_feat: torch.Tensor,
     jac: torch.Tensor | np.ndarray,
     mask: torch.Tensor | np.ndarray | None = None,
-    intensities: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """The raw figures behind :func:`qc_score` (see the module docstring).
 
@@ -312,8 +311,6 @@ def qc_components(
     fixed_feat, warped_moving_feat : ``(1, C, *S)`` MIND-SSC features on the same grid.
     jac : ``(*S)`` det J of the displacement on that grid.
     mask : ``(*S)`` boolean foreground, or None for the voxels where the fixed features are not flat.
-    intensities : optional ``(fixed, warped moving, mask)``, each ``(*S)``: adds ``nmi_shift_ratio``
-        (:func:`nmi_shift_ratio`).
     """
     ff = fixed_feat.detach().float()  # on the features' device: one host read at the end
     dev = ff.device
@@ -335,29 +332,17 @@ def qc_components(
     bmin = torch.stack([_box(d, SMOOTH_RADIUS, den) for d in ds]).amin(0)
     sums = [(d0[0, 0] * m).sum() / n] + [(d[0, 0] * m).sum() / n for d in ds]
     sums += [((b0 >= bmin)[0, 0] & m).sum() / n, ((j <= 0) & m).sum() / n]
-    ratio = None
-    if intensities is not None:
-        fi, wi, mi = (_as_tensor(x).to(dev) for x in intensities)
-        ratio = nmi_shift_ratio(fi.reshape(spatial), wi.reshape(spatial), mi.bool().reshape(spatial))
-    if ratio is not None:
-        sums.append(ratio.float())
-    vals = torch.stack(sums).tolist()  # the one host read
-    nmi_ratio = vals.pop() if ratio is not None else None
-    if nmi_ratio is not None and not math.isfinite(nmi_ratio):
-        nmi_ratio = None  # too few points inside the eroded foreground to judge
+    vals = torch.stack(sums).tolist()
     mean0 = vals[0]
     mean_s = sum(vals[1 : 1 + len(ds)]) / len(ds)
     mismatch = vals[-2]
     folded = vals[-1] * 100.0
-    out = {
+    return {
         "mind_distance": mean0,
         "shift_ratio": mean0 / max(mean_s, 1e-12),
         "mismatch_fraction": mismatch,
         "folded_percent": folded,
     }
-    if nmi_ratio is not None:
-        out["nmi_shift_ratio"] = nmi_ratio
-    return out
 
 
 def combine(components: dict[str, float], weights: dict[str, float] | None = None) -> float:
@@ -376,10 +361,8 @@ def qc_score(
     warped_moving_feat: torch.Tensor,
     jac: torch.Tensor | np.ndarray,
     mask: torch.Tensor | np.ndarray | None = None,
-    intensities: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
-    """Failure score of one registration from features and Jacobian alone (no ground truth); the flag
-    also hears the intensities when they are given (:func:`flagged`).
+    """Failure score of one registration from features and Jacobian alone (no ground truth).
 
     Parameters
     ----------
@@ -388,16 +371,15 @@ def qc_score(
     jac : ``(*S)`` det J of the warp on the same grid.
     mask : optional ``(*S)`` boolean foreground of the fixed image (default: where the fixed
         features are not flat).
-    intensities : optional ``(fixed, warped moving, mask)`` intensities ``(*S)`` (:func:`qc_components`).
 
     Returns
     -------
     dict
-        ``qc_score`` (float in [0, 1], higher = more likely failed), ``qc_flag`` (``qc_score >=
-        QC_THRESHOLD`` unless the intensities vouch for the alignment, :func:`flagged`), ``qc_threshold``,
-        and ``qc_components`` (the raw figures).
+        ``qc_score`` (float in [0, 1], higher = more likely failed), ``qc_flag`` (:func:`flagged`: without
+        ``nmi_shift_ratio`` among the components, ``qc_score >= QC_THRESHOLD``), ``qc_threshold``, and
+        ``qc_components`` (the raw figures).
     """
-    comp = qc_components(fixed_feat, warped_moving_feat, jac, mask, intensities)
+    comp = qc_components(fixed_feat, warped_moving_feat, jac, mask)
     s = combine(comp)
     return {
         "qc_score": round(s, 4),
