@@ -127,7 +127,7 @@ def fallbacks(report: dict, deformation: str | None = None) -> list[str]:
     return [k for k in out if needed.get(k, False)]
 
 
-def evaluate_pair(spec, args, work: Path, writer, fh) -> list[dict]:
+def evaluate_pair(spec, args, work: Path, writer, fh, anatomy: dict | None = None) -> list[dict]:
     import numpy as np
 
     from unireg.evaluation.suite.cases import build_case, write_case
@@ -135,7 +135,7 @@ def evaluate_pair(spec, args, work: Path, writer, fh) -> list[dict]:
     from unireg.io.warp import read_displacement_field
 
     t0 = time.perf_counter()
-    case = build_case(spec)
+    case = build_case(spec, anatomy)
     d = work / spec.name
     paths = write_case(case, d)
     meta = case["meta"]

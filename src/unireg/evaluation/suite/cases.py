@@ -156,15 +156,16 @@ def _render_moving(
     return img.reshape(grid.shape), lab.reshape(grid.shape), worst
 
 
-def build_case(spec: CaseSpec) -> dict:
-    """Synthesise one pair in memory.
+def build_case(spec: CaseSpec, anatomy: dict | None = None) -> dict:
+    """Synthesise one pair in memory (``anatomy``: a fixed image given as :func:`make_anatomy` returns one,
+    e.g. a real scan, instead of the spec's anatomy family).
 
     Returns ``{"spec", "fixed": (img, affine), "moving": (img, affine), "fixed_labels", "moving_labels",
     "mask" (fixed grid, bool: inside the object), "true_warp_mm" (nd, *S_fixed) RAS mm fixed->moving,
     "true_map" (:class:`TrueMap`), "meta"}``.
     """
     nd = spec.ndim
-    anat = make_anatomy(spec.anatomy, nd, spec.rng(0), tiny=spec.tiny)
+    anat = anatomy if anatomy is not None else make_anatomy(spec.anatomy, nd, spec.rng(0), tiny=spec.tiny)
     f_img, f_lab, f_aff = anat["image"], anat["labels"], anat["affine"]
     fixed = Grid(tuple(f_img.shape), f_aff)
     tmap, dinfo = make_deformation(spec.deformation, fixed, spec.rng(1), centres=anat["centres"])
