@@ -18,6 +18,7 @@ __all__ = [
     "affine_nd",
     "embed_nd",
     "working_grid",
+    "cropped_grid",
     "pull",
     "apply_homogeneous",
     "slabs",
@@ -119,6 +120,16 @@ def working_grid(
     m[:nd, :nd] = np.eye(nd) * spacing
     m[:nd, nd] = origin
     return out_shape, embed_nd(m, nd)
+
+
+def cropped_grid(affine4: np.ndarray, box: Sequence[slice]) -> tuple[tuple[int, ...], np.ndarray]:
+    """The part ``box`` (one slice per axis, step 1) of a grid: its shape and its voxel -> world matrix
+    (the same voxel centres, the origin moved to the box's first voxel)."""
+    nd = len(box)
+    start = np.array([b.start for b in box], np.float64)
+    out = np.array(affine4, np.float64).copy()
+    out[:3, 3] = out[:3, 3] + out[:3, :nd] @ start
+    return tuple(int(b.stop - b.start) for b in box), out
 
 
 def pull(
