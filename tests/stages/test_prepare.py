@@ -60,3 +60,41 @@ def test_a_small_2d_registration_runs_its_stages_on_one_thread(two_threads, monk
     r = api.register(api.as_image((img, aff)), api.as_image((np.roll(img, 2, axis=0), aff)), qc=False, refine=0)
     assert seen == [1] and r.report["threads"] == 1
     assert torch.get_num_threads() == 2  # the caller's count, back
+
+
+def _head_in_air(shift: int = 0):
+    """A textured ellipsoid 'head' filling a third of a 2 mm field of view of air."""
+    g = np.random.default_rng(1)
+    idx = np.indices((56, 60, 52)).astype(np.float32)
+    r = np.sqrt(((idx[0] - 28) / 12) ** 2 + ((idx[1] - 30) / 14) ** 2 + ((idx[2] - 26) / 11) ** 2)
+    from scipy import ndimage
+
+    tex = ndimage.gaussian_filter(g.standard_normal(r.shape), 2.0)
+    img = ((r < 1) * (0.6 + 0.8 * tex / np.abs(tex).max())).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    return api.as_image((np.roll(img, shift, axis=0), aff))
+
+
+def test_the_3d_working_grid_covers_the_object_not_the_air_and_the_warp_continues_its_edge(monkeypatch):
+    from unireg.stages import prepare as prep
+
+    fixed, moving = _head_in_air(), _head_in_air(shift=2)
+    r = api.register(fixed, moving, qc=False, affine=False, refine=5)
+    crop = r.report["working_grid"]["shape"]
+    assert all(c < n for c, n in zip(crop, (56, 60, 52)))  # the head (24x28x22 voxels) + 12 mm, not 56x60x52
+    assert all(c >= o + 2 * 6 for c, o in zip(crop, (23, 27, 21))), crop
+    # outside the box the warp repeats its edge values (constant along the axis that leaves the box), so
+    # it has no jump where the box ends: the 4 mm shift has spread 1-3 mm beyond the box's edges
+    w = r.warp_mm
+    assert np.allclose(w[:, :2], w[:, 2:3], atol=1e-5) and np.allclose(w[:, -2:], w[:, -3:-2], atol=1e-5)
+    assert np.abs(w[0, :2]).max() > 0.5
+    assert max(float(np.abs(np.diff(w, axis=a)).max()) for a in (1, 2, 3)) < 1.5
+    assert r.report["folded_percent"] == 0.0
+    monkeypatch.setitem(prep.OBJECT_MARGIN_MM, 3, None)
+    whole = api.register(fixed, moving, qc=False, affine=False, refine=5)
+    assert whole.report["working_grid"]["shape"] == [56, 60, 52]
+    inside = (np.asarray(fixed.data[0]) > 0)
+    # the shift (4 mm along x) is recovered as well inside the head with the smaller grid
+    err_crop = np.abs(r.warp_mm[0][inside] - 4.0).mean()
+    err_whole = np.abs(whole.warp_mm[0][inside] - 4.0).mean()
+    assert err_crop < 1.0 and err_crop < err_whole + 0.1
