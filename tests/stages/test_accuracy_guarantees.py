@@ -46,10 +46,11 @@ def test_aligned_pair_in_another_contrast_keeps_dice(nd):
     kept = _gm_wm(lab, res.warped_labels.data[0])
     assert kept >= ANTS_ALIGNED_DICE[nd], (kept, res.report["stages"])
     assert res.report["folded_percent"] < 0.05
-    # do no harm: the NMI referee sees that nothing the stages found beats the input, so the pair
-    # stays as it came (no pair ends below "no registration")
+    # do no harm: the gate (the feature cost, then the NMI referee) sees that nothing the stages found
+    # beats the input, so the pair stays as it came (no pair ends below "no registration")
     assert kept >= 0.995, (kept, res.report["stages"])
-    assert "NMI" in res.report["stages"]["deformable"]["reason"]
+    reason = res.report["stages"]["deformable"]["reason"]
+    assert "NMI" in reason or "no improvement" in reason, reason
 
 
 def test_the_referee_refuses_an_affine_the_feature_cost_was_fooled_by(monkeypatch):
