@@ -57,7 +57,8 @@ def _package_file(package: str, *parts: str) -> Path:
     try:
         p = Path(str(importlib.resources.files(package).joinpath(*parts)))
     except ModuleNotFoundError:
-        raise SystemExit(f"real_scans.py: the package {package!r} is not installed (pip install -e '.[bench]')") from None
+        raise SystemExit(f"real_scans.py: the package {package!r} is not installed "
+                         "(pip install -e '.[bench]')") from None
     if not p.is_file():
         raise SystemExit(f"real_scans.py: {p} is missing from the installed {package!r}")
     return p
@@ -83,11 +84,10 @@ def _volume(source: str) -> tuple[np.ndarray, np.ndarray]:
 
 def head_mask(img: np.ndarray) -> np.ndarray:
     """Otsu threshold of the lightly smoothed image, largest component, holes filled."""
+    import torch
     from scipy import ndimage
 
     from unireg.align.foreground import otsu_threshold
-
-    import torch
 
     sm = ndimage.gaussian_filter(img, 1.0)
     t = float(otsu_threshold(torch.from_numpy(sm)))
@@ -145,15 +145,18 @@ def anatomy(source: str, ndim: int, rng: np.random.Generator) -> dict:
             "desc": desc}
 
 
-def case_list(dims, pairs: int) -> list:
+def case_list(dims, pairs: int, deformations=None) -> list:
     """The frozen list: per dim and deformation family ``pairs`` cases; sources, intensity and grid families
-    in turn (offset so that every deformation family meets every source and several contrasts)."""
+    in turn (offset so that every deformation family meets every source and several contrasts).
+    ``deformations``: keep only these deformation families (the others' cases are unchanged)."""
     from unireg.evaluation.suite.cases import DEFORMATIONS, GRIDS, INTENSITIES, CaseSpec
 
     out = []
     for nd in dims:
         srcs = SOURCES[nd]
         for di, d in enumerate(DEFORMATIONS):
+            if deformations and d not in deformations:
+                continue
             for i in range(pairs):
                 out.append(CaseSpec(nd, INDEX0 + i, d, INTENSITIES[(3 * di + i) % len(INTENSITIES)],
                                     GRIDS[(di + i) % len(GRIDS)], srcs[(di + i) % len(srcs)]))
@@ -195,6 +198,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=4, help="pairs per deformation family and dim (default 4: 40 pairs)")
     p.add_argument("--dims", default="2,3", help="comma list of 2 and/or 3")
+    p.add_argument("--deformations", default="", help="comma list: only these deformation families")
     p.add_argument("--methods", default="none,unireg,ants", help="comma list from " + ",".join(held_out.METHODS))
     p.add_argument("--unireg-args", default="", help='options passed to `unireg register`')
     p.add_argument("--threads", type=int, default=1, help="threads for every method (default 1)")
@@ -211,7 +215,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    specs = case_list(dims, args.pairs)
+    specs = case_list(dims, args.pairs, [d.strip() for d in args.deformations.split(",") if d.strip()])
     work = args.work or Path(tempfile.mkdtemp(prefix="unireg_real_scans_"))
     work.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,14 +233,15 @@ def main(argv=None) -> int:
             rows += held_out.evaluate_pair(spec, args, work, writer, fh, anatomy=anat)
     os.replace(tmp, csv_path)
     load1 = os.getloadavg()
-    secs = {m: statistics.median([float(r["seconds"]) for r in rows if r["method"] == m and r.get("seconds") not in (None, "")])
+    secs = {m: statistics.median([float(r["seconds"]) for r in rows if r["method"] == m and r.get("seconds")])
             for m in args.methods if m != "none" and any(r["method"] == m and r.get("seconds") for r in rows)}
-    cmd = "python benchmarks/real_scans.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    cmd = "python benchmarks/real_scans.py " + " ".join(shlex.quote(a) for a in given)
     text = (f"# Real scans from other scanners (test data of dipy and nibabel), known maps\n\n`{cmd.strip()}` "
             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {(time.perf_counter() - t0) / 60:.1f} min, "
             f"{args.threads} thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f}; UniReg args: "
-            f"`{args.unireg_args or '(defaults)'}`)\n\nTissue Dice (three intensity classes of the fixed scan, carried by "
-            f"the true map); EPE inside the head against the known map; median whole-process seconds "
+            f"`{args.unireg_args or '(defaults)'}`)\n\nTissue Dice (three intensity classes of the fixed scan, "
+            f"carried by the true map); EPE inside the head against the known map; median whole-process seconds "
             + ", ".join(f"{m} {s:.1f}" for m, s in secs.items()) + ".\n\n## By source\n\n"
             + by_source(rows, args.methods) + "\n\n## By family (as held_out.py)\n\n"
             + held_out.summarise(rows, args.methods) + "\n")

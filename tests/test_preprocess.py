@@ -49,8 +49,8 @@ def test_only_coarsened_axes_are_smoothed():
 def _block(shape, lo, hi):
     """A bright block (an inner brighter core) in air: the object spans ``lo..hi-1`` per axis."""
     img = torch.zeros(shape)
-    img[tuple(slice(a, b) for a, b in zip(lo, hi))] = 0.6
-    img[tuple(slice(a + (b - a) // 3, b - (b - a) // 3) for a, b in zip(lo, hi))] = 1.0
+    img[tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))] = 0.6
+    img[tuple(slice(a + (b - a) // 3, b - (b - a) // 3) for a, b in zip(lo, hi, strict=False))] = 1.0
     return img
 
 

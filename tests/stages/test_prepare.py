@@ -81,8 +81,9 @@ def test_the_3d_working_grid_covers_the_object_not_the_air_and_the_warp_continue
     fixed, moving = _head_in_air(), _head_in_air(shift=2)
     r = api.register(fixed, moving, qc=False, affine=False, refine=5)
     crop = r.report["working_grid"]["shape"]
-    assert all(c < n for c, n in zip(crop, (56, 60, 52)))  # the head (24x28x22 voxels) + 12 mm, not 56x60x52
-    assert all(c >= o + 2 * 6 for c, o in zip(crop, (23, 27, 21))), crop
+    # the head (24x28x22 voxels) + 12 mm, not 56x60x52
+    assert all(c < n for c, n in zip(crop, (56, 60, 52), strict=False))
+    assert all(c >= o + 2 * 6 for c, o in zip(crop, (23, 27, 21), strict=False)), crop
     # outside the box the warp repeats its edge values (constant along the axis that leaves the box), so
     # it has no jump where the box ends: the 4 mm shift has spread 1-3 mm beyond the box's edges
     w = r.warp_mm
