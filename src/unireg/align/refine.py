@@ -472,6 +472,7 @@ def refine_multilevel(
     moving_fov_w: torch.Tensor | None = None,
     moving_fov_fine: torch.Tensor | None = None,
     keep_finest: Callable[[FinestLevel], None] = lambda finest: None,
+    control_voxels: int | None = None,
 ) -> torch.Tensor:
     """Refine ``velocity`` ``(1, n, *S_v)`` level by level, on its own grid (a control grid: the
     similarity is measured at each level's resolution, the displacement brought to it).
@@ -483,6 +484,8 @@ def refine_multilevel(
     ``moving_fov_*``: ``(1, 1, *S)`` the moving image's field of view (1 inside) on the working and
     fine grids (:data:`FOV_AWARE`); None: every point counts.  ``keep_finest``: called with each
     working/native level's :class:`FinestLevel` as it ends (the last call is the finest; :func:`polish`).
+    ``control_voxels``: the size that decides whether the control grid refines to the working grid
+    (:data:`FINE_CONTROL_VOXELS`); default the working grid's.
     """
     lam = REFINE_REG[velocity.dim() - 2] * float(smoothness)
     v = velocity
@@ -506,7 +509,8 @@ def refine_multilevel(
                 v, ff, fm, level.iterations, smoothness, level.lr, int_steps, mask, generator=gen, moving_valid=valid
             )
         elif level.name in ("working", "native"):
-            if math.prod(w_shape) <= FINE_CONTROL_VOXELS and tuple(v.shape[2:]) != w_shape:
+            size = math.prod(w_shape) if control_voxels is None else int(control_voxels)
+            if size <= FINE_CONTROL_VOXELS and tuple(v.shape[2:]) != w_shape:
                 if STEP_IN_MM[v.dim() - 2]:  # the same step in mm on the finer control grid
                     step = max((a - 1) / max(b - 1, 1) for a, b in zip(w_shape, v.shape[2:], strict=True))
                 v = resize_field(v, w_shape)  # small images: the control grid refines to the working grid

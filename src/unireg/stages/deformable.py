@@ -44,6 +44,9 @@ POLISH_TOLERANCE = 0.25
 IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
 # The local gate (local_gate): patch side per dimension (mm; a patch holds a few thousand of the
 # referee's points) and the fewest points a patch needs to be judged.
+# The control grid refines to the working grid for a small image (refine.FINE_CONTROL_VOXELS) judged by
+# the working grid over the whole field of view (True), or by the grid cropped to the object (False).
+CONTROL_BY_FOV = True
 LOCAL_GATE = True
 LOCAL_RESCUE = True  # a deformation refused whole may be kept trimmed (deformable_gate)
 LOCAL_PATCH_MM = {2: 16.0, 3: 24.0}
@@ -182,6 +185,7 @@ def refine(s: State) -> None:
             on_level=on_level,
             seed=s.opts.seed,
             moving_fov_w=fov_w,
+            control_voxels=math.prod(s.fov_w_shape) if CONTROL_BY_FOV else None,
             moving_fov_fine=fov_f,
             keep_finest=(lambda f: setattr(s, "finest", f)) if not _polish_off(s) else (lambda f: None),
         )

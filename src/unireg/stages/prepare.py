@@ -95,6 +95,7 @@ def prepare(s: State) -> None:
         s.moving_n = normalize_tensor(as_tensor(s.moving.data[0]).to(s.device), mask=_mask_values(mm, s.device))
         s.w_shape, s.w_aff4 = working_grid(s.fixed.spatial_shape, s.fixed.affine, **s.model.working)
         check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
+        s.fov_w_shape = tuple(s.w_shape)
         s.fixed_w = to_working_grid(s.fixed_n, s.fixed.affine, s.fixed.spacing, s.w_shape, s.w_aff4)
         w_spacing = float(np.linalg.norm(s.w_aff4[:3, 0]))
         margin = OBJECT_MARGIN_MM[s.nd]

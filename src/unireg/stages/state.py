@@ -92,6 +92,7 @@ class State:
     moving_n: torch.Tensor = field(init=False)
     w_shape: tuple = field(init=False)
     w_aff4: np.ndarray = field(init=False)  # working grid voxel -> world (4x4)
+    fov_w_shape: tuple = field(init=False)  # the working grid over the whole field of view (before the crop)
     fixed_w: torch.Tensor = field(init=False)  # (1, *S_w) on the device
     fine_factor: int = 1  # native (fine) grid = working grid subdivided by this
     f_shape: tuple = field(init=False)
