@@ -208,7 +208,14 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="real_scans", help="file name stem of the results")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--summarise", type=Path, default=None, metavar="CSV",
+                   help="print the tables of a finished run's CSV again (nothing is run)")
     args = p.parse_args(argv)
+    if args.summarise is not None:
+        rows = held_out.read_rows(args.summarise)
+        methods = [m for m in held_out.METHODS if any(r["method"] == m for r in rows)]
+        print("## By source\n\n" + by_source(rows, methods) + "\n\n## By family\n\n" + held_out.summarise(rows, methods))
+        return 0
     args.methods = [m for m in held_out.METHODS if m in {x.strip() for x in args.methods.split(",")} | {"none"}]
     dims = tuple(int(d) for d in args.dims.split(",") if d.strip())
 
