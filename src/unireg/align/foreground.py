@@ -1,4 +1,4 @@
-"""Object (foreground) masks for the affine starts: the image's own Otsu threshold.
+"""Object (foreground) masks for the affine starts and the working grid's box: the image's own Otsu threshold.
 
 A fixed threshold on the normalised intensity is not enough across scanners: noise and bias inside a
 moving image's field of view can sit above it, and the "foreground" centroid then becomes the centroid
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["otsu_threshold"]
+__all__ = ["otsu_threshold", "object_box"]
 
 
 def otsu_threshold(image: torch.Tensor, bins: int = 128) -> float:
@@ -33,3 +33,28 @@ def otsu_threshold(image: torch.Tensor, bins: int = 128) -> float:
     between[(w0 == 0) | (w1 == 0)] = -1.0
     k = int(torch.argmax(between))
     return float(lo + (k + 1) * (hi - lo) / bins)  # upper edge of the last background bin
+
+
+def object_box(image: torch.Tensor, margin_vox: int, mask: torch.Tensor | None = None,
+               tail: float = 1e-3, min_saving: float = 0.1) -> tuple[slice, ...] | None:
+    """The box (one slice per axis) around the object of ``image`` ``(*S)``, ``margin_vox`` voxels wider on
+    every side (clipped to the grid), or None when it would keep more than ``1 - min_saving`` of the grid.
+
+    The object: ``mask`` where given (nonzero), else the voxels above half of the image's Otsu threshold
+    (air and background noise lie below it in MR and CT alike).  Per axis the box leaves out the first and
+    last ``tail`` of the object's voxels, so that stray bright background voxels (noise, ghosts) do not
+    widen it; the margin covers what that leaves out at an object's edges."""
+    obj = mask.bool() if mask is not None else image > 0.5 * otsu_threshold(image)
+    total = obj.sum()
+    if not bool(total > 0):
+        return None
+    box, kept = [], 1.0
+    for ax, n in enumerate(obj.shape):
+        other = tuple(a for a in range(obj.ndim) if a != ax)
+        cum = torch.cumsum(obj.sum(dim=other), 0).double() / total
+        lo = int((cum <= tail).sum())
+        hi = int((cum < 1.0 - tail).sum()) + 1
+        lo, hi = max(0, lo - margin_vox), min(n, hi + margin_vox)
+        box.append(slice(lo, hi))
+        kept *= (hi - lo) / n
+    return tuple(box) if kept <= 1.0 - min_saving else None

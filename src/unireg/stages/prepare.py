@@ -8,11 +8,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from ..align.foreground import object_box
 from ..align.referee import Referee
 from ..errors import UniRegError
 from ..intensity import normalize_tensor
 from ..masks import mask_on_grid
-from ..preprocess import as_tensor, object_box, to_working_grid
+from ..preprocess import as_tensor, to_working_grid
 from ..spatial.grid import apply_matrix
 from ..spatial.world import cropped_grid, native_factor, subdivided_grid, working_grid
 from .state import State
