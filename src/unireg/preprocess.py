@@ -52,4 +52,3 @@ def to_working_grid(
     """
     t = as_tensor(data) if smoothed else presmooth(data, spacing_in, float(spacing(out_affine4, 1)[0]))
     return pull(t[None], affine4, out_shape, out_affine4, world_map=world_map)
-

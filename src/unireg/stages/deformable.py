@@ -42,11 +42,12 @@ __all__ = ["features", "network", "refine", "integrate", "deformable_gate", "pol
 # moved by < 2 % on the pairs it helped and the pairs it hurt alike: the cost cannot tell them apart.
 POLISH_TOLERANCE = 0.25
 IMPROVEMENT = 1e-3  # relative feature-cost decrease a deformable stage must reach to be kept
+# The control grid refines to the working grid for a small image (refine.FINE_CONTROL_VOXELS) judged by
+# the working grid over the whole field of view (True), or by the grid cropped to the object (False: an
+# EPI slab whose crop fell below the threshold lost 1-3 points on the finer control grid).
+CONTROL_BY_FOV = True
 # The local gate (local_gate): patch side per dimension (mm; a patch holds a few thousand of the
 # referee's points) and the fewest points a patch needs to be judged.
-# The control grid refines to the working grid for a small image (refine.FINE_CONTROL_VOXELS) judged by
-# the working grid over the whole field of view (True), or by the grid cropped to the object (False).
-CONTROL_BY_FOV = True
 LOCAL_GATE = True
 LOCAL_RESCUE = True  # a deformation refused whole may be kept trimmed (deformable_gate)
 LOCAL_PATCH_MM = {2: 16.0, 3: 24.0}
