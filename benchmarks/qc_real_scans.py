@@ -78,7 +78,8 @@ def _score(args, kwargs, **change) -> dict:
         feats = [feats[0], mind_ssc(moving_w[None].float())]
     with torch.no_grad():
         rep = Q.score_registration(fixed_w, moving_w, disp_w, jac_w, *feats, **kwargs)
-    return {"flag": bool(rep["qc_flag"]), "qc_score": rep["qc_score"], **rep["qc_components"]}
+        out = {"flag": bool(rep["qc_flag"]), "qc_score": rep["qc_score"], **rep["qc_components"]}
+    return out
 
 
 def _label(got: dict, none: dict) -> str:
@@ -120,10 +121,10 @@ def run(dims, pairs: int, limit: int | None = None) -> list[dict]:
         nd = spec.ndim
         base = dict(case=spec.name, dim=nd, source=spec.anatomy, grid=spec.grid, intensity=spec.intensity)
         kind = _label(got, none)
+        scored = _score(args, kwargs)
+        assert scored["flag"] == bool(res.report["qc_flag"]), (scored, res.report["qc_components"])  # the same call
         rows.append(dict(base, kind=kind, dice=round(got["dice"], 4), dice_none=round(none["dice"], 4),
-                         epe_mm=round(got["epe_mm"], 3), epe_none_mm=round(none["epe_mm"], 3),
-                         flag=bool(res.report["qc_flag"]), qc_score=res.report["qc_score"],
-                         **res.report["qc_components"]))
+                         epe_mm=round(got["epe_mm"], 3), epe_none_mm=round(none["epe_mm"], 3), **scored))
         moving_w, disp_w = args[1], args[2]
         shape = tuple(disp_w.shape[2:])
         w_mm = _working_mm(res)  # displacements are in working voxels
@@ -172,7 +173,8 @@ def summary(rows: list[dict]) -> str:
                      f"mismatch {r['mismatch_fraction']:.3f}, NMI shift ratio {r.get('nmi_shift_ratio', 'none')}")
     missed = [r for r in rows if not r["flag"] and r["kind"] in BROKEN]
     lines.append(f"broken on purpose and not flagged: {len(missed)}")
-    lines += [f"  {r['case']} {r['kind']}" for r in missed]
+    lines += [f"  {r['case']} {r['kind']}: score {r['qc_score']:.3f}, NMI shift ratio {r.get('nmi_shift_ratio')}"
+              for r in missed]
     return "\n".join(lines)
 
 
