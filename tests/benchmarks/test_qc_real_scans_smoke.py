@@ -1,18 +1,12 @@
 """``benchmarks/qc_real_scans.py``: the failure flag on real scans, on a registration and its broken copies."""
 
-import importlib.util
 from pathlib import Path
 
-import pytest
-
-from .scripts import load_script
+from .scripts import load_script, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "qc_real_scans.py"
-pytestmark = [
-    pytest.mark.skipif(not SCRIPT.is_file(), reason="benchmarks/ not present"),
-    pytest.mark.skipif(importlib.util.find_spec("dipy") is None, reason="dipy (bench extra) not installed"),
-]
+pytestmark = needs(SCRIPT, "dipy")
 
 
 def test_labels_follow_the_known_map():

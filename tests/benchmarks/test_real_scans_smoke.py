@@ -1,20 +1,16 @@
 """``benchmarks/real_scans.py``: real scans from dipy's and nibabel's wheels, their tissue labels, the frozen
 case list, and one pair end to end (UniReg against no registration)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .scripts import load_script
+from .scripts import load_script, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "real_scans.py"
-pytestmark = [
-    pytest.mark.skipif(not SCRIPT.is_file(), reason="benchmarks/ not present"),
-    pytest.mark.skipif(importlib.util.find_spec("dipy") is None, reason="dipy (bench extra) not installed"),
-]
+pytestmark = needs(SCRIPT, "dipy")
 
 
 def test_the_case_list_is_frozen_and_meets_every_source():
