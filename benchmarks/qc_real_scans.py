@@ -61,8 +61,6 @@ def _capture():
 
 def _score(args, kwargs, **change) -> dict:
     """The captured QC call again, with ``change`` (a replaced ``moving_w`` / ``disp_w``): flag, score, components."""
-    import torch
-
     from unireg.evaluation import qc_score as Q
 
     fixed_w, moving_w, disp_w, jac_w, *feats = args
@@ -76,10 +74,8 @@ def _score(args, kwargs, **change) -> dict:
         from unireg.features.mind import mind_ssc
 
         feats = [feats[0], mind_ssc(moving_w[None].float())]
-    with torch.no_grad():
-        rep = Q.score_registration(fixed_w, moving_w, disp_w, jac_w, *feats, **kwargs)
-        out = {"flag": bool(rep["qc_flag"]), "qc_score": rep["qc_score"], **rep["qc_components"]}
-    return out
+    rep = Q.score_registration(fixed_w, moving_w, disp_w, jac_w, *feats, **kwargs)  # (under no_grad itself)
+    return {"flag": bool(rep["qc_flag"]), "qc_score": rep["qc_score"], **rep["qc_components"]}
 
 
 def _label(got: dict, none: dict) -> str:
@@ -90,18 +86,11 @@ def _label(got: dict, none: dict) -> str:
     return "failed_registration" if got["epe_mm"] >= none["epe_mm"] else "ambiguous"
 
 
-def _smooth_field(shape, max_vox: float, seed: int):
-    from unireg.data.synth import coarse_shape, deform_pair_field, random_velocity
-
-    cs = coarse_shape(shape, 8)
-    factor = (shape[0] - 1) / (cs[0] - 1)
-    return deform_pair_field(random_velocity(cs, max_vox / factor, seed=seed), shape)[0]
-
-
 def run(dims, pairs: int, limit: int | None = None) -> list[dict]:
     """Rows of the first ``limit`` (None: every) frozen pair of ``dims``: the registration, then its broken copies."""
     import torch
     import torch.nn.functional as F
+    from calibrate_qc import _smooth_field  # the random deformation calibrate_qc.py breaks its pairs with
 
     from unireg import api
     from unireg.evaluation.suite import scoring
@@ -127,7 +116,7 @@ def run(dims, pairs: int, limit: int | None = None) -> list[dict]:
                          epe_mm=round(got["epe_mm"], 3), epe_none_mm=round(none["epe_mm"], 3), **scored))
         moving_w, disp_w = args[1], args[2]
         shape = tuple(disp_w.shape[2:])
-        w_mm = _working_mm(res)  # displacements are in working voxels
+        w_mm = float(res.report["working_grid"]["spacing_mm"])  # displacements are in working voxels
         rng = np.random.default_rng(1000 + i)
         direction = rng.normal(size=nd)
         direction /= np.linalg.norm(direction)
@@ -147,10 +136,6 @@ def run(dims, pairs: int, limit: int | None = None) -> list[dict]:
         others.setdefault(nd, []).append((spec.anatomy, moving_w.detach().clone()))
         print(f"  [{i + 1}/{len(specs)}] {spec.name}: {kind} {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
-
-
-def _working_mm(res) -> float:
-    return float(res.report["working_grid"]["spacing_mm"])
 
 
 def summary(rows: list[dict]) -> str:
