@@ -266,6 +266,23 @@ def test_affine_stage_finds_a_slice_turned_far_in_its_plane(degrees):
     assert _gm_wm(lab, res.warped_labels.data[0]) > 0.95, res.report["stages"]["affine"]
 
 
+def test_an_affine_that_brings_the_object_into_view_is_kept():
+    """The moving slice's world coordinates 230 mm away from the fixed one's (another scanner's or
+    program's origin): through the identity no fixed structure lies inside the moving field of view,
+    so the start's feature cost is zero on the points it sees, and an affine that finds the object
+    was refused for not lowering it ("no improvement") and the pair flagged as failed.  ANTs' default
+    starts from the centres of mass; here the centroid starts find it and the referee has the say."""
+    mni = load_mni(1.0)
+    k = mni["t1"].data.shape[-1] // 2
+    t1 = np.ascontiguousarray(mni["t1"].data[0][:, :, k], dtype=np.float32)
+    lab = np.ascontiguousarray(mni["labels"].data[0][:, :, k])
+    far = np.eye(4)
+    far[:2, 3] = [180.0, -140.0]
+    res = api.register((t1, np.eye(4)), (_t2_copy(t1[..., None])[..., 0], far), labels=(lab, far), refine=0, qc=False)
+    assert res.report["stages"]["affine"]["kept"], res.report["stages"]["affine"]
+    assert _gm_wm(lab, res.warped_labels.data[0]) > 0.95, res.report["stages"]["affine"]
+
+
 def test_the_local_gate_fades_motion_where_nothing_moved(monkeypatch):
     """The frozen suite's five 2-D radial pairs (one structure pushed outwards, the rest untouched; CT-,
     PD-, FLAIR-like and other contrasts): the feature cost also moves the untouched part (0.3-1.1 mm on

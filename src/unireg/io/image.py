@@ -241,7 +241,7 @@ def _check_values(arr: np.ndarray, labels: bool, p: Path, constant_ok: bool = Fa
     lo, hi = float(arr.min()), float(arr.max())  # NaN propagates, Inf is an extreme: two passes say it all
     if not (np.isfinite(lo) and np.isfinite(hi)):
         nbad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise UniRegError(f"{nbad} of {arr.size} voxels are NaN or Inf", p)
+        raise UniRegError(f"{nbad} of {arr.size} voxels are NaN or Inf (set them to the background, e.g. 0, first)", p)
     if lo == hi and not constant_ok:
         raise UniRegError(f"image is constant (every voxel is {lo:g})", p)
     return arr

@@ -8,7 +8,8 @@ before it moves) and are ranked again; the best is optimised at 8 and 4 mm (a po
 grid's features, ``POLISH_ITERATIONS``, is off by default); in 3-D it is then refined on the working
 grids' intensities by mutual information (``MI_LEVELS``; from the referee's favourite far start too,
 ``MI_RESTART``), which replaces it only if the referee below prefers it from both images.  The winner
-replaces the starting transform only if its feature cost is lower than the start's (``affine_cost``)
+replaces the starting transform only if its feature cost is lower than the start's (``affine_cost``;
+or the start leaves most of the fixed object outside the moving field of view and the winner does not)
 **and** the do-no-harm referee (NMI at the native grids, :mod:`unireg.align.referee`), seen from the
 fixed image and from the moving one, scores it higher (by the deformations' 0.5 % margin when it moves
 the object by less than half a voxel, ``SUBVOXEL_AFFINE``); else, in 2-D, an answer that moves the object
@@ -343,7 +344,12 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
     if not s.opts.do_no_harm:
         s.keep("affine", True, what + "; do-no-harm check off")
         return best
-    if best_c < start_c * (1 - IMPROVEMENT) and best_o >= MIN_OVERLAP * start_o:
+    lower = best_c < start_c * (1 - IMPROVEMENT) and best_o >= MIN_OVERLAP * start_o
+    # a start that leaves most of the fixed object outside the moving field of view (world coordinates
+    # from another scanner or program) costs little on the few points it sees: an affine that brings
+    # the object into view is put to the referee whatever the two costs
+    into_view = start_o < MIN_OVERLAP <= best_o
+    if lower or into_view:
         ok, verdict = _referee_prefers(s, start, best)
         if ok:
             s.keep("affine", True, what + verdict)
