@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +75,25 @@ def test_the_network_is_a_cascade_only_when_nothing_refines_after_it(monkeypatch
     deformable.features(s)
     deformable.network(s)
     assert seen == [passes]
+
+
+def test_a_partial_field_of_view_is_scored_where_it_has_data():
+    """The MNI T1 (2 mm, the whole head) against a real T1 of another subject that covers only the
+    middle of the brain (nibabel's anatomical.nii: 66 x 82 x 50 mm around the ventricles).  The affine
+    lands it on the ventricles; the failure score measured over the whole fixed head read the 92 %
+    the moving image does not cover as mismatch (score 0.99, flagged: exit status 3 for a good
+    registration).  Scored where the fixed head lands inside the moving field of view: 0.16, not
+    flagged.  With ``finish.FOV_AWARE = False`` this test fails (checked)."""
+    import nibabel
+
+    from unireg import api
+    from unireg.data.mni import load_mni
+
+    sub = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
+    if not sub.exists():
+        pytest.skip("nibabel's test data is not installed")
+    mni = load_mni(2.0)
+    res = api.register((mni["t1"].data[0].astype(np.float32), mni["t1"].affine), str(sub))
+    assert res.report["stages"]["affine"]["kept"], res.report["stages"]["affine"]
+    assert not res.report["qc_flag"], res.report["qc_components"]
+    assert res.report["qc_score"] < 0.5, res.report["qc_components"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..align.refine import valid_fov
 from ..evaluation.metrics import dice
 from ..evaluation.qc_score import score_registration
 from ..io.image import Image
@@ -19,10 +20,14 @@ from ..report_schema import REPORT_FORMAT, Report
 from ..resample import resample_fixed_grid, warp_labels
 from ..spatial.grid import with_caller_threads
 from ..spatial.world import embed_nd
-from .prepare import moving_mask_on
+from .prepare import fov_covers, moving_fov, moving_mask_on
 from .state import State
 
-__all__ = ["qc", "resample", "qc_and_resample", "report", "versions"]
+__all__ = ["qc", "resample", "qc_and_resample", "report", "versions", "FOV_AWARE"]
+
+# The failure score only where the fixed image lands inside the moving field of view (measured: see
+# docs/qc.md, "Partial fields of view"); False: the whole fixed foreground, as before session 29.
+FOV_AWARE = True
 
 
 def qc_and_resample(s: State) -> None:
@@ -56,6 +61,12 @@ def qc(s: State, announce: bool = True) -> None:
             fmask = mask_on_grid(s.opts.fixed_mask, s.w_shape, s.w_aff4).to(s.device)
         if s.opts.moving_mask is not None:
             mmask = moving_mask_on(s, s.w_shape, s.w_aff4).to(s.device)
+        if FOV_AWARE and not fov_covers(s):
+            # a moving image that covers part of the fixed one (a slab, a crop against a whole head):
+            # fixed structure beyond its field of view faces no data, neither a match nor a mismatch,
+            # so only what lands inside it (with MIND's footprint to spare) is scored
+            fov = valid_fov(moving_fov(s, s.w_shape, s.w_aff4), s.w_shape)[0, 0] > 0.5
+            mmask = fov if mmask is None else mmask.bool() & fov
         s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 

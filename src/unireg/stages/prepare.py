@@ -10,10 +10,12 @@ import torch
 
 from ..align.foreground import object_box
 from ..align.referee import Referee
+from ..align.refine import MIND_FOOTPRINT
 from ..errors import UniRegError
 from ..intensity import normalize_tensor
 from ..masks import mask_on_grid
 from ..preprocess import as_tensor, to_working_grid
+from ..spatial.frames import affine_nd
 from ..spatial.grid import apply_matrix
 from ..spatial.world import cropped_grid, native_factor, subdivided_grid, working_grid
 from .state import State
@@ -24,6 +26,8 @@ __all__ = [
     "SMALL_2D_VOXELS",
     "moving_on",
     "moving_mask_on",
+    "fov_covers",
+    "moving_fov",
     "affine_map",
     "check_working_size",
     "MIN_WORKING_SIDE",
@@ -177,3 +181,40 @@ def _new_referee(s: State, inverse: bool = False, **kw) -> Referee:
         inverse=inverse,
         **kw,
     )
+
+
+def fov_covers(s: State) -> bool:
+    """Whether the moving image's field of view, through the affine, covers the whole fixed working
+    grid with the features' footprint to spare at the coarsest level (every point counts then, and
+    the field of view need not be worked out on the grids).  The grid's corners suffice: an affine
+    carries the box to a parallelepiped, and the moving box is convex."""
+    nd = s.nd
+    w = affine_nd(s.w_aff4, nd)
+    coarse_mm = float(np.max(np.linalg.norm(w[:nd, :nd], axis=0))) * max(
+        (a - 1) / max(b - 1, 1) for a, b in zip(s.w_shape, s.velocity.shape[2:], strict=False)
+    )
+    margin_mm = MIND_FOOTPRINT * coarse_mm + coarse_mm  # + one voxel of the pooled edge
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in s.w_shape], indexing="ij")).reshape(nd, -1).T
+    world = corners @ w[:nd, :nd].T + w[:nd, nd]
+    moved = world @ np.asarray(s.t_nd, dtype=np.float64)[:nd, :nd].T + np.asarray(s.t_nd, dtype=np.float64)[:nd, nd]
+    m = affine_nd(s.moving.affine, nd)
+    vox = (moved - m[:nd, nd]) @ np.linalg.inv(m[:nd, :nd]).T
+    margin = margin_mm / np.asarray(s.moving.spacing[:nd], dtype=np.float64)
+    hi = np.asarray(s.moving.spatial_shape[:nd], dtype=np.float64) - 1 - margin
+    return bool(np.all(vox >= margin) and np.all(vox <= hi))
+
+
+def moving_fov(s: State, shape, aff4) -> torch.Tensor:
+    """``(1, 1, *shape)`` float 0/1: the voxels of a grid of the fixed frame whose position, through the
+    affine, lies inside the moving image's grid (where a linear interpolation of it uses its own
+    voxels only), on the registration's device.  Worked out from the matrices, axis by axis."""
+    nd = s.nd
+    to_moving = np.linalg.inv(affine_nd(s.moving.affine, nd)) @ np.asarray(s.t_nd, np.float64) @ affine_nd(aff4, nd)
+    axes = [torch.arange(n, dtype=torch.float64, device=s.device) for n in shape]
+    inside = torch.ones(tuple(shape), dtype=torch.bool, device=s.device)
+    for j, n_j in enumerate(s.moving.spatial_shape[:nd]):
+        c = torch.full((1,) * nd, float(to_moving[j, nd]), dtype=torch.float64, device=s.device)
+        for k in range(nd):
+            c = c + float(to_moving[j, k]) * axes[k].view(*[-1 if i == k else 1 for i in range(nd)])
+        inside &= (c >= -1e-4) & (c <= n_j - 1 + 1e-4)
+    return inside.float()[None, None]
