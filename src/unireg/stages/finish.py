@@ -63,10 +63,12 @@ def qc(s: State, announce: bool = True) -> None:
             mmask = moving_mask_on(s, s.w_shape, s.w_aff4).to(s.device)
         if FOV_AWARE and not fov_covers(s):
             # a moving image that covers part of the fixed one (a slab, a crop against a whole head):
-            # fixed structure beyond its field of view faces no data, neither a match nor a mismatch,
-            # so only what lands inside it (with MIND's footprint to spare) is scored
+            # fixed structure the affine leaves beyond its field of view faces no data, neither a match
+            # nor a mismatch, so only what the affine brings inside it (with MIND's footprint to spare)
+            # is scored.  A fixed-grid mask, not carried through the deformation: a deformation that
+            # pushes scored anatomy out of view is still read as mismatch there
             fov = valid_fov(moving_fov(s, s.w_shape, s.w_aff4), s.w_shape)[0, 0] > 0.5
-            mmask = fov if mmask is None else mmask.bool() & fov
+            fmask = fov if fmask is None else fmask.bool() & fov
         s.qc = score_registration(s.fixed_w, s.moving_w, s.disp_w, s.jac_w, *feats, fixed_mask=fmask, moving_mask=mmask)
 
 
