@@ -261,8 +261,6 @@ def _polish_skipped(s: State) -> str:
     return ""
 
 
-
-
 def integrate(s: State) -> None:
     s.announce("integrate")
     with s.timer("integrate"), torch.no_grad():
