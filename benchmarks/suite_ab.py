@@ -3,9 +3,9 @@
     python benchmarks/suite_ab.py --dims 3 --pairs 8 --families smooth,bspline,radial,affine \\
         --set "unireg.stages.affine.MI_LEVELS={2: (), 3: ()}"
 
-Runs the default registration (``unireg.api.register``) on each pair of the suite twice, as the code
-stands (A) and with each ``--set MODULE.NAME=VALUE`` applied (B, a Python literal assigned to that module
-attribute), and prints one JSON line per pair and run, then per deformation family and overall: mean
+Runs the default registration (``unireg.api.register``; ``--fast``: its fast mode) on each pair of the
+suite twice, as the code stands (A) and with each ``--set MODULE.NAME=VALUE`` applied (B, a Python
+literal assigned to that module attribute), and prints one JSON line per pair and run, then per deformation family and overall: mean
 Dice, end-point error (mm) against the known map, the same for the affine stage alone (its matrix
 against the known map inside the object), pairs below no registration, seconds.  For quick questions
 before a change is run against the peers with ``benchmarks/held_out.py`` (which runs the whole CLI and
@@ -37,7 +37,7 @@ def _apply(sets: list[str]) -> list[tuple[object, str, object]]:
     return undo
 
 
-def _run_pair(case: dict) -> dict:
+def _run_pair(case: dict, fast: bool = False) -> dict:
     from unireg import api
     from unireg.evaluation.suite import scoring
     from unireg.spatial.frames import affine_nd
@@ -49,7 +49,7 @@ def _run_pair(case: dict) -> dict:
     pts = np.argwhere(inside) @ a[:nd, :nd].T + a[:nd, nd]
     true = np.stack([case["true_warp_mm"][k][inside] for k in range(nd)], 1)
     t = time.perf_counter()
-    r = api.register(api.as_image(case["fixed"]), api.as_image(case["moving"]), qc=False)
+    r = api.register(api.as_image(case["fixed"]), api.as_image(case["moving"]), qc=False, fast=fast)
     sec = time.perf_counter() - t
     m = affine_nd(np.asarray(r.affine_matrix, dtype=np.float64), nd)
     aff_epe = float(np.linalg.norm(pts @ m[:nd, :nd].T + m[:nd, nd] - pts - true, axis=1).mean())
@@ -77,6 +77,7 @@ def main(argv=None) -> None:
     p.add_argument("--names", default=None, help="comma list of substrings of pair names to keep")
     p.add_argument("--set", dest="sets", action="append", default=[], help="MODULE.NAME=VALUE for run B")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fast", action="store_true", help="both runs with --fast (api.register(fast=True))")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     specs = case_list(dims=(args.dims,), pairs=args.pairs, families=args.families.split(",") if args.families else None)
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
         for run in runs:
             undo = _apply(args.sets) if run == "B" else []
             try:
-                row = {"run": run, "case": spec.name, **_run_pair(case)}
+                row = {"run": run, "case": spec.name, **_run_pair(case, fast=args.fast)}
             finally:
                 for mod, attr, old in undo:
                     setattr(mod, attr, old)
