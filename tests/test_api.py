@@ -51,15 +51,54 @@ def test_register_rejects_bad_arguments():
     reg = tiny_registrar(2, 1.0)
     with pytest.raises(UniRegError, match="smoothness"):
         api.register((f, a), (f, a), model=reg, smoothness=11.0)
-    with pytest.raises(UniRegError, match="fixed label map shape"):
-        api.register((f, a), (f, a), model=reg, fixed_labels=(lab[:-1], a))
-    with pytest.raises(UniRegError, match="label map shape"):
-        api.register((f, a), (f, a), model=reg, labels=(lab[:, :-1], a))
+    far = a.copy()
+    far[:3, 3] += 500.0  # a header that puts the map half a metre away
+    with pytest.raises(UniRegError, match="fixed label map .* does not meet the fixed image"):
+        api.register((f, a), (f, a), model=reg, fixed_labels=(lab, far))
+    with pytest.raises(UniRegError, match="label map .* does not meet the moving image"):
+        api.register((f, a), (f, a), model=reg, labels=(lab, far))
+    with pytest.raises(UniRegError, match="moving mask .* does not meet the moving image"):
+        api.register((f, a), (f, a), model=reg, moving_mask=(lab, far))
+    with pytest.raises(UniRegError, match="label map is 3-D but the moving image is 2-D"):
+        api.register((f, a), (f, a), model=reg, labels=(np.ones((4, 4, 4), np.uint8), np.eye(4)))
     with pytest.raises(UniRegError, match="model is 3-D"):
         api.register((f, a), (f, a), model=tiny_registrar(3, 1.0))
     f3 = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
     with pytest.raises(UniRegError, match="2-D|3-D"):
         api.register((f, a), (f3, np.eye(4)), model=reg)
+
+
+def _padded(arr: np.ndarray, aff: np.ndarray, pad: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``arr`` in the same world place on a grid of its own: ``pad`` background voxels before each axis."""
+    out = np.zeros(tuple(n + p for n, p in zip(arr.shape, pad)), arr.dtype)
+    out[pad[0]:, pad[1]:] = arr
+    b = aff.copy()
+    b[:3, 3] -= b[:3, :2] @ np.asarray(pad, dtype=np.float64)
+    return out, b
+
+
+def test_label_maps_and_masks_on_grids_of_their_own():
+    """Label maps and masks are placed by their own headers (world space, as ANTs and ITK do): the same
+    content in the same world place on another grid gives the same registration and warped labels; a
+    fixed label map on a coarser grid still gets its Dice in the report."""
+    f, lab, a = _img2d()
+    m, mlab = np.roll(f, 2, 0), np.roll(lab, 2, 0)
+    reg = tiny_registrar(2, 1.0)
+    mask = np.zeros_like(lab)
+    mask[3:-3, 3:-3] = 1
+    kw = dict(model=reg, refine=5)
+    same = api.register((f, a), (m, a), labels=(mlab, a), fixed_labels=(lab, a), moving_mask=(mask, a), **kw)
+    pl, pa = _padded(mlab, a, (3, 2))
+    pm, _ = _padded(mask, a, (3, 2))
+    own = api.register((f, a), (m, a), labels=(pl, pa), fixed_labels=(lab, a), moving_mask=(pm, pa), **kw)
+    assert np.array_equal(own.warped_labels.data, same.warped_labels.data)
+    assert np.allclose(own.warp_mm, same.warp_mm, atol=1e-5)
+    assert own.report["dice"] == same.report["dice"]
+    coarse = a.copy()
+    coarse[:3, :2] *= 2.0  # every other voxel: a 2 mm copy of the fixed labels
+    r = api.register((f, a), (m, a), labels=(mlab, a), fixed_labels=(lab[::2, ::2], coarse), **kw)
+    assert r.warped_labels.data.shape == same.warped_labels.data.shape
+    assert abs(r.report["dice"]["mean"] - same.report["dice"]["mean"]) < 0.15
 
 
 def test_load_model_variants(tmp_path):

@@ -227,17 +227,20 @@ def test_bad_image_one_line_exit2_and_out_untouched(tmp_path_factory, models, ki
     assert _snapshot(out) == before  # nothing already written is lost, changed or added to
 
 
-@pytest.mark.parametrize("kind", ["float_labels", "shape_mismatch", "empty_labels", "missing"])
+@pytest.mark.parametrize("kind", ["float_labels", "elsewhere", "empty_labels", "missing"])
 def test_bad_label_maps(tmp_path, models, kind):
     shape = (14, 13, 12)
     f = _write_nifti(tmp_path / "f.nii.gz", _cast(_smooth(shape, 1), "float32"), np.eye(4))
     m = _write_nifti(tmp_path / "m.nii.gz", _cast(_smooth(shape, 2), "float32"), np.eye(4))
-    lab_arr = {"float_labels": np.full(shape, 0.5, np.float32), "shape_mismatch": np.ones((10, 10, 10), np.uint8),
+    lab_arr = {"float_labels": np.full(shape, 0.5, np.float32), "elsewhere": np.ones((10, 10, 10), np.uint8),
                "empty_labels": np.zeros(shape, np.uint8)}.get(kind)
     lab = tmp_path / f"{kind}.nii.gz"
+    lab_aff = np.eye(4)
+    if kind == "elsewhere":  # a grid of its own that its header puts 300 mm from the fixed image
+        lab_aff[:3, 3] = 300.0
     if lab_arr is not None:
-        _write_nifti(lab, lab_arr, np.eye(4))
-    opt = "--fixed-labels" if kind == "shape_mismatch" else "--labels"
+        _write_nifti(lab, lab_arr, lab_aff)
+    opt = "--fixed-labels" if kind == "elsewhere" else "--labels"
     r = _cli(["register", str(f), str(m), "--out", str(tmp_path / "o"), "--model", str(models[3]), opt, str(lab), *FAST])
     _assert_one_line_error(r, lab)
 

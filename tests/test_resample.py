@@ -112,3 +112,33 @@ def test_inverse_on_grid_is_the_inverse_map_evaluated_voxel_by_voxel():
         assert np.abs(ref).max() > 2.0  # the field and the affine move the points by millimetres
         assert np.abs(got - ref).max() < 1e-4
         assert np.array_equal(got, mapping.inverse_on_grid(shape, aff, with_affine=with_affine))
+
+
+def _own_grid(labels: np.ndarray, aff: np.ndarray, pad: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The same labels in the same world place, on a grid of their own: ``pad`` voxels of background
+    added before each axis, the origin moved back by as many voxels."""
+    out = np.zeros(tuple(n + p + 1 for n, p in zip(labels.shape, pad)), labels.dtype)
+    out[tuple(slice(p, p + n) for p, n in zip(pad, labels.shape))] = labels
+    a = aff.copy()
+    a[:3, 3] -= a[:3, :3] @ np.asarray(pad, dtype=np.float64)
+    return out, a
+
+
+@pytest.mark.parametrize("n_labels", [5, MAX_LABELWISE + 4])  # label-wise and nearest-neighbour paths
+def test_labels_on_a_grid_of_their_own_are_placed_by_their_own_header(n_labels):
+    """A label map on another grid than the moving image is sampled at the same moving world points from
+    its own voxels: the same labels in the same world place on a padded grid come out the same; read as
+    if on the moving grid they would land a few voxels off."""
+    f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels = _case(n_labels)
+    labels[[0, -1]] = labels[:, [0, -1]] = labels[:, :, [0, -1]] = 0  # background at the edges: either padding agrees
+    ref = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels)
+    assert len(np.unique(ref["labels"])) > 2
+    own, own_aff = _own_grid(labels, m_aff, (3, 0, 2))
+    for chunk in (None, 50):
+        out = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, own, chunk_voxels=chunk,
+                                  labels_affine4=own_aff)
+        assert np.array_equal(out["labels"], ref["labels"])
+        assert np.array_equal(out["warped"], ref["warped"])
+    cropped = labels[:, :, :-1]  # same header, one slice less: its own grid, the same voxels where it has them
+    out = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, cropped, labels_affine4=m_aff)
+    assert (out["labels"] == ref["labels"]).mean() > 0.8

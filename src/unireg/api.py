@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from .errors import UniRegError
-from .io.image import Image, PendingReads, read_image
+from .io.image import Image, PendingReads, read_image, same_grid
 from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
-from .pipeline import RegistrationResult, register_images
+from .pipeline import RegistrationResult, check_in_view, register_images
 from .resample import warp_labels
 from .spatial.frames import world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
@@ -65,15 +65,22 @@ def as_images(*items: tuple[ImageLike | None, bool, str]) -> list[Image | None]:
 
 
 def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
-    """A mask (nonzero = use) on ``image``'s grid, or None."""
+    """A mask (nonzero = use), or None; one on a grid of its own is resampled onto ``image``'s grid in world
+    space (:func:`unireg.pipeline.check_in_view`)."""
     if mask is None:
         return None
     m = as_image(mask, labels=True, name=name)
-    if m.spatial_shape != image.spatial_shape:
-        raise UniRegError(
-            f"{name.replace('_', ' ')} shape {m.spatial_shape} differs from its image's {image.spatial_shape}", m.path
-        )
-    return m
+    return _onto_grid(m, image, name.replace("_", " "), "fixed image" if name.startswith("fixed") else "moving image")
+
+
+def _onto_grid(img: Image, ref: Image, what: str, ref_name: str) -> Image:
+    """``img`` (a label map or mask) on ``ref``'s grid: itself if already there, else resampled in world
+    space (label-wise, :func:`unireg.resample.warp_labels`), once it is known to meet ``ref``."""
+    check_in_view(img, ref, what, ref_name)
+    if same_grid(img, ref):
+        return img
+    data = warp_labels(img.data[0], img.affine, ref.spatial_shape, ref.affine, None)
+    return Image(data[None], np.asarray(ref.affine, dtype=np.float64).copy(), img.path, dict(img.meta))
 
 
 def load_model(
@@ -138,8 +145,10 @@ def register(
     fixed, moving : path, :class:`Image`, or ``(array, affine4x4)``.  Shapes, spacings, orientations
         and fields of view may differ; dimensionality (2-D/3-D) must match.
     model : checkpoint path, :class:`Registrar`, or None for the shipped default.
-    labels : optional label map on the moving grid, warped with the same transform.
-    fixed_labels : optional label map on the fixed grid; Dice before/after goes into the report.
+    labels : optional label map of the moving image, warped with the same transform: on the moving grid
+        or on one of its own (then placed by its own header in world space, as ANTs does).
+    fixed_labels : optional label map of the fixed image (on its grid, or on one of its own, resampled
+        onto it); Dice before/after goes into the report.
     affine : run the affine pre-alignment first.
     refine : instance-optimisation iterations per refinement level (coarse, working grid, native
         resolution); None: the default schedule; 0: the network alone.
@@ -153,8 +162,9 @@ def register(
     qc : compute the failure score without ground truth (``qc_score``/``qc_flag`` in the report).
     progress : optional callable ``progress(stage: str)``, called as each stage starts.
     extractor_weights : local weights file for the extractor (``imagenet``: ResNet-18 state dict).
-    fixed_mask, moving_mask : optional masks (nonzero = use) on the fixed / moving grid: the
-        similarity is measured only there (affine, refinement, failure score); images are not zeroed.
+    fixed_mask, moving_mask : optional masks (nonzero = use) of the fixed / moving image (on its grid, or
+        on one of their own, resampled onto it in world space): the similarity is measured only there
+        (affine, refinement, failure score); images are not zeroed.
     initial_transform : 4x4 RAS fixed-world -> moving-world matrix, or an ITK/ANTs affine file
         (``.mat``/``.txt``, fixed->moving as ANTs stores it): the affine stage starts from it, and
         with ``affine=False`` it is the affine.
@@ -168,11 +178,8 @@ def register(
         (fixed_labels, True, "fixed_labels"),
     )
     assert fixed_img is not None and moving_img is not None  # given (not None), hence read
-    if flab is not None and flab.spatial_shape != fixed_img.spatial_shape:
-        raise UniRegError(
-            f"fixed label map shape {flab.spatial_shape} differs from the fixed image {fixed_img.spatial_shape}",
-            flab.path,
-        )
+    if flab is not None:  # Dice is counted on the fixed grid
+        flab = _onto_grid(flab, fixed_img, "fixed label map", "fixed image")
     if not 0.1 <= float(smoothness) <= 10.0:
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
     if refine is not None and int(refine) < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .spatial.frames import grids_match
 from .spatial.grid import apply_matrix, sample
 from .spatial.world import affine_nd, pull, slab_size, slab_voxels, slabs
 
@@ -59,13 +60,16 @@ def resample_fixed_grid(
     moving_affine4: np.ndarray,
     labels: np.ndarray | None = None,
     chunk_voxels: int | None = None,
+    labels_affine4: np.ndarray | None = None,
 ) -> dict:
     """Warp field (RAS mm), warped image, Jacobian and warped labels on the fixed grid.
 
     Parameters
     ----------
     disp_w : ``(1, n, *S_w)`` displacement in working voxels.  ``jac_w``: ``(*S_w)``.
-    moving : ``(C, *S_m)`` image.  ``labels``: ``(*S_m)`` integer label map or None.
+    moving : ``(C, *S_m)`` image.  ``labels``: integer label map or None, on the moving grid or, with
+    ``labels_affine4`` (its 4x4 voxel-to-world matrix), on a grid of its own: then it is sampled at the
+    same moving world points from its own voxels (as ANTs and ITK resample a label map in world space).
     affine_matrix : ``(n+1)``-square fixed-world -> moving-world matrix.
 
     Returns
@@ -94,17 +98,29 @@ def resample_fixed_grid(
     n_img = src.shape[0]
     values = None
     nearest_labels = None
+    own = None  # the label map's own (voxel <- moving world) matrix and one-hot, when it has its own grid
     if labels is not None:
         values = np.unique(labels)
+        l_inv = None  # labels on the moving grid: sampled with the image
+        own_grid = labels_affine4 is not None and not grids_match(
+            labels.shape, labels_affine4, moving.shape[1:], moving_affine4
+        )
+        if own_grid:
+            l_inv = torch.as_tensor(np.linalg.inv(affine_nd(labels_affine4, nd)), dtype=f32, device=dev)
         if len(values) <= MAX_LABELWISE:
             lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(dev)
             onehot = torch.stack([(lab_t == int(v)).to(f32) for v in values])
-            src = torch.cat([src, onehot], 0)
+            if l_inv is None:
+                src = torch.cat([src, onehot], 0)  # one sampling for image and labels
+            else:
+                own = (l_inv, onehot[None])
         else:
             nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None].to(dev)
+            if l_inv is not None:
+                own = (l_inv, nearest_labels)
     src = src[None]
     if chunk_voxels is None:  # ~12 floats per voxel besides the sampled channels
-        chunk_voxels = slab_size(dev, src.shape[1] + 12, 1_000_000)
+        chunk_voxels = slab_size(dev, src.shape[1] + (0 if own is None else own[1].shape[1]) + 12, 1_000_000)
 
     warp_mm = np.empty((nd,) + tuple(fixed_shape), np.float32)
     warped = np.empty((n_img,) + tuple(fixed_shape), np.float32)
@@ -124,10 +140,12 @@ def resample_fixed_grid(
         vals = sample(src, q)[0]
         torch.from_numpy(warped)[:, start:stop].copy_(vals[:n_img])
         if labels is not None:
+            lab_src, q_lab = (nearest_labels, q) if own is None else (own[1], apply_matrix(own[0], y)[None])
             if nearest_labels is None:
-                out_labels[start:stop] = values[labelwise_argmax(vals[n_img:]).cpu().numpy()]
+                probs = vals[n_img:] if own is None else sample(lab_src, q_lab)[0]
+                out_labels[start:stop] = values[labelwise_argmax(probs).cpu().numpy()]
             else:
                 out_labels[start:stop] = (
-                    sample(nearest_labels, q, mode="nearest")[0, 0].round().cpu().numpy().astype(labels.dtype)
+                    sample(lab_src, q_lab, mode="nearest")[0, 0].round().cpu().numpy().astype(labels.dtype)
                 )
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}

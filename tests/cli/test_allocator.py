@@ -73,3 +73,13 @@ def test_the_entry_points_apply_it_first(monkeypatch):
     with pytest.raises(SystemExit):
         unireg.batch_main.main(["--help"])
     assert len(calls) == 2
+
+
+def test_an_earlier_in_process_run_does_not_end_the_next_one(monkeypatch):
+    """``main`` ends a finished ``register`` with ``os._exit``; a later ``main`` in the same process (a
+    test run, an embedding program) starts unfinished, so it returns or raises as usual."""
+    monkeypatch.setitem(cli_main._STATE, "finished", True)  # as a register that wrote its outputs leaves it
+    monkeypatch.setattr(sys, "argv", ["unireg", "--version"])
+    with pytest.raises(SystemExit) as e:
+        cli_main.main()
+    assert e.value.code in (0, None)

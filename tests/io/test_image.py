@@ -236,6 +236,26 @@ def test_corrupt_files(tmp_path):
         read_image(tmp_path / "text.png")
 
 
+@pytest.mark.parametrize("ext", [".mgz", ".mgh"])
+def test_freesurfer_volumes(tmp_path, ext):
+    """FreeSurfer MGH/MGZ volumes are read as nibabel reads them (voxel order, voxel-to-RAS matrix), images
+    and label maps (an aseg's int32 labels) alike; truncated ones are refused with the file named."""
+    aff = oblique(spacing=(1.0, 1.0, 1.0))
+    img, lab = vol((9, 8, 7)), (np.arange(9 * 8 * 7).reshape(9, 8, 7) % 5).astype(np.int32)
+    for name, arr in (("t1", img), ("aseg", lab)):
+        nib.save(nib.MGHImage(arr, aff), str(tmp_path / f"{name}{ext}"))
+    got = read_image(tmp_path / f"t1{ext}")
+    assert np.array_equal(got.data[0], img) and np.allclose(got.affine, aff, atol=1e-5)
+    assert got.meta["format"] == "mgh"
+    labels = read_image(tmp_path / f"aseg{ext}", labels=True)
+    assert np.array_equal(labels.data[0], lab) and labels.data.dtype.kind == "i"
+    assert labels.data.dtype.isnative  # MGH stores big-endian; torch.from_numpy refuses that byte order
+    raw = (tmp_path / f"t1{ext}").read_bytes()
+    (tmp_path / f"trunc{ext}").write_bytes(raw[: len(raw) // 2])
+    with raises(tmp_path / f"trunc{ext}", "cannot read FreeSurfer MGH file"):
+        read_image(tmp_path / f"trunc{ext}")
+
+
 def test_4d_and_vector(tmp_path):
     nib.save(nib.Nifti1Image(vol((4, 4, 4, 2)), np.eye(4)), str(tmp_path / "t.nii.gz"))
     with raises(tmp_path / "t.nii.gz", "4-D image with 2 volumes; give one 3-D volume"):

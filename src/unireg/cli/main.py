@@ -193,8 +193,12 @@ def register(
     fixed: Path = typer.Argument(..., help="Fixed (reference) image: a file or a DICOM series folder."),
     moving: Path = typer.Argument(..., help="Moving image, resampled onto the fixed grid (file or DICOM folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the moving grid to warp."),
-    fixed_labels: Optional[Path] = typer.Option(None, "--fixed-labels", help="Fixed label map: Dice before/after."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Label map of the moving image to warp (its grid or its own)."
+    ),
+    fixed_labels: Optional[Path] = typer.Option(
+        None, "--fixed-labels", help="Fixed label map (any grid): Dice before/after."
+    ),
     model: Optional[str] = options.MODEL,
     extractor: Optional[str] = options.EXTRACTOR,
     extractor_weights: Optional[Path] = options.EXTRACTOR_WEIGHTS,
@@ -430,6 +434,7 @@ def main() -> None:
     closed; the idle worker threads hold nothing).  Errors and the other commands end as usual.
     Before anything else, glibc is told to keep freed memory for reuse (:mod:`unireg.cli.allocator`)."""
     keep_freed_memory()
+    _STATE["finished"] = False  # this run's own: an earlier in-process run (tests) must not end this one early
     try:
         app()
     except SystemExit as e:

@@ -27,13 +27,16 @@ INITIAL_TRANSFORM = typer.Option(
     help="ITK/ANTs affine (.mat/.txt, fixed->moving as antsRegistration writes it) to start the affine from.",
 )
 FIXED_MASK = typer.Option(
-    None, "--fixed-mask", metavar="FILE", help="Mask on the fixed grid (nonzero = use): similarity measured only there."
+    None,
+    "--fixed-mask",
+    metavar="FILE",
+    help="Mask of the fixed image (nonzero = use; any grid): similarity measured only there.",
 )
 MOVING_MASK = typer.Option(
     None,
     "--moving-mask",
     metavar="FILE",
-    help="Mask on the moving grid (nonzero = use): similarity measured only there.",
+    help="Mask of the moving image (nonzero = use; any grid): similarity measured only there.",
 )
 REFINE = typer.Option(
     None,

@@ -1,4 +1,4 @@
-"""In-memory image type, and image reading/writing (NIfTI, MetaImage, NRRD, PNG/TIFF/JPEG).
+"""In-memory image type, and image reading/writing (NIfTI, MetaImage, NRRD, PNG/TIFF/JPEG; FreeSurfer MGH read).
 
 World coordinates are RAS millimetres, as nibabel reads them.  ITK-based formats store LPS
 (direction, spacing, origin); every RAS <-> LPS conversion goes through
@@ -7,6 +7,8 @@ World coordinates are RAS millimetres, as nibabel reads them.  ITK-based formats
 Array order of what :func:`read_image` returns (``data`` is ``(1, *spatial)``):
 
 * NIfTI: nibabel's order ``(X, Y[, Z])``; the affine is the file's (sform, else qform).
+* FreeSurfer MGH / MGZ (read only, nibabel): the same order; the affine is the file's voxel-to-RAS
+  (scanner) matrix, as nibabel and FreeSurfer's ``mri_info --vox2ras`` give it.
 * MetaImage / NRRD: ITK index order ``(i, j[, k])`` (SimpleITK's ``(z, y, x)`` array transposed).
 * PNG / TIFF / JPEG: ``(H, W)``, i.e. (row, column), so that ``data[0]`` displays upright; the
   affine maps row ``r`` and column ``c`` to ``origin + D @ diag(spacing) @ (c, r)`` in LPS,
@@ -54,6 +56,7 @@ class Image:
 
 
 _NIFTI = (".nii", ".nii.gz")
+_MGH = (".mgz", ".mgh")  # FreeSurfer volumes (conformed 256^3 grids, aseg/aparc label maps), read by nibabel
 _ITK = (".mha", ".mhd", ".nrrd", ".nhdr")
 _RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 _WRITABLE = (".nii", ".nii.gz", ".mha", ".nrrd")
@@ -97,6 +100,17 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray]:
     if arr.dtype.kind == "V":
         raise UniRegError("RGB NIfTI images are not supported; give a scalar image", p)
     return arr, affine
+
+
+def _read_mgh(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A FreeSurfer ``.mgz``/``.mgh`` volume and its voxel-to-RAS matrix (nibabel's ``MGHImage``)."""
+    import nibabel as nib
+
+    try:
+        img = nib.freesurfer.mghformat.load(str(p))
+        return np.asanyarray(img.dataobj), np.array(img.affine, dtype=np.float64)
+    except Exception as e:  # nibabel/gzip errors for corrupt or truncated files
+        raise UniRegError(f"cannot read FreeSurfer MGH file ({_one_line(e)})", p) from None
 
 
 def _read_nifti_gz_isal(p: Path) -> tuple[np.ndarray, np.ndarray, Any] | None:
@@ -273,7 +287,8 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bo
     Parameters
     ----------
     path : path-like
-        ``.nii``/``.nii.gz`` (nibabel), ``.mha``/``.mhd``/``.nrrd``/``.nhdr`` (SimpleITK), or
+        ``.nii``/``.nii.gz`` (nibabel), FreeSurfer ``.mgz``/``.mgh`` (nibabel; read only),
+        ``.mha``/``.mhd``/``.nrrd``/``.nhdr`` (SimpleITK), or
         ``.png``/``.tif``/``.tiff``/``.jpg``/``.jpeg`` 2-D images (SimpleITK; colour is converted to
         grey by luminance; spacing from the file, ITK's default 1 mm when absent), or a folder holding
         one DICOM series (SimpleITK's ImageSeriesReader).
@@ -311,13 +326,18 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bo
     elif ext in _NIFTI:
         arr, affine = _read_nifti(p)
         fmt = "nifti"
+    elif ext in _MGH:
+        arr, affine = _read_mgh(p)
+        fmt = "mgh"
     elif ext in _ITK or ext in _RASTER:
         arr, affine = _read_sitk(p, labels)
         fmt = ext.lstrip(".")
     else:
-        known = ", ".join(_NIFTI + _ITK + _RASTER)
+        known = ", ".join(_NIFTI + _MGH + _ITK + _RASTER)
         raise UniRegError(f"unknown image extension {ext or '(none)'!r}; expected one of {known}", p)
     dtype = str(arr.dtype)
+    if not arr.dtype.isnative:  # MGH files are big-endian; torch takes native byte order only
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = _to_spatial(arr, p)
     affine = _check_affine(affine, arr.ndim, p)
     arr = _check_values(arr, labels, p, constant_ok)
@@ -495,7 +515,4 @@ def same_grid(a: Image, b: Image, tol: float = 1e-4) -> bool:
     For 2-D images only the in-plane columns and the origin are compared (column 2, the normal,
     carries no sampling information).
     """
-    if a.spatial_shape != b.spatial_shape:
-        return False
-    cols = list(range(a.ndim)) + [3]
-    return bool(np.allclose(a.affine[:3, cols], b.affine[:3, cols], rtol=0.0, atol=tol))
+    return frames.grids_match(a.spatial_shape, a.affine, b.spatial_shape, b.affine, tol)

@@ -33,6 +33,8 @@ __all__ = [
     "affine_lps_to_ras",
     "disp_vox_to_world",
     "disp_world_to_vox",
+    "grids_match",
+    "world_coverage",
 ]
 
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS on homogeneous coordinates; its own inverse
@@ -130,3 +132,33 @@ def disp_world_to_vox(disp_world: np.ndarray, affine4: np.ndarray) -> np.ndarray
     if nd == 2:  # a 2-D world field carries (x, y); z is zero
         d = np.concatenate([d, np.zeros_like(d[:1])], axis=0)
     return np.einsum("ij,j...->i...", inv, d).astype(np.float32)
+
+
+def grids_match(shape_a, affine_a: np.ndarray, shape_b, affine_b: np.ndarray, tol: float = 1e-4) -> bool:
+    """Whether two grids are one: the same shape and voxel-to-world 4x4 matrices equal within ``tol`` mm
+    (headers written in float32 by another program round differently).  For 2-D grids only the in-plane
+    columns and the origin are compared (column 2, the normal, carries no sampling information)."""
+    if tuple(shape_a) != tuple(shape_b):
+        return False
+    cols = list(range(len(shape_a))) + [3]
+    a, b = np.asarray(affine_a, dtype=np.float64), np.asarray(affine_b, dtype=np.float64)
+    return bool(np.allclose(a[:3, cols], b[:3, cols], rtol=0.0, atol=tol))
+
+
+def world_coverage(
+    values: np.ndarray, affine4: np.ndarray, ref_shape, ref_affine4: np.ndarray, max_points: int = 200_000
+) -> float:
+    """The share of ``values``' nonzero voxels (on ``affine4``) whose world position lies inside the grid
+    ``(ref_shape, ref_affine4)`` (its voxels' extent, half a voxel beyond the outer centres); 0.0 when
+    nothing is nonzero.  At most ``max_points`` voxels are tested (an even stride through them)."""
+    nd = len(ref_shape)
+    values = np.asarray(values)
+    flat = np.flatnonzero(values)
+    if len(flat) == 0:
+        return 0.0
+    flat = flat[:: max(1, len(flat) // max_points)]
+    idx = np.stack(np.unravel_index(flat, values.shape), axis=1).astype(np.float64)
+    to_ref = np.linalg.inv(affine_nd(ref_affine4, nd)) @ affine_nd(affine4, nd)
+    v = idx @ to_ref[:nd, :nd].T + to_ref[:nd, nd]
+    inside = np.all((v >= -0.5) & (v <= np.asarray(ref_shape, dtype=np.float64) - 0.5), axis=1)
+    return float(inside.mean())

@@ -87,6 +87,7 @@ def resample(s: State) -> None:
             s.moving.data,
             s.moving.affine,
             labels=None if s.moving_labels is None else s.moving_labels.data[0],
+            labels_affine4=None if s.moving_labels is None else s.moving_labels.affine,
         )
         s.outputs["warp_mm"], s.outputs["jacobian"] = out["warp_mm"], out["jacobian"]
         s.outputs["warped"] = Image(out["warped"], s.fixed.affine.copy(), None)
@@ -155,7 +156,9 @@ def report(s: State, t_start: float) -> Report:
     warped_labels = s.outputs.get("warped_labels")
     if s.fixed_labels is not None and s.moving_labels is not None and warped_labels is not None:
         f_lab = s.fixed_labels.data[0]
-        before = warp_labels(s.moving_labels.data[0], s.moving.affine, s.fixed.spatial_shape, s.fixed.affine, None)
+        before = warp_labels(
+            s.moving_labels.data[0], s.moving_labels.affine, s.fixed.spatial_shape, s.fixed.affine, None
+        )
         rep["dice"] = {str(k): v for k, v in dice(f_lab, warped_labels.data[0]).items()}
         rep["dice_before"] = {str(k): v for k, v in dice(f_lab, before).items()}
     s.timer.times["total"] = time.perf_counter() - t_start
