@@ -1,16 +1,19 @@
 """What users run, timed: the default ``unireg register`` (and ``--fast``) against ANTs SyN doing the same job.
 
-    python benchmarks/speed.py [--repeats 3] [--threads 2] [--quick] [--no-load] [--out results.json]
+    python benchmarks/speed.py [--repeats 3] [--threads 2] [--quick] [--no-load] [--same-files] [--out results.json]
 
 The pair is ``unireg.demo.make_demo_pair`` (MNI ICBM152 T1, 197x233x189 at 1 mm, against a deformed
 T2-like copy, with both label maps); ``--quick``: the 2 mm pair cropped to a small block, one repeat
 (the smoke test's setting: the figures then say nothing about speed).
 
 Each method is its own subprocess of this script, reads the same two files and the moving label map,
-and writes the same outputs (warped image, warp, warped labels):
+and writes at least the ANTs job's outputs (warped image, forward and inverse warps, warped labels):
 
-- ``unireg --threads T register FIXED MOVING -o OUT --labels L`` (defaults: QC and report included),
+- ``unireg --threads T register FIXED MOVING -o OUT --labels L`` (defaults: every output, QC and report:
+  also the Jacobian, the ANTs-style affine + deformable split, qc.png and report.html),
 - the same with ``--fast``,
+- with ``--same-files``, both again with ``--outputs warped,warp,inverse,labels``: the ANTs job's files
+  exactly (and report.json, which UniReg always writes; no qc.png or report.html),
 - ``held_out_peer.py ants FIXED MOVING OUT --labels L``: ``ants.registration(type_of_transform="SyN",
   aff_metric="mattes", syn_metric="mattes")``, antspyx's default iterations.
 
@@ -108,24 +111,34 @@ def unireg_command() -> list[str]:
     return [unireg] if unireg else [sys.executable, "-c", "from unireg.cli.main import main; main()"]
 
 
-def commands(paths: dict, out: Path, threads: int) -> dict:
+# what held_out_peer.py's ANTs job writes (warped image, forward and inverse warps, warped labels; UniReg's
+# report.json is always written): ``--same-files`` adds the UniReg rows that write only these
+SAME_FILES = "warped,warp,inverse,labels"
+
+
+def commands(paths: dict, out: Path, threads: int, same_files: bool = False) -> dict:
     base = unireg_command() + ["--threads", str(threads), "register", str(paths["fixed"]), str(paths["moving"]),
                   "--labels", str(paths["moving_labels"]), "-o"]
+    same = {
+        "unireg_same_files": base + [str(out / "unireg_same_files"), "--outputs", SAME_FILES],
+        "unireg_fast_same_files": base + [str(out / "unireg_fast_same_files"), "--fast", "--outputs", SAME_FILES],
+    }
     return {
         "unireg": base + [str(out / "unireg")],
         "unireg_fast": base + [str(out / "unireg_fast"), "--fast"],
+        **(same if same_files else {}),
         "ants": [sys.executable, str(HERE / "held_out_peer.py"), "ants", str(paths["fixed"]), str(paths["moving"]),
                  str(out / "ants"), "--metric", "mattes", "--threads", str(threads),
                  "--labels", str(paths["moving_labels"])],
     }
 
 
-def run_phase(paths: dict, work: Path, threads: int, repeats: int) -> dict:
+def run_phase(paths: dict, work: Path, threads: int, repeats: int, same_files: bool = False) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads))
     runs: dict[str, list] = {}
     for r in range(repeats):
-        for name, cmd in commands(paths, work, threads).items():  # interleaved: drift hits all alike
+        for name, cmd in commands(paths, work, threads, same_files).items():  # interleaved: drift hits all alike
             shutil.rmtree(work / name, ignore_errors=True)
             res = timed_process(cmd, env)
             res["dice_gm_wm"] = gm_wm_dice(paths["fixed_labels"], work / name / "warped_labels.nii.gz")
@@ -156,7 +169,7 @@ def table(title: str, res: dict, load: tuple) -> str:
     lines = [f"### {title} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", "",
              "| method | median s | peak MiB | GM/WM Dice | ANTs/UniReg | Dice - ANTs (points) |",
              "|---|---|---|---|---|---|"]
-    for name in ("unireg", "unireg_fast", "ants"):
+    for name in [n for n in res if n != "ants"] + ["ants"]:
         m = res[name]
         ratio = a["wall_s"] / m["wall_s"]
         diff = 100 * (m["dice_gm_wm"] - a["dice_gm_wm"])
@@ -171,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 mm crop, 1 repeat (smoke test)")
     ap.add_argument("--no-load", action="store_true", help="skip the loaded run")
+    ap.add_argument("--same-files", action="store_true",
+                    help=f"also UniReg writing only what the ANTs job writes (--outputs {SAME_FILES})")
     ap.add_argument("--work", type=Path, default=None, help="folder for the pair and outputs (default: temporary)")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
@@ -188,17 +203,17 @@ def main(argv=None) -> int:
         phases = {}
         print("quiet:", flush=True)
         load = os.getloadavg()
-        phases["quiet"] = {"load": load, "results": run_phase(paths, work / "quiet", a.threads, repeats)}
+        phases["quiet"] = {"load": load, "results": run_phase(paths, work / "quiet", a.threads, repeats, a.same_files)}
         print(table("quiet", phases["quiet"]["results"], load), flush=True)
         if not a.no_load:
             print("loaded (2 busy processes):", flush=True)
             with Busy(2):
                 time.sleep(1.0)
-                res = run_phase(paths, work / "loaded", a.threads, repeats)
+                res = run_phase(paths, work / "loaded", a.threads, repeats, a.same_files)
                 load = os.getloadavg()
             phases["loaded"] = {"load": load, "results": res}
             print(table("loaded, 2 busy processes", res, load), flush=True)
-            for name in ("unireg", "unireg_fast"):
+            for name in [n for n in res if n != "ants"]:
                 q = phases["quiet"]["results"]["ants"]["wall_s"] / phases["quiet"]["results"][name]["wall_s"]
                 lo = res["ants"]["wall_s"] / res[name]["wall_s"]
                 print(f"{name}: loaded ratio / quiet ratio = {lo / q:.2f}")

@@ -20,11 +20,17 @@ APPLY_SCRIPT = ROOT / "benchmarks" / "apply_speed.py"
 def test_speed_quick(tmp_path):
     out = tmp_path / "speed.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--no-load", "--threads", "1", "--out", str(out),
-                        "--work", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT, timeout=400)
+                        "--same-files", "--work", str(tmp_path / "work")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ANTs/UniReg" in r.stdout and "load average" in r.stdout
     res = json.loads(out.read_text())["phases"]["quiet"]["results"]
-    assert set(res) == {"unireg", "unireg_fast", "ants"}
+    assert set(res) == {"unireg", "unireg_fast", "unireg_same_files", "unireg_fast_same_files", "ants"}
+    quiet = tmp_path / "work" / "quiet"
+    files = {name: {p.name for p in (quiet / name).iterdir()} for name in res}
+    assert files["unireg_same_files"] == files["unireg_fast_same_files"] == files["ants"]  # the same job
+    assert {"warped.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz", "warped_labels.nii.gz"} <= files["ants"]
+    assert files["ants"] < files["unireg"]  # the default writes more (Jacobian, ANTs split, QC page)
     for m in res.values():
         assert 0.5 < m["dice_gm_wm"] <= 1.0 and m["wall_s"] > 0 and m["peak_mib"] > 0
     # the children's peaks are their own, not the parent's floor (the pair is written by a child)
