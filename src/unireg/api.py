@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from .errors import UniRegError
-from .io.image import Image, PendingReads, read_image, same_grid
+from .io.image import Image, PendingReads, read_image
 from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
-from .pipeline import RegistrationResult, check_in_view, register_images
-from .resample import warp_labels
+from .pipeline import RegistrationResult, register_images
+from .resample import onto_grid, warp_labels
 from .spatial.frames import world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
 
@@ -66,21 +66,11 @@ def as_images(*items: tuple[ImageLike | None, bool, str]) -> list[Image | None]:
 
 def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
     """A mask (nonzero = use), or None; one on a grid of its own is resampled onto ``image``'s grid in world
-    space (:func:`unireg.pipeline.check_in_view`)."""
+    space (:func:`unireg.resample.onto_grid`)."""
     if mask is None:
         return None
     m = as_image(mask, labels=True, name=name)
-    return _onto_grid(m, image, name.replace("_", " "), "fixed image" if name.startswith("fixed") else "moving image")
-
-
-def _onto_grid(img: Image, ref: Image, what: str, ref_name: str) -> Image:
-    """``img`` (a label map or mask) on ``ref``'s grid: itself if already there, else resampled in world
-    space (label-wise, :func:`unireg.resample.warp_labels`), once it is known to meet ``ref``."""
-    check_in_view(img, ref, what, ref_name)
-    if same_grid(img, ref):
-        return img
-    data = warp_labels(img.data[0], img.affine, ref.spatial_shape, ref.affine, None)
-    return Image(data[None], np.asarray(ref.affine, dtype=np.float64).copy(), img.path, dict(img.meta))
+    return onto_grid(m, image, name.replace("_", " "), "fixed image" if name.startswith("fixed") else "moving image")
 
 
 def load_model(
@@ -179,7 +169,7 @@ def register(
     )
     assert fixed_img is not None and moving_img is not None  # given (not None), hence read
     if flab is not None:  # Dice is counted on the fixed grid
-        flab = _onto_grid(flab, fixed_img, "fixed label map", "fixed image")
+        flab = onto_grid(flab, fixed_img, "fixed label map", "fixed image")
     if not 0.1 <= float(smoothness) <= 10.0:
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
     if refine is not None and int(refine) < 0:

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from .errors import UniRegError
-from .io.image import Image, same_grid
+from .io.image import Image
 from .models.registrar import Registrar
-from .resample import warp_labels  # noqa: F401  (re-exported: unireg.pipeline.warp_labels)
-from .spatial.frames import world_coverage
+from .resample import (
+    check_in_view,
+    warp_labels,  # noqa: F401  (re-exported: unireg.pipeline.warp_labels)
+)
 from .spatial.grid import apply_matrix, sample
 from .spatial.world import affine_nd, embed_nd, fill_by_slabs, pull, slab_size
 from .stages import deformable, finish
@@ -33,31 +35,7 @@ from .stages.affine import affine as affine_stage
 from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare, stage_threads  # noqa: F401
 from .stages.state import Options, State
 
-__all__ = ["RegistrationResult", "register_images", "FixedToMoving", "displacement_on_grid", "check_in_view"]
-
-# A label map or mask on a grid of its own must meet its image in world space: below this share of its
-# nonzero voxels inside the image's field of view, and of the image's field of view inside its grid, the
-# two are taken to be apart (a header with another origin or orientation) and refused.
-MIN_COVERAGE = 0.01
-
-
-def check_in_view(img: Image, ref: Image, what: str, ref_name: str) -> None:
-    """Raise :class:`UniRegError` (naming ``img``'s file) unless ``img`` (a label map or mask) has
-    ``ref``'s dimensionality and, on a grid of its own, meets ``ref`` in world space (:data:`MIN_COVERAGE`).
-    On another grid it is resampled in world space by its own voxel-to-world matrix, as ANTs and ITK do."""
-    if img.ndim != ref.ndim:
-        raise UniRegError(f"{what} is {img.ndim}-D but the {ref_name} is {ref.ndim}-D", img.path)
-    if same_grid(img, ref) or not np.any(img.data[0]):
-        return
-    ours = world_coverage(img.data[0], img.affine, ref.spatial_shape, ref.affine)
-    theirs = world_coverage(np.ones(ref.spatial_shape, bool), ref.affine, img.spatial_shape, img.affine)
-    if max(ours, theirs) < MIN_COVERAGE:
-        raise UniRegError(
-            f"{what} ({'x'.join(map(str, img.spatial_shape))} voxels, on a grid of its own) does not meet the "
-            f"{ref_name} in world space ({100 * ours:.0f} % of its nonzero voxels inside it): check its header "
-            "(origin, orientation)",
-            img.path,
-        )
+__all__ = ["RegistrationResult", "register_images", "FixedToMoving", "displacement_on_grid"]
 
 
 @dataclass

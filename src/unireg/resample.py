@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .spatial.frames import grids_match
+from .errors import UniRegError
+from .io.image import Image, same_grid
+from .spatial.frames import grids_match, world_coverage
 from .spatial.grid import apply_matrix, sample
 from .spatial.world import affine_nd, pull, slab_size, slab_voxels, slabs
 
-__all__ = ["resample_fixed_grid", "warp_labels", "labelwise_argmax", "MAX_LABELWISE"]
+__all__ = ["resample_fixed_grid", "warp_labels", "labelwise_argmax", "MAX_LABELWISE", "check_in_view", "onto_grid"]
 
 # Up to this many labels, labels are interpolated label-wise (linear one-hot + argmax, smoother
 # boundaries); beyond it, nearest neighbour keeps memory flat.  One threshold for every command
@@ -149,3 +151,39 @@ def resample_fixed_grid(
                     sample(lab_src, q_lab, mode="nearest")[0, 0].round().cpu().numpy().astype(labels.dtype)
                 )
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}
+
+
+# A label map or mask on a grid of its own must meet its image in world space: below this share of its
+# nonzero voxels inside the image's field of view, and of the image's field of view inside its grid, the
+# two are taken to be apart (a header with another origin or orientation) and refused.
+MIN_COVERAGE = 0.01
+
+
+def check_in_view(img: Image, ref: Image, what: str, ref_name: str) -> None:
+    """Raise :class:`UniRegError` (naming ``img``'s file) unless ``img`` (a label map or mask) has
+    ``ref``'s dimensionality and, on a grid of its own, meets ``ref`` in world space (:data:`MIN_COVERAGE`).
+    On another grid it is resampled in world space by its own voxel-to-world matrix, as ANTs and ITK do
+    (:func:`onto_grid`, or ``resample_fixed_grid(labels_affine4=)`` for the moving labels)."""
+    if img.ndim != ref.ndim:
+        raise UniRegError(f"{what} is {img.ndim}-D but the {ref_name} is {ref.ndim}-D", img.path)
+    if same_grid(img, ref) or not np.any(img.data[0]):
+        return
+    ours = world_coverage(img.data[0], img.affine, ref.spatial_shape, ref.affine)
+    theirs = world_coverage(np.ones(ref.spatial_shape, bool), ref.affine, img.spatial_shape, img.affine)
+    if max(ours, theirs) < MIN_COVERAGE:
+        raise UniRegError(
+            f"{what} ({'x'.join(map(str, img.spatial_shape))} voxels, on a grid of its own) does not meet the "
+            f"{ref_name} in world space ({100 * ours:.0f} % of its nonzero voxels inside it): check its header "
+            "(origin, orientation)",
+            img.path,
+        )
+
+
+def onto_grid(img: Image, ref: Image, what: str, ref_name: str) -> Image:
+    """``img`` (a label map or mask) on ``ref``'s grid: itself if already there, else resampled in world
+    space label-wise (:func:`warp_labels`), once :func:`check_in_view` has found it meets ``ref``."""
+    check_in_view(img, ref, what, ref_name)
+    if same_grid(img, ref):
+        return img
+    data = warp_labels(img.data[0], img.affine, ref.spatial_shape, ref.affine, None)
+    return Image(data[None], np.asarray(ref.affine, dtype=np.float64).copy(), img.path, dict(img.meta))

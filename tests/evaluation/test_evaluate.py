@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from unireg.errors import UniRegError
 from unireg.evaluation.evaluate import evaluate_path, evaluate_result, format_table, jacobian_from_warp, write_metrics
 from unireg.io.image import write_image
 from unireg.io.warp import write_displacement_field
@@ -74,6 +75,32 @@ def test_epe_of_a_wrong_field_and_moving_labels_warped_through_the_field(tmp_pat
     assert r1["epe_mean"] == pytest.approx(0.0, abs=1e-5)
     assert r0["dice_1"] < 0.9
     assert r1["dice_1"] == pytest.approx(1.0)
+
+
+def test_fixed_labels_on_a_grid_of_their_own_are_scored_in_world_space(tmp_path):
+    """Fixed labels on another grid (the same labels in the same world place, padded) score as on the
+    warped labels' grid; a header that puts them elsewhere is refused with the file named."""
+    lab = _labels()
+    warped = lab.copy()
+    warped[3:5, 2:4, 2:4] = 0  # a partly wrong result: Dice below 1
+    res = _result(tmp_path / "r", np.zeros((3,) + lab.shape, np.float32), warped_labels=warped)
+    write_image(tmp_path / "same.nii.gz", lab[None], AFF)
+    padded = np.zeros((15, 10, 10), np.uint8)
+    padded[3:, :, 2:] = lab
+    own = AFF.copy()
+    own[:3, 3] -= AFF[:3, :3] @ [3.0, 0.0, 2.0]
+    write_image(tmp_path / "own.nii.gz", padded[None], own)
+    same = evaluate_result(res, fixed_labels=tmp_path / "same.nii.gz")
+    other = evaluate_result(res, fixed_labels=tmp_path / "own.nii.gz")
+    assert 0.5 < same["dice_mean"] < 1.0
+    assert other["dice_mean"] == pytest.approx(same["dice_mean"])
+    assert other["hd95_mean"] == pytest.approx(same["hd95_mean"])
+    far = AFF.copy()
+    far[:3, 3] += 400.0
+    write_image(tmp_path / "far.nii.gz", lab[None], far)
+    with pytest.raises(UniRegError, match="does not meet the warped labels") as e:
+        evaluate_result(res, fixed_labels=tmp_path / "far.nii.gz")
+    assert "far.nii.gz" in str(e.value)
 
 
 def test_jacobian_from_warp_detects_folding():

@@ -33,7 +33,7 @@ from ..io.atomic import atomic_path
 from ..io.image import Image, read_image
 from ..io.points import read_points
 from ..io.warp import read_displacement_field
-from ..resample import resample_fixed_grid
+from ..resample import onto_grid, resample_fixed_grid
 from ..spatial.frames import disp_world_to_vox
 from ..spatial.jacobian import jacobian_determinant
 from ..spatial.world import field_on_grid, warp_points
@@ -103,7 +103,8 @@ def evaluate_result(
     Parameters
     ----------
     folder : result folder (see the module docstring).
-    fixed_labels : label map on the fixed grid; default ``report.json``'s ``fixed_labels`` if it exists.
+    fixed_labels : label map of the fixed image (on its grid or its own, resampled onto the warped labels'); default
+        ``report.json``'s ``fixed_labels`` if it exists.
     moving_labels : label map on the moving grid, warped through ``warp.nii.gz`` when the folder has
         no ``warped_labels.nii.gz`` (every method's labels then get the same interpolation).
     true_warp : ground-truth ITK displacement field (fixed -> moving), compared with ``warp.nii.gz``.
@@ -139,13 +140,14 @@ def evaluate_result(
         wl_path = _find(folder, "warped_labels")
         warped = None
         if wl_path is not None:
-            warped = read_image(wl_path, labels=True).data[0]
+            wl = read_image(wl_path, labels=True)
+            # scored on the warped labels' grid (the fixed image's), as register's report does: fixed labels
+            # on a grid of their own are resampled onto it in world space
+            flab = onto_grid(flab, wl, "fixed label map", "warped labels")
+            warped = wl.data[0]
         elif moving_labels is not None and warp is not None:
             warped = _warp_labels(warp, read_image(moving_labels, labels=True), flab)
         if warped is not None:
-            if warped.shape != flab.spatial_shape:
-                raise UniRegError(f"warped labels {warped.shape} are not on the fixed label grid {flab.spatial_shape}",
-                                  wl_path)
             d = dice(flab.data[0], warped, labels)
             for k, v in d.items():
                 row[f"dice_{k}"] = v
