@@ -104,10 +104,8 @@ def resample_fixed_grid(
     if labels is not None:
         values = np.unique(labels)
         l_inv = None  # labels on the moving grid: sampled with the image
-        own_grid = labels_affine4 is not None and not grids_match(
-            labels.shape, labels_affine4, moving.shape[1:], moving_affine4
-        )
-        if own_grid:
+        if labels_affine4 is not None and not grids_match(labels.shape, labels_affine4, moving.shape[1:],
+                                                          moving_affine4):
             l_inv = torch.as_tensor(np.linalg.inv(affine_nd(labels_affine4, nd)), dtype=f32, device=dev)
         if len(values) <= MAX_LABELWISE:
             lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(dev)
@@ -142,11 +140,12 @@ def resample_fixed_grid(
         vals = sample(src, q)[0]
         torch.from_numpy(warped)[:, start:stop].copy_(vals[:n_img])
         if labels is not None:
-            lab_src, q_lab = (nearest_labels, q) if own is None else (own[1], apply_matrix(own[0], y)[None])
+            q_lab = q if own is None else apply_matrix(own[0], y)[None]  # in the label map's own voxels
             if nearest_labels is None:
-                probs = vals[n_img:] if own is None else sample(lab_src, q_lab)[0]
+                probs = vals[n_img:] if own is None else sample(own[1], q_lab)[0]
                 out_labels[start:stop] = values[labelwise_argmax(probs).cpu().numpy()]
             else:
+                lab_src = nearest_labels if own is None else own[1]
                 out_labels[start:stop] = (
                     sample(lab_src, q_lab, mode="nearest")[0, 0].round().cpu().numpy().astype(labels.dtype)
                 )

@@ -17,7 +17,7 @@ def test_the_setting_reaches_run_b_only_and_is_undone(capsys, monkeypatch):
     from unireg.stages import affine as affine_stage
 
     mod = load_script(SCRIPT)
-    seen = spy_on(monkeypatch, mod, "_run_pair", lambda case: affine_stage.IMPROVEMENT)
+    seen = spy_on(monkeypatch, mod, "_run_pair", lambda case, fast=False: affine_stage.IMPROVEMENT)
     before = affine_stage.IMPROVEMENT
     mod.main(["--dims", "2", "--pairs", "1", "--names", "2d_affine_00", "--set",
               "unireg.stages.affine.IMPROVEMENT=0.9"])

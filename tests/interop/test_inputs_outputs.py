@@ -70,7 +70,9 @@ def test_mask_options_reach_the_report_and_bad_mask_is_exit_2(tmp_path):
     f, lab = phantom(fs, fa, C)
     write_image(tmp_path / "f.nii.gz", f, fa)
     write_image(tmp_path / "mask.nii.gz", (lab > 0).astype(np.uint8), fa)
-    write_image(tmp_path / "small.nii.gz", np.ones((5, 5, 5), np.uint8), fa)
+    elsewhere = fa.copy()
+    elsewhere[:3, 3] += 300.0  # a grid of its own that its header puts 300 mm away
+    write_image(tmp_path / "elsewhere.nii.gz", np.ones((5, 5, 5), np.uint8), elsewhere)
     tiny_registrar(3, 1.5).save(tmp_path / "tiny.pt")
     base = ["register", tmp_path / "f.nii.gz", tmp_path / "f.nii.gz", "--model", tmp_path / "tiny.pt", "--refine", 1]
     r = _cli(*base, "--out", tmp_path / "o", "--fixed-mask", tmp_path / "mask.nii.gz",
@@ -78,8 +80,8 @@ def test_mask_options_reach_the_report_and_bad_mask_is_exit_2(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["fixed_mask"].endswith("mask.nii.gz") and rep["moving_mask"].endswith("mask.nii.gz")
-    r = _cli(*base, "--out", tmp_path / "o2", "--fixed-mask", tmp_path / "small.nii.gz")
-    assert r.exit_code == 2 and "small.nii.gz" in r.stderr and "differs" in r.stderr
+    r = _cli(*base, "--out", tmp_path / "o2", "--fixed-mask", tmp_path / "elsewhere.nii.gz")
+    assert r.exit_code == 2 and "elsewhere.nii.gz" in r.stderr and "does not meet the fixed image" in r.stderr
 
 
 # -------------------------------------------------------------------------------- initial transform
