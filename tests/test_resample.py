@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from unireg.pipeline import displacement_on_grid
-from unireg.resample import MAX_LABELWISE, resample_fixed_grid
+from unireg.resample import (
+    MAX_LABELWISE,
+    VOTE_MIN_LABELS,
+    labelwise_argmax,
+    labelwise_vote,
+    resample_fixed_grid,
+    warp_labels,
+)
+from unireg.spatial.grid import sample
 
 from .synthetic_pairs import grid_affine, rotation
 
@@ -27,7 +35,8 @@ def _case(n_labels: int):
     return f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels
 
 
-@pytest.mark.parametrize("n_labels", [5, MAX_LABELWISE + 4])  # label-wise and nearest-neighbour paths
+# label-wise (one-hot maps; the corner vote) and nearest-neighbour paths
+@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, MAX_LABELWISE + 4])
 def test_resample_fixed_grid_is_the_same_for_any_slab_size(n_labels):
     f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels = _case(n_labels)
     whole = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels, chunk_voxels=10**9)
@@ -117,14 +126,14 @@ def test_inverse_on_grid_is_the_inverse_map_evaluated_voxel_by_voxel():
 def _own_grid(labels: np.ndarray, aff: np.ndarray, pad: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The same labels in the same world place, on a grid of their own: ``pad`` voxels of background
     added before each axis, the origin moved back by as many voxels."""
-    out = np.zeros(tuple(n + p + 1 for n, p in zip(labels.shape, pad)), labels.dtype)
-    out[tuple(slice(p, p + n) for p, n in zip(pad, labels.shape))] = labels
+    out = np.zeros(tuple(n + p + 1 for n, p in zip(labels.shape, pad, strict=True)), labels.dtype)
+    out[tuple(slice(p, p + n) for p, n in zip(pad, labels.shape, strict=True))] = labels
     a = aff.copy()
     a[:3, 3] -= a[:3, :3] @ np.asarray(pad, dtype=np.float64)
     return out, a
 
 
-@pytest.mark.parametrize("n_labels", [5, MAX_LABELWISE + 4])  # label-wise and nearest-neighbour paths
+@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, MAX_LABELWISE + 4])
 def test_labels_on_a_grid_of_their_own_are_placed_by_their_own_header(n_labels):
     """A label map on another grid than the moving image is sampled at the same moving world points from
     its own voxels: the same labels in the same world place on a padded grid come out the same; read as
@@ -142,3 +151,46 @@ def test_labels_on_a_grid_of_their_own_are_placed_by_their_own_header(n_labels):
     cropped = labels[:, :, :-1]  # same header, one slice less: its own grid, the same voxels where it has them
     out = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, cropped, labels_affine4=m_aff)
     assert (out["labels"] == ref["labels"]).mean() > 0.8
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_the_corner_vote_is_the_argmax_of_linearly_interpolated_one_hot_maps(nd):
+    """labelwise_vote (time and memory flat in the number of labels) picks what interpolating every label's
+    one-hot map linearly (zero outside the grid) and taking the first maximum picks, at random points inside,
+    outside and across the edge; at half-voxel points, where labels tie exactly, the one-hot sums' float
+    rounding decides (0.25000012 against 0.25) and the vote takes the smallest of the tied labels."""
+    g = torch.Generator().manual_seed(nd)
+    shape = (9, 8, 7)[:nd]
+    blocks = torch.randint(0, 15, tuple((n + 1) // 2 for n in shape), generator=g)
+    for a in range(nd):
+        blocks = blocks.repeat_interleave(2, a)
+    index = blocks[tuple(slice(0, n) for n in shape)].contiguous()  # indices into sorted values
+    n_lab = int(index.max()) + 1
+    top = torch.tensor(shape, dtype=torch.float32).view(nd, 1)
+    pts = [torch.rand((nd, 4000), generator=g) * (top + 3) - 1.5,  # inside, outside and across the edge
+           torch.randint(0, 8, (nd, 500), generator=g).float() + 0.5]  # half-voxel points: ties
+    coords = torch.cat(pts, 1)
+    onehot = torch.stack([(index == k).float() for k in range(n_lab)])[None]
+    probs = sample(onehot, coords.view(1, nd, -1, *([1] * (nd - 1))))[0].reshape(n_lab, -1)
+    want = labelwise_argmax(probs)
+    got = labelwise_vote(index, coords)
+    n_random = pts[0].shape[1]
+    assert torch.equal(got[:n_random], want[:n_random])
+    assert len(torch.unique(got)) > 5 and bool((got == 0).any())
+    # at the ties: one of the labels carrying the largest weight, the smallest of them
+    top = probs.max(0).values
+    tied = probs >= top - 1e-5  # (labels, points)
+    first = tied.float().argmax(0)
+    assert torch.equal(got[n_random:], first[n_random:])
+    assert int((tied.sum(0) > 1)[n_random:].sum()) > 50  # the half-voxel points do tie
+
+
+def test_warp_labels_gives_the_same_map_with_either_label_wise_path(monkeypatch):
+    """warp_labels (register's Dice before, masks and fixed labels on another grid, apply --labels) gives the
+    same label map through one-hot maps and through the corner vote."""
+    f_shape, f_aff, _, _, _, _, _, m_aff, labels = _case(VOTE_MIN_LABELS + 3)
+    vote = warp_labels(labels, m_aff, f_shape, f_aff, None)
+    import unireg.resample as resample_mod
+
+    monkeypatch.setattr(resample_mod, "VOTE_MIN_LABELS", MAX_LABELWISE + 1)  # one-hot maps for every count
+    assert np.array_equal(warp_labels(labels, m_aff, f_shape, f_aff, None), vote)
