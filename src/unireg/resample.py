@@ -34,10 +34,12 @@ MAX_LABELWISE = 64
 # From this many labels on, the label-wise interpolation votes among each point's grid corners
 # (:func:`labelwise_vote`: time and memory flat in the number of labels) instead of interpolating one
 # one-hot map per label (one sampling pass for all, its cost growing with the labels).  The same label
-# maps either way, but where labels tie exactly (a point halfway between two): there the one-hot sums'
-# float rounding decides and the vote takes the smallest label (tests/test_resample.py).  Resampling a
-# 256^3 map onto a 1 mm head (197x233x189) at 2 threads: 4 labels 2.0 s one-hot, 5.0 s vote; 45 labels
-# (a FreeSurfer aseg) 19.9 s and 7.2 GB one-hot, 5.3 s and 1.3 GB vote.
+# maps either way, but where labels tie exactly (a point halfway between two: there the one-hot sums'
+# float rounding decides, the vote takes the smallest label; tests/test_resample.py) and at points
+# within ~1e-7 voxel of one voxel beyond the map's edge (grid_sample's normalised coordinates round
+# otherwise).  `python benchmarks/label_resampling.py` (a 256^3 map onto a 1 mm head, 2 threads,
+# benchmarks/results/label_resampling.md): 4 labels 1.7 s one-hot, 4.0 s vote; 12 labels 2.7 s / 2.2 GB
+# one-hot, 3.8 s / 1.3 GB vote; 45 (a FreeSurfer aseg) 15.0 s / 6.2 GB one-hot, 3.9 s / 1.3 GB vote.
 VOTE_MIN_LABELS = 12
 
 
