@@ -15,7 +15,7 @@ from .errors import UniRegError
 from .io.image import Image, same_grid
 from .spatial.frames import grids_match, world_coverage
 from .spatial.grid import apply_matrix, sample
-from .spatial.world import affine_nd, pull, slab_size, slab_voxels, slabs
+from .spatial.world import affine_nd, pull, slab_size, slab_voxels, slabs, source_voxels
 
 __all__ = [
     "resample_fixed_grid",
@@ -38,8 +38,8 @@ MAX_LABELWISE = 64
 # float rounding decides, the vote takes the smallest label; tests/test_resample.py) and at points
 # within ~1e-7 voxel of one voxel beyond the map's edge (grid_sample's normalised coordinates round
 # otherwise).  `python benchmarks/label_resampling.py` (a 256^3 map onto a 1 mm head, 2 threads,
-# benchmarks/results/label_resampling.md): 4 labels 1.7 s one-hot, 4.0 s vote; 12 labels 2.7 s / 2.2 GB
-# one-hot, 3.8 s / 1.3 GB vote; 45 (a FreeSurfer aseg) 15.0 s / 6.2 GB one-hot, 3.9 s / 1.3 GB vote.
+# benchmarks/results/label_resampling.md): 4 labels 1.3 s one-hot, 3.2 s vote; 12 labels 2.5 s / 2.2 GB
+# one-hot, 3.5 s / 1.2 GB vote; 45 (a FreeSurfer aseg) 13.8 s / 6.9 GB one-hot, 3.2 s / 1.2 GB vote.
 VOTE_MIN_LABELS = 12
 
 
@@ -99,10 +99,9 @@ def labelwise_vote(index_map: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     return out.reshape(pts)
 
 
-def _index_map(labels: np.ndarray, device) -> tuple[np.ndarray, torch.Tensor]:
-    """The sorted label values and the map of each voxel's index into them (int64, on ``device``)."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    return values, torch.from_numpy(inverse.reshape(labels.shape).astype(np.int64)).to(device)
+def _index_map(labels: np.ndarray, values: np.ndarray, device) -> torch.Tensor:
+    """Each voxel's index into ``values`` (the map's sorted label values), int64 on ``device``."""
+    return torch.from_numpy(np.searchsorted(values, labels).astype(np.int64)).to(device)
 
 
 def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map, device="cpu") -> np.ndarray:
@@ -120,17 +119,11 @@ def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_m
         onehot = torch.stack([(lab_t == int(v)).float() for v in values])
         probs = pull(onehot, src_affine4, out_shape, out_affine4, world_map=world_map)
         return values[labelwise_argmax(probs).cpu().numpy()].astype(labels.dtype)
-    values, index = _index_map(labels, device)
-    nd = len(out_shape)
-    f32 = torch.float32
-    src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=f32, device=index.device)
-    out_m = torch.as_tensor(affine_nd(out_affine4, nd), dtype=f32, device=index.device)
+    index = _index_map(labels, values, device)
     result = np.empty(tuple(out_shape), labels.dtype)
-    for rows in slabs(out_shape, slab_size(index.device, 24, 1_000_000)):
-        world = apply_matrix(out_m, slab_voxels(out_shape, rows, f32, index.device))
-        if world_map is not None:
-            world = world_map(world, rows)
-        result[rows] = values[labelwise_vote(index, apply_matrix(src, world)).cpu().numpy()]
+    chunk = slab_size(index.device, 24, 1_000_000)
+    for rows, vox in source_voxels(src_affine4, out_shape, out_affine4, world_map, chunk, index.device):
+        result[rows] = values[labelwise_vote(index, vox).cpu().numpy()]
     return result
 
 
@@ -196,7 +189,7 @@ def resample_fixed_grid(
             else:
                 onehot = onehot[None]
         elif len(values) <= MAX_LABELWISE:
-            values, index = _index_map(labels, dev)
+            index = _index_map(labels, values, dev)
         else:
             nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None].to(dev)
     src = src[None]
@@ -250,8 +243,9 @@ def check_in_view(img: Image, ref: Image, what: str, ref_name: str) -> None:
     if same_grid(img, ref) or not np.any(img.data[0]):
         return
     ours = world_coverage(img.data[0], img.affine, ref.spatial_shape, ref.affine)
-    theirs = world_coverage(np.ones(ref.spatial_shape, bool), ref.affine, img.spatial_shape, img.affine)
-    if max(ours, theirs) < MIN_COVERAGE:
+    if ours < MIN_COVERAGE and (
+        world_coverage(np.ones(ref.spatial_shape, bool), ref.affine, img.spatial_shape, img.affine) < MIN_COVERAGE
+    ):
         raise UniRegError(
             f"{what} ({'x'.join(map(str, img.spatial_shape))} voxels, on a grid of its own) does not meet the "
             f"{ref_name} in world space ({100 * ours:.0f} % of its nonzero voxels inside it): check its header "

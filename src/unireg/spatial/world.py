@@ -20,6 +20,7 @@ __all__ = [
     "working_grid",
     "cropped_grid",
     "pull",
+    "source_voxels",
     "apply_homogeneous",
     "slabs",
     "slab_voxels",
@@ -150,10 +151,7 @@ def pull(
     ``image``'s device (the result too).
     """
     nd = len(out_shape)
-    dtype = torch.float32  # world mm in float32: ~1e-5 mm resolution, far below a voxel
     dev = image.device
-    src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=dtype, device=dev)
-    out = torch.as_tensor(affine_nd(out_affine4, nd), dtype=dtype, device=dev)
     if (
         world_map is None
         and tuple(image.shape[1:]) == tuple(out_shape)
@@ -163,14 +161,32 @@ def pull(
     result = torch.empty((image.shape[0],) + tuple(out_shape), dtype=image.dtype, device=dev)
     img = image.unsqueeze(0)
     img_f = img if img.is_floating_point() else img.float()
-    for rows in slabs(out_shape, chunk_voxels):
-        world = apply_matrix(out, slab_voxels(out_shape, rows, dtype, dev))
-        if world_map is not None:
-            world = world_map(world, rows)
-        vox = apply_matrix(src, world)
+    for rows, vox in source_voxels(src_affine4, out_shape, out_affine4, world_map, chunk_voxels, dev):
         vals = sample(img_f, vox.unsqueeze(0).to(img_f.dtype), mode=mode, padding_mode=padding_mode)[0]
         result[(slice(None), rows)] = vals.to(result.dtype)
     return result
+
+
+def source_voxels(
+    src_affine4: np.ndarray,
+    out_shape: Sequence[int],
+    out_affine4: np.ndarray,
+    world_map: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+    chunk_voxels: int = 2_000_000,
+    device=None,
+):
+    """For each slab of the grid ``(out_shape, out_affine4)`` (about ``chunk_voxels`` voxels, along its first
+    axis): ``(rows, coordinates)``, the slab's rows and where its voxels fall in the source grid's voxels,
+    ``(ndim, rows, *out_shape[1:])`` float32 on ``device``, through ``world_map`` as for :func:`pull`."""
+    nd = len(out_shape)
+    dtype = torch.float32  # world mm in float32: ~1e-5 mm resolution, far below a voxel
+    src = torch.as_tensor(np.linalg.inv(affine_nd(src_affine4, nd)), dtype=dtype, device=device)
+    out = torch.as_tensor(affine_nd(out_affine4, nd), dtype=dtype, device=device)
+    for rows in slabs(out_shape, chunk_voxels):
+        world = apply_matrix(out, slab_voxels(out_shape, rows, dtype, device))
+        if world_map is not None:
+            world = world_map(world, rows)
+        yield rows, apply_matrix(src, world)
 
 
 def subdivided_grid(shape: Sequence[int], affine4: np.ndarray, factor: int) -> tuple[tuple[int, ...], np.ndarray]:
