@@ -99,6 +99,12 @@ def labelwise_vote(index_map: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     return out.reshape(pts)
 
 
+def _one_hot(labels: np.ndarray, values: np.ndarray, device) -> torch.Tensor:
+    """``(len(values), *S)`` float32 on ``device``: 1 where the map holds each of ``values``."""
+    lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+    return torch.stack([(lab_t == int(v)).float() for v in values])
+
+
 def _index_map(labels: np.ndarray, values: np.ndarray, device) -> torch.Tensor:
     """Each voxel's index into ``values`` (the map's sorted label values), int64 on ``device``."""
     return torch.from_numpy(np.searchsorted(values, labels).astype(np.int64)).to(device)
@@ -115,9 +121,7 @@ def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_m
         out = pull(t, src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
         return out[0].round().cpu().numpy().astype(labels.dtype)
     if len(values) < VOTE_MIN_LABELS:  # one one-hot map per label, interpolated linearly
-        lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-        onehot = torch.stack([(lab_t == int(v)).float() for v in values])
-        probs = pull(onehot, src_affine4, out_shape, out_affine4, world_map=world_map)
+        probs = pull(_one_hot(labels, values, device), src_affine4, out_shape, out_affine4, world_map=world_map)
         return values[labelwise_argmax(probs).cpu().numpy()].astype(labels.dtype)
     index = _index_map(labels, values, device)
     result = np.empty(tuple(out_shape), labels.dtype)
@@ -182,8 +186,7 @@ def resample_fixed_grid(
             lab_inv = torch.as_tensor(np.linalg.inv(affine_nd(labels_affine4, nd)), dtype=f32, device=dev)
         values = np.unique(labels)
         if len(values) < VOTE_MIN_LABELS:  # one-hot maps: with the image in one sampling on its grid
-            lab_t = torch.from_numpy(np.ascontiguousarray(labels)).to(dev)
-            onehot = torch.stack([(lab_t == int(v)).to(f32) for v in values])
+            onehot = _one_hot(labels, values, dev)
             if lab_inv is m_inv:
                 src, onehot = torch.cat([src, onehot], 0), None
             else:
