@@ -6,7 +6,6 @@ import torch
 
 from unireg.pipeline import displacement_on_grid
 from unireg.resample import (
-    MAX_LABELWISE,
     VOTE_MIN_LABELS,
     labelwise_argmax,
     labelwise_vote,
@@ -35,8 +34,8 @@ def _case(n_labels: int):
     return f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels
 
 
-# label-wise (one-hot maps; the corner vote) and nearest-neighbour paths
-@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, MAX_LABELWISE + 4])
+# label-wise through one-hot maps and through the corner vote (a few labels, and as many as a FreeSurfer aparc+aseg)
+@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, 120])
 def test_resample_fixed_grid_is_the_same_for_any_slab_size(n_labels):
     f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels = _case(n_labels)
     whole = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels, chunk_voxels=10**9)
@@ -133,7 +132,7 @@ def _own_grid(labels: np.ndarray, aff: np.ndarray, pad: tuple[int, int, int]) ->
     return out, a
 
 
-@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, MAX_LABELWISE + 4])
+@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, 120])
 def test_labels_on_a_grid_of_their_own_are_placed_by_their_own_header(n_labels):
     """A label map on another grid than the moving image is sampled at the same moving world points from
     its own voxels: the same labels in the same world place on a padded grid come out the same; read as
@@ -158,7 +157,8 @@ def test_the_corner_vote_is_the_argmax_of_linearly_interpolated_one_hot_maps(nd)
     """labelwise_vote (time and memory flat in the number of labels) picks what interpolating every label's
     one-hot map linearly (zero outside the grid) and taking the first maximum picks, at random points inside,
     outside and across the edge; at half-voxel points, where labels tie exactly, the one-hot sums' float
-    rounding decides (0.25000012 against 0.25) and the vote takes the smallest of the tied labels."""
+    rounding decides (0.25000012 against 0.25) and the vote takes the smallest of the tied labels; where no
+    corner lies inside the grid both give -1."""
     g = torch.Generator().manual_seed(nd)
     shape = (9, 8, 7)[:nd]
     blocks = torch.randint(0, 15, tuple((n + 1) // 2 for n in shape), generator=g)
@@ -176,11 +176,11 @@ def test_the_corner_vote_is_the_argmax_of_linearly_interpolated_one_hot_maps(nd)
     got = labelwise_vote(index, coords)
     n_random = pts[0].shape[1]
     assert torch.equal(got[:n_random], want[:n_random])
-    assert len(torch.unique(got)) > 5 and bool((got == 0).any())
+    assert len(torch.unique(got)) > 5 and bool((got == 0).any()) and bool((got == -1).any())
     # at the ties: one of the labels carrying the largest weight, the smallest of them
     top = probs.max(0).values
     tied = probs >= top - 1e-5  # (labels, points)
-    first = tied.float().argmax(0)
+    first = torch.where(top > 0, tied.float().argmax(0), -1)  # -1: no corner inside the grid
     assert torch.equal(got[n_random:], first[n_random:])
     assert int((tied.sum(0) > 1)[n_random:].sum()) > 50  # the half-voxel points do tie
 
@@ -192,5 +192,41 @@ def test_warp_labels_gives_the_same_map_with_either_label_wise_path(monkeypatch)
     vote = warp_labels(labels, m_aff, f_shape, f_aff, None)
     import unireg.resample as resample_mod
 
-    monkeypatch.setattr(resample_mod, "VOTE_MIN_LABELS", MAX_LABELWISE + 1)  # one-hot maps for every count
+    monkeypatch.setattr(resample_mod, "VOTE_MIN_LABELS", 10**9)  # one-hot maps for every count
     assert np.array_equal(warp_labels(labels, m_aff, f_shape, f_aff, None), vote)
+
+
+@pytest.mark.parametrize("n_labels", [5, VOTE_MIN_LABELS + 3, 120])
+def test_label_values_are_exact_whatever_their_size_and_zero_beyond_the_map(n_labels):
+    """Label values beyond float32's integers (an Allen mouse atlas's 614454277) come out exact, by every
+    label path (register's fixed-grid pass, warp_labels, apply's nearest), and a map with no 0 label gives 0
+    where it does not reach (as ANTs/ITK interpolators give outside an image), not its smallest label."""
+    from unireg import api
+    from unireg.io.image import Image
+
+    f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels = _case(n_labels)
+    big = (614_454_277 + 3 * np.arange(n_labels)).astype(np.int32)  # sorted like the small ones
+    big_labels = big[labels]
+    t = t.copy()
+    t[0, 3] += 6.0  # part of the fixed grid looks beyond the map
+    small = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, labels + 1)["labels"]
+    outside = small == 0
+    assert 0.1 < outside.mean() < 0.9  # some fixed voxels see no label, most see one
+    want = np.where(outside, 0, big[np.maximum(small - 1, 0)])
+    got = resample_fixed_grid(f_shape, f_aff, w_aff, t, disp_w, jac_w, moving, m_aff, big_labels)["labels"]
+    assert np.array_equal(got, want)
+
+    def world_map(x, rows):
+        return x + torch.as_tensor(t[:3, 3], dtype=x.dtype).view(3, *([1] * (x.dim() - 1)))
+
+    small = warp_labels(labels + 1, m_aff, f_shape, f_aff, world_map)
+    assert 0.1 < (small == 0).mean() < 0.9
+    want = np.where(small == 0, 0, big[np.maximum(small - 1, 0)])
+    assert np.array_equal(warp_labels(big_labels, m_aff, f_shape, f_aff, world_map), want)
+    # apply -n nearest of an integer map through a transform (the moving map onto the fixed grid)
+    small = api.apply([t], Image((labels + 1)[None], m_aff, None), (np.arange(np.prod(f_shape), dtype=np.float32).reshape(f_shape), f_aff),
+                      interpolation="nearest").data[0]
+    assert 0.1 < (small == 0).mean() < 0.9 and len(np.unique(small)) > min(n_labels, 4)
+    got = api.apply([t], Image(big_labels[None], m_aff, None), (np.arange(np.prod(f_shape), dtype=np.float32).reshape(f_shape), f_aff),
+                    interpolation="nearest").data[0]
+    assert np.array_equal(got, np.where(small == 0, 0, big[np.maximum(small - 1, 0)]))

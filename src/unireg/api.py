@@ -13,7 +13,7 @@ from .io.image import Image, PendingReads, read_image
 from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
 from .pipeline import RegistrationResult, register_images
-from .resample import onto_grid, warp_labels
+from .resample import nearest_labels, onto_grid, warp_labels
 from .spatial.frames import world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
 
@@ -294,6 +294,8 @@ def _resample(img: Image, ref_img: Image, world_map, interp: str, device: torch.
         out = warp_labels(img.data[0], img.affine, shape, aff, world_map, device=device)[None]
     elif interp == "bspline":
         out = pull_bspline(img.data[0], img.affine, shape, aff, world_map)[None]
+    elif interp == "nearest" and img.data.dtype.kind in "iu":  # label values exact, whatever their size
+        out = np.stack([nearest_labels(c, img.affine, shape, aff, world_map, device=device) for c in img.data])
     else:
         data = torch.from_numpy(np.ascontiguousarray(img.data, dtype=np.float32)).to(device)
         out = (
@@ -303,8 +305,6 @@ def _resample(img: Image, ref_img: Image, world_map, interp: str, device: torch.
             .cpu()
             .numpy()
         )
-        if interp == "nearest" and img.data.dtype.kind in "iu":
-            out = out.round().astype(img.data.dtype)
     return Image(out, aff.copy(), None)
 
 

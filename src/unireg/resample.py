@@ -22,15 +22,18 @@ __all__ = [
     "warp_labels",
     "labelwise_vote",
     "labelwise_argmax",
-    "MAX_LABELWISE",
+    "nearest_labels",
     "check_in_view",
     "onto_grid",
 ]
 
-# Up to this many labels, labels are interpolated label-wise (linear one-hot + argmax, smoother
-# boundaries); beyond it, nearest neighbour keeps memory flat.  One threshold for every command
-# (register, apply, batch): they must give the same label map for the same transform.
-MAX_LABELWISE = 64
+# Label maps are interpolated label-wise at any number of labels (linear per label, then the label with
+# the most weight; ANTs' GenericLabel), one routine for every command (register, apply, batch, evaluate):
+# they must give the same label map for the same transform.  Points where no grid corner of the map lies
+# inside it get 0 (background), as ANTs' and ITK's interpolators give outside an image.  (Before session 31
+# maps with more than 64 labels were resampled nearest-neighbour, to bound the one-hot maps' memory, and
+# through float32, which rounds label values beyond 2**24: an Allen mouse atlas's 614454277 came out as
+# 614454272.  The vote below made the bound needless.)
 # From this many labels on, the label-wise interpolation votes among each point's grid corners
 # (:func:`labelwise_vote`: time and memory flat in the number of labels) instead of interpolating one
 # one-hot map per label (one sampling pass for all, its cost growing with the labels).  The same label
@@ -45,20 +48,27 @@ VOTE_MIN_LABELS = 12
 
 def labelwise_argmax(probs: torch.Tensor) -> torch.Tensor:
     """Index of the largest of ``probs`` ``(L, *S)`` per voxel, first wins ties (a running maximum:
-    argmax over a strided dimension is slow)."""
+    argmax over a strided dimension is slow); -1 where every one is zero (no corner of the map's grid
+    around the point: outside it)."""
     best, idx = probs[0], torch.zeros(probs.shape[1:], dtype=torch.int64, device=probs.device)
     for k in range(1, probs.shape[0]):
         better = probs[k] > best
         best = torch.where(better, probs[k], best)
         idx = idx.masked_fill(better, k)
-    return idx
+    return idx.masked_fill(best <= 0, -1)
+
+
+def _label_values(values: np.ndarray, index: torch.Tensor, dtype) -> np.ndarray:
+    """Indices into the sorted label ``values`` as the labels themselves (``dtype``); -1 (outside) as 0."""
+    idx = index.cpu().numpy()
+    return np.where(idx < 0, 0, values[np.maximum(idx, 0)]).astype(dtype, copy=False)
 
 
 def labelwise_vote(index_map: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Label-wise linear interpolation of a label map at voxel coordinates ``coords`` ``(nd, *P)``: at each
     point, the index (into the sorted label values, ``index_map`` ``(*S)`` int64) whose label carries the
     largest total linear weight among the point's ``2**nd`` grid corners; corners outside the grid weigh
-    nothing; exact ties and points with no corner inside: the smallest index.  The winner of interpolating
+    nothing; exact ties: the smallest index; points with no corner inside: -1.  The winner of interpolating
     every label's one-hot map linearly (zero outside) and taking :func:`labelwise_argmax` (which, at exact
     ties, follows its sums' float rounding), but from the corners alone: memory and time do not grow with
     the number of labels (:data:`VOTE_MIN_LABELS`)."""
@@ -85,10 +95,10 @@ def labelwise_vote(index_map: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     lab, wts = torch.stack(labels), torch.stack(weights)
     # most points have one label at every corner: theirs, if any corner is inside; the vote for the rest
     uniform = (lab == lab[:1]).all(0)
-    out = torch.where(uniform & (wts.sum(0) > 0), lab[0], torch.zeros_like(lab[0]))
+    out = torch.where(uniform & (wts.sum(0) > 0), lab[0], torch.full_like(lab[0], -1))
     mixed = (~uniform).nonzero().squeeze(1)
     lab, wts = lab[:, mixed], wts[:, mixed]
-    best = torch.zeros_like(lab[0])
+    best = torch.full_like(lab[0], -1)
     best_score = torch.zeros_like(wts[0])
     for k in range(lab.shape[0]):
         score = (wts * (lab == lab[k])).sum(0)
@@ -111,24 +121,31 @@ def _index_map(labels: np.ndarray, values: np.ndarray, device) -> torch.Tensor:
 
 
 def warp_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map, device="cpu") -> np.ndarray:
-    """Resample an integer label map through ``world_map`` (see :func:`unireg.spatial.world.pull`):
-    label-wise linear interpolation up to :data:`MAX_LABELWISE` labels (one-hot maps, from
-    :data:`VOTE_MIN_LABELS` on :func:`labelwise_vote`), else nearest; the interpolation runs on ``device``;
-    the result comes back as a numpy array."""
+    """Resample an integer label map through ``world_map`` (see :func:`unireg.spatial.world.pull`),
+    label-wise (linear per label, the label with the most weight wins; below :data:`VOTE_MIN_LABELS`
+    labels through one-hot maps, from it on by :func:`labelwise_vote`); 0 beyond the map; the
+    interpolation runs on ``device``; the result comes back as a numpy array."""
     values = np.unique(labels)
-    if len(values) > MAX_LABELWISE:
-        t = torch.from_numpy(labels.astype(np.float32))[None].to(device)
-        out = pull(t, src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
-        return out[0].round().cpu().numpy().astype(labels.dtype)
     if len(values) < VOTE_MIN_LABELS:  # one one-hot map per label, interpolated linearly
         probs = pull(_one_hot(labels, values, device), src_affine4, out_shape, out_affine4, world_map=world_map)
-        return values[labelwise_argmax(probs).cpu().numpy()].astype(labels.dtype)
+        return _label_values(values, labelwise_argmax(probs), labels.dtype)
     index = _index_map(labels, values, device)
     result = np.empty(tuple(out_shape), labels.dtype)
     chunk = slab_size(index.device, 24, 1_000_000)
     for rows, vox in source_voxels(src_affine4, out_shape, out_affine4, world_map, chunk, index.device):
-        result[rows] = values[labelwise_vote(index, vox).cpu().numpy()]
+        result[rows] = _label_values(values, labelwise_vote(index, vox), labels.dtype)
     return result
+
+
+def nearest_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, world_map, device="cpu") -> np.ndarray:
+    """Nearest-neighbour resampling of an integer map (``apply -n nearest`` of a label map) with its values
+    exact whatever their size: the nearest voxel's index into the sorted values is what is interpolated
+    (float32 holds every index up to 2**24 exactly, not every label value: an Allen atlas's 614454277
+    would round to 614454272); 0 beyond the map, as with linear interpolation."""
+    values = np.unique(labels)
+    index = torch.from_numpy((np.searchsorted(values, labels) + 1).astype(np.float32))[None].to(device)
+    out = pull(index, src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
+    return _label_values(values, out[0].round().long() - 1, labels.dtype)
 
 
 def resample_fixed_grid(
@@ -178,7 +195,7 @@ def resample_fixed_grid(
 
     src = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32)).to(dev)
     n_img = src.shape[0]
-    values = index = onehot = nearest_labels = None
+    values = index = onehot = None
     lab_inv = m_inv  # moving world -> the label map's voxels (its own grid, or the moving image's)
     if labels is not None:
         if labels_affine4 is not None and not grids_match(labels.shape, labels_affine4, moving.shape[1:],
@@ -191,10 +208,8 @@ def resample_fixed_grid(
                 src, onehot = torch.cat([src, onehot], 0), None
             else:
                 onehot = onehot[None]
-        elif len(values) <= MAX_LABELWISE:
-            index = _index_map(labels, values, dev)
         else:
-            nearest_labels = torch.from_numpy(labels.astype(np.float32))[None, None].to(dev)
+            index = _index_map(labels, values, dev)
     src = src[None]
     if chunk_voxels is None:  # ~12 floats per voxel besides the sampled channels (+ the label corners)
         extra = 0 if labels is None else (onehot.shape[1] if onehot is not None else 2 * 2**nd)
@@ -220,13 +235,10 @@ def resample_fixed_grid(
         if out_labels is not None and values is not None:
             q_lab = q[0] if lab_inv is m_inv else apply_matrix(lab_inv, y)  # in the label map's own voxels
             if index is not None:
-                out_labels[start:stop] = values[labelwise_vote(index, q_lab).cpu().numpy()]
-            elif nearest_labels is None:  # one-hot maps
+                out_labels[start:stop] = _label_values(values, labelwise_vote(index, q_lab), labels.dtype)
+            else:  # one-hot maps
                 probs = vals[n_img:] if onehot is None else sample(onehot, q_lab[None])[0]
-                out_labels[start:stop] = values[labelwise_argmax(probs).cpu().numpy()]
-            else:
-                near = sample(nearest_labels, q_lab[None], mode="nearest")[0, 0]
-                out_labels[start:stop] = near.round().cpu().numpy().astype(out_labels.dtype)
+                out_labels[start:stop] = _label_values(values, labelwise_argmax(probs), labels.dtype)
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}
 
 
