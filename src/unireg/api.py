@@ -127,6 +127,7 @@ def register(
     fixed_mask: ImageLike | None = None,
     moving_mask: ImageLike | None = None,
     initial_transform: str | os.PathLike | np.ndarray | None = None,
+    transform: str = "deformable",
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``.
 
@@ -140,6 +141,9 @@ def register(
     fixed_labels : optional label map of the fixed image (on its grid, or on one of its own, resampled
         onto it); Dice before/after goes into the report.
     affine : run the affine pre-alignment first.
+    transform : ``"deformable"`` (default: the affine, then the deformation), ``"affine"`` or ``"rigid"``
+        (the affine stage alone, a rotation and a translation for ``rigid``; as antsRegistrationSyN.sh's
+        ``-t a`` / ``-t r``): the outputs are the same files, the deformable part zero.
     refine : instance-optimisation iterations per refinement level (coarse, working grid, native
         resolution); None: the default schedule; 0: the network alone.
     fast : network, then the coarse and native-resolution refinement levels only (no working-grid level,
@@ -174,6 +178,7 @@ def register(
         raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
     if refine is not None and int(refine) < 0:
         raise UniRegError(f"refine must be >= 0 iterations, got {refine}")
+    check_transform(transform, affine)
     check_device(device)
     fmask = _as_mask(fixed_mask, fixed_img, "fixed_mask")
     mmask = _as_mask(moving_mask, moving_img, "moving_mask")
@@ -207,12 +212,24 @@ def register(
         fixed_mask=fmask,
         moving_mask=mmask,
         initial_transform=init,
+        transform=transform,
     )
     from .verdict import judge
 
     # failed or not, said in the report (and by the CLI's exit status 3), not only in a score
     result.report["verdict"] = judge(result.report, result.warped.data)
     return result
+
+
+def check_transform(transform: str, affine: bool = True) -> None:
+    """A UniRegError unless ``transform`` is one of :data:`unireg.stages.state.TRANSFORMS` and, when it
+    is the affine stage alone (``rigid``/``affine``), that stage is on (``affine``)."""
+    from .stages.state import TRANSFORMS
+
+    if transform not in TRANSFORMS:
+        raise UniRegError(f"unknown transform {transform!r}; use {', '.join(TRANSFORMS)}")
+    if transform != "deformable" and not affine:
+        raise UniRegError(f"--transform {transform} with --no-affine leaves nothing to register")
 
 
 def check_device(device: str) -> torch.device:

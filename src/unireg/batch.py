@@ -105,6 +105,7 @@ class BatchOptions:
     extractor_weights: str | None = None
     fmt: str | None = None
     outputs: str | None = None
+    transform: str = "deformable"
 
     def key(self) -> dict:
         """What goes into the resume hash (the model path resolved; a Registrar object by name)."""
@@ -113,6 +114,8 @@ class BatchOptions:
         for k in ("extractor_weights", "fmt", "outputs"):
             if d[k] is None:
                 d.pop(k)
+        if d["transform"] == "deformable":
+            d.pop("transform")
         if d["model"] not in (None, "default"):
             m = d["model"]
             d["model"] = str(Path(m).resolve()) if isinstance(m, (str, os.PathLike)) else repr(m)
@@ -362,7 +365,7 @@ def _register_pair(pair: Pair, pair_dir: Path, models: _Models, options: BatchOp
         fixed_labels=pair.fixed_labels, affine=options.affine, refine=options.refine,
         smoothness=options.smoothness, device=options.device, seed=options.seed,
         extractor_weights=options.extractor_weights, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-        initial_transform=pair.initial_transform,
+        initial_transform=pair.initial_transform, transform=options.transform,
     )
     result.save(pair_dir, qc=options.qc, html=options.qc, fmt=options.fmt, outputs=options.outputs)
     crash()

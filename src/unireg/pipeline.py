@@ -33,7 +33,7 @@ from .spatial.world import affine_nd, embed_nd, fill_by_slabs, pull, slab_size
 from .stages import deformable, finish
 from .stages.affine import affine as affine_stage
 from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare, stage_threads  # noqa: F401
-from .stages.state import Options, State
+from .stages.state import TRANSFORMS, Options, State
 
 __all__ = ["RegistrationResult", "register_images", "FixedToMoving", "displacement_on_grid"]
 
@@ -176,6 +176,7 @@ def register_images(
     fixed_mask: Image | None = None,
     moving_mask: Image | None = None,
     progress: Callable[[str], None] | None = None,
+    transform: str = "deformable",
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both :class:`Image`) with a :class:`Registrar`.
 
@@ -184,6 +185,8 @@ def register_images(
     ``native=False`` skips the native-resolution level; ``do_no_harm=False`` keeps every stage even
     when it worsens the similarity; ``qc_score=False`` skips the failure score (``qc_score: null``).
     ``progress(stage)`` is called as each stage starts.  The caller's model is never moved in place.
+    ``transform``: ``"deformable"``, or ``"affine"`` / ``"rigid"`` (the affine stage alone, the
+    deformation zero; :data:`unireg.stages.state.TRANSFORMS`).
     """
     t_start = time.perf_counter()
     torch.manual_seed(seed)
@@ -201,7 +204,9 @@ def register_images(
     if next(model.parameters(), torch.empty(0)).device != dev:
         model = copy.deepcopy(model).to(dev)  # never move the caller's model in place
     model.eval()
-    opts = Options(affine=affine, refine=refine, fast=fast, native=native, smoothness=smoothness, device=str(dev),
+    if transform not in TRANSFORMS:
+        raise UniRegError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    opts = Options(affine=affine, transform=transform, refine=refine, fast=fast, native=native, smoothness=smoothness, device=str(dev),
                    seed=seed, qc_score=qc_score, do_no_harm=do_no_harm, initial_transform=initial_transform,
                    fixed_mask=fixed_mask, moving_mask=moving_mask, progress=progress, model_name=model_name)
     s = State(fixed, moving, model, opts, dev, moving_labels=moving_labels, fixed_labels=fixed_labels)
@@ -209,12 +214,15 @@ def register_images(
     prepare(s)
     with stage_threads(s):  # one thread for a small 2-D pair (the report says how many ran)
         affine_stage(s)
-        deformable.features(s)
-        deformable.network(s)
-        deformable.refine(s)
-        deformable.integrate(s)
-        deformable.deformable_gate(s)
-        deformable.polish(s)
+        deformable.features(s)  # the failure score compares them too
+        if transform == "deformable":
+            deformable.network(s)
+            deformable.refine(s)
+            deformable.integrate(s)
+            deformable.deformable_gate(s)
+            deformable.polish(s)
+        else:
+            deformable.none(s)
         # on the registration's device: the inverse warp's whole-grid pass runs there (points are moved to it)
         mapping = FixedToMoving(nd, affine_nd(s.w_aff4, nd), s.t_nd, s.disp_w.detach(), s.inv_disp_w.detach())
         finish.qc_and_resample(s)

@@ -79,10 +79,13 @@ def _level_maps(fixed_grid4: np.ndarray, moving_grid4: np.ndarray, nd: int, fact
     return both[0], both[1]
 
 
-def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float):
+def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float, rigid: bool = False):
     """Trainable ``(lin, trans)`` for ``K`` starts ``t0`` ``(K, n+1, n+1)`` and the function giving their
-    matrices: ``t0 @ [[I + lin, c - (I + lin) c + trans * half_extent], [0, 1]]`` (about the fixed
-    field-of-view centre ``c``; the translation scaled by its size so one learning rate fits every image)."""
+    matrices: ``t0 @ [[A, c - A c + trans * half_extent], [0, 1]]`` (about the fixed field-of-view centre
+    ``c``; the translation scaled by its size so one learning rate fits every image), ``A = I + lin``, or
+    with ``rigid`` the rotation ``A = exp(lin - lin^T)`` (the exponential of a skew-symmetric matrix: a
+    rotation for any ``lin``, ``I`` at the start; ANTs' and elastix's rigid transforms are the same
+    group, parameterised by Euler angles or a versor)."""
     k, nd = t0.shape[0], t0.shape[1] - 1
     dev = t0.device
     lin = torch.zeros(k, nd, nd, dtype=torch.float64, device=dev, requires_grad=True)
@@ -91,11 +94,17 @@ def _parameters(t0: torch.Tensor, centre: torch.Tensor, half_extent: float):
     bottom = torch.eye(nd + 1, dtype=torch.float64, device=dev)[nd:].expand(k, 1, nd + 1)
 
     def matrix() -> torch.Tensor:  # (K, n+1, n+1)
-        a = eye + lin
+        a = torch.linalg.matrix_exp(lin - lin.transpose(-1, -2)) if rigid else eye + lin
         top = torch.cat([a, (centre - a @ centre + trans * half_extent).unsqueeze(-1)], dim=-1)
         return t0 @ torch.cat([top, bottom], dim=1)
 
     return lin, trans, matrix
+
+
+def _penalty(rigid: bool) -> float:
+    """Weight of the pull towards the start's linear part (``SHEAR_SCALE_PENALTY``); none for a rigid
+    transform, which has no shear or scale to hold back."""
+    return 0.0 if rigid else SHEAR_SCALE_PENALTY
 
 
 def _sampling_box(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,6 +135,7 @@ def polish_affine(
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
     seed: int = 0,
+    rigid: bool = False,
 ) -> np.ndarray:
     """Refine one affine ``init`` on finer features than :func:`optimize_affine`'s pyramid reaches, at
     ``points`` random fixed voxels drawn afresh every iteration inside the box of the fixed structure
@@ -133,7 +143,8 @@ def polish_affine(
 
     Same conventions, parameterisation and loss as :func:`optimize_affine` (feature MSE over fixed
     voxels with structure, inside ``fixed_mask``, whose mapped position falls inside the moving grid
-    and ``moving_mask``; the same weak pull towards ``init``'s linear part).
+    and ``moving_mask``; the same weak pull towards ``init``'s linear part).  ``rigid``: a rotation and a
+    translation from ``init`` (:func:`_parameters`).
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
@@ -142,7 +153,7 @@ def polish_affine(
     wf, wm_inv = torch.as_tensor(maps, dtype=torch.float64, device=dev)  # one copy for both
     t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev).reshape(1, nd + 1, nd + 1)
     centre, half_extent = _frame(fixed_grid4, shape, dev)
-    lin, trans, matrix = _parameters(t0, centre, half_extent)
+    lin, trans, matrix = _parameters(t0, centre, half_extent, rigid)
     opt = Adam([lin, trans], lr=lr)
     weight = structure_mask(fixed_feat)[0, 0]
     if fixed_mask is not None:
@@ -165,7 +176,7 @@ def polish_affine(
             inside = inside & (sample(mov_in, coords.detach()) >= 0.5)
         w = w_flat[pick].view_as(inside[:, 0:1]) * inside.detach().float()
         target = ff_rows[pick].t().reshape(warped.shape)
-        loss = feature_mse_each(target, warped, w).sum() + SHEAR_SCALE_PENALTY * (lin * lin).sum()
+        loss = feature_mse_each(target, warped, w).sum() + _penalty(rigid) * (lin * lin).sum()
         loss.backward()
         opt.step()
     return matrix().detach().cpu().numpy()[0]
@@ -190,6 +201,7 @@ def mi_affine(
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
     seed: int = 0,
+    rigid: bool = False,
 ) -> np.ndarray:
     """Refine one affine ``init`` (fixed world -> moving world) by maximising the mutual information of
     the two images' *intensities* (Mattes-style: Gaussian Parzen histograms, ``points`` random fixed
@@ -206,13 +218,13 @@ def mi_affine(
     mapped position falls inside the moving grid and ``moving_mask`` count.  Same parameterisation and
     the same weak pull towards ``init``'s linear part as :func:`optimize_affine`.  A level with fewer
     than :data:`MI_MIN_VOXELS_PER_BIN` voxels per joint-histogram bin is skipped (all skipped: ``init``
-    comes back unchanged).
+    comes back unchanged).  ``rigid``: a rotation and a translation from ``init`` (:func:`_parameters`).
     """
     nd = fixed.dim()
     dev = fixed.device
     t0 = torch.as_tensor(np.asarray(init), dtype=torch.float64, device=dev).reshape(1, nd + 1, nd + 1)
     centre, half_extent = _frame(fixed_grid4, tuple(fixed.shape), dev)
-    lin, trans, matrix = _parameters(t0, centre, half_extent)
+    lin, trans, matrix = _parameters(t0, centre, half_extent, rigid)
     opt = Adam([lin, trans], lr=lr)
     g = torch.Generator().manual_seed(int(seed))
     for level, (factor, iters) in enumerate(levels):
@@ -253,7 +265,7 @@ def mi_affine(
             w = w_flat[pick] * inside.float()
             alive = alive & ~(w.sum() < 100)
             loss = -parzen_mutual_information(f_flat[pick], values, w, bins)
-            loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
+            loss = loss + _penalty(rigid) * (lin * lin).sum()
             loss.backward()
             opt.step(alive)
             taken += alive
@@ -285,6 +297,7 @@ def optimize_affine(
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    rigid: bool = False,
 ) -> np.ndarray:
     """Refine ``init`` (fixed world -> moving world) by minimising feature MSE.
 
@@ -299,7 +312,8 @@ def optimize_affine(
     feature MSE then counts only fixed voxels inside ``fixed_mask`` whose mapped position falls
     inside ``moving_mask`` (as ANTs/elastix masks do: the features themselves are not zeroed).
     ``pooled``: ``{factor: (fixed, moving)}`` features already pooled by ``factor`` (a caller running
-    many starts pools once).
+    many starts pools once).  ``rigid``: each start moved by a rotation and a translation only
+    (:func:`_parameters`): a rigid start stays rigid.
     """
     nd = fixed_feat.dim() - 2
     dev = fixed_feat.device
@@ -309,7 +323,7 @@ def optimize_affine(
     k = t0.shape[0]
     shape = fixed_feat.shape[2:]
     centre, half_extent = _frame(fixed_grid4, shape, dev)
-    lin, trans, matrix = _parameters(t0, centre, half_extent)
+    lin, trans, matrix = _parameters(t0, centre, half_extent, rigid)
     opt = Adam([lin, trans], lr=lr)
 
     for factor, iters in levels:
@@ -339,7 +353,7 @@ def optimize_affine(
             # each start's own feature MSE, summed: the starts' gradients stay apart
             loss = feature_mse_each(ff, warped, inside.float() * structure).sum()
             # a weak pull towards the initialisation's linear part keeps near-rigid anatomy near-rigid
-            loss = loss + SHEAR_SCALE_PENALTY * (lin * lin).sum()
+            loss = loss + _penalty(rigid) * (lin * lin).sum()
             loss.backward()
             opt.step()
     out = matrix().detach().cpu().numpy()

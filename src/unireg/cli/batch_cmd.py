@@ -29,6 +29,7 @@ def add_to(app: typer.Typer, guarded) -> None:
         model: Optional[str] = options.MODEL,
         extractor: Optional[str] = options.EXTRACTOR,
         no_affine: bool = options.NO_AFFINE,
+        transform: str = options.TRANSFORM,
         refine: Optional[int] = options.REFINE,
         smoothness: float = options.SMOOTHNESS,
         device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: cuda:<LOCAL_RANK>)."),
@@ -54,6 +55,9 @@ def add_to(app: typer.Typer, guarded) -> None:
             raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
         if refine is not None and refine < 0:
             raise UniRegError(f"--refine must be >= 0, got {refine}")
+        from ..api import check_transform
+
+        check_transform(transform, not no_affine)
         rank, world, local_world = dist_env()
         if world > 1 and not os.environ.get("UNIREG_THREADS"):
             set_threads_for_local_world(local_world)
@@ -69,7 +73,7 @@ def add_to(app: typer.Typer, guarded) -> None:
         opts = BatchOptions(model=model, extractor=extractor, refine=refine, smoothness=smoothness,
                             affine=not no_affine, device=device, seed=seed, qc=not no_qc,
                             extractor_weights=None if extractor_weights is None else str(extractor_weights.resolve()),
-                            fmt=fmt, outputs=outputs)
+                            fmt=fmt, outputs=outputs, transform=transform)
         seen: list[dict] = []
         who = f"rank {rank}/{world}: " if world > 1 else ""
         existed = out.exists()

@@ -203,6 +203,7 @@ def register(
     extractor: Optional[str] = options.EXTRACTOR,
     extractor_weights: Optional[Path] = options.EXTRACTOR_WEIGHTS,
     no_affine: bool = options.NO_AFFINE,
+    transform: str = options.TRANSFORM,
     initial_transform: Optional[Path] = options.INITIAL_TRANSFORM,
     fixed_mask: Optional[Path] = options.FIXED_MASK,
     moving_mask: Optional[Path] = options.MOVING_MASK,
@@ -261,7 +262,7 @@ def register(
                 fixed_labels=fixed_labels_img, affine=not no_affine, refine=refine, smoothness=smoothness,
                 device=device, seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=initial_transform,
-                fast=fast, do_no_harm=not keep_all_stages,
+                fast=fast, do_no_harm=not keep_all_stages, transform=transform,
             )
             prog("write")
             result.save(out, qc=not no_qc, html=not no_qc, fmt=fmt, outputs=outputs)

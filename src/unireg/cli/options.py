@@ -45,6 +45,11 @@ REFINE = typer.Option(
     help="Instance-optimisation iterations per refinement level (default: the multi-resolution "
     "schedule; 0: the network alone).",
 )
+TRANSFORM = typer.Option(
+    "deformable", "--transform", metavar="rigid|affine|deformable",
+    help="What to register: rigid (rotation + translation) or affine alone, as antsRegistrationSyN.sh -t r / -t a, "
+    "or deformable (default: affine, then the deformation).",
+)
 FAST = typer.Option(
     False, "--fast", help="Network, then coarse and native refinement only (no working-grid level; fewer iterations)."
 )
@@ -74,6 +79,7 @@ __all__ = [
     "EXTRACTOR",
     "EXTRACTOR_WEIGHTS",
     "NO_AFFINE",
+    "TRANSFORM",
     "INITIAL_TRANSFORM",
     "FIXED_MASK",
     "MOVING_MASK",

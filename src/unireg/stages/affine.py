@@ -208,6 +208,7 @@ class _Frame:
 
     def __init__(self, s: State, rot: np.ndarray, fixed: _Frame | None = None):
         nd = s.nd
+        self.rigid = s.opts.transform == "rigid"  # rotations and translations only (--transform rigid)
         self.q_inv = np.eye(nd + 1)
         if not np.allclose(rot, np.eye(nd)):
             a = affine_nd(s.moving.affine, nd)  # the field of view's centre voxel, in world mm
@@ -277,6 +278,7 @@ class _Frame:
                 fixed_mask=self.fixed_b,
                 moving_mask=self.moving_b,
                 pooled=self.pyramid,
+                rigid=self.rigid,
             )
         return self.q_inv @ t
 
@@ -436,6 +438,7 @@ def _mutual_information(
                 fixed_mask=None if fmask is None else fmask[0] > 0.5,
                 moving_mask=None if mmask is None else mmask[0] > 0.5,
                 seed=s.opts.seed,
+                rigid=s.opts.transform == "rigid",
             )
 
     fwd, bwd = referee(s), referee(s, inverse=True)  # built here, before a worker thread may score
@@ -527,6 +530,7 @@ def _polish(s: State, best: np.ndarray, moving_w0: torch.Tensor, m_aff4: np.ndar
             fixed_mask=None if fmask is None else fmask[0] > 0.5,
             moving_mask=None if mmask is None else mmask[0] > 0.5,
             seed=s.opts.seed,
+            rigid=s.opts.transform == "rigid",
         )
 
 

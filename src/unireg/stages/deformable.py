@@ -30,7 +30,7 @@ from ..spatial.jacobian import folding_stats, jacobian_determinant
 from .prepare import fov_covers, moving_fov, moving_mask_on, moving_on, referee
 from .state import State
 
-__all__ = ["features", "network", "refine", "integrate", "deformable_gate", "polish", "IMPROVEMENT"]
+__all__ = ["features", "network", "refine", "integrate", "deformable_gate", "polish", "none", "IMPROVEMENT"]
 
 # The polish (stage ``polish``) is kept only if the working-grid feature cost rises by at most this share: a
 # guard against a runaway fit to intensities, not a judge of small changes.  Session 25 had 1 %, from the
@@ -266,6 +266,14 @@ def integrate(s: State) -> None:
     with s.timer("integrate"), torch.no_grad():
         s.disp_w = s.model.displacement(s.velocity, s.w_shape)
         s.inv_disp_w = s.model.displacement(-s.velocity, s.w_shape)
+
+
+def none(s: State) -> None:
+    """``--transform rigid|affine``: no deformation; the stages after it see a zero one (its Jacobian 1)."""
+    zero = torch.zeros((1, s.nd, *s.w_shape), dtype=s.fixed_w.dtype, device=s.device)
+    s.disp_w, s.inv_disp_w = zero, zero.clone()
+    s.jac_w = jacobian_determinant(s.disp_w)[0]
+    s.fold = folding_stats(s.jac_w)
 
 
 def _working_mind(s: State) -> tuple[torch.Tensor, torch.Tensor]:

@@ -131,6 +131,7 @@ def report(s: State, t_start: float) -> Report:
         "model": s.opts.model_name or ("trained" if s.model.trained else "untrained"),
         "model_trained": bool(s.model.trained),
         "affine": bool(s.opts.affine),
+        "transform": s.opts.transform,
         "affine_matrix": embed_nd(s.t_nd, nd).tolist(),
         "refine_iterations": int(sum(lv["iterations"] for lv in s.refine_levels)),
         "refine_levels": list(s.refine_levels),

@@ -190,8 +190,11 @@ def fov_covers(s: State) -> bool:
     carries the box to a parallelepiped, and the moving box is convex."""
     nd = s.nd
     w = affine_nd(s.w_aff4, nd)
+    # the coarsest level: the velocity's grid; with no deformation (--transform rigid|affine) the shipped
+    # networks' (half the working grid's resolution), so that the score sees what a refused deformation's does
+    v_shape = s.velocity.shape[2:] if hasattr(s, "velocity") else [(n + 1) // 2 for n in s.w_shape]
     coarse_mm = float(np.max(np.linalg.norm(w[:nd, :nd], axis=0))) * max(
-        (a - 1) / max(b - 1, 1) for a, b in zip(s.w_shape, s.velocity.shape[2:], strict=False)
+        (a - 1) / max(b - 1, 1) for a, b in zip(s.w_shape, v_shape, strict=False)
     )
     margin_mm = MIND_FOOTPRINT * coarse_mm + coarse_mm  # + one voxel of the pooled edge
     corners = np.array(np.meshgrid(*[(0, n - 1) for n in s.w_shape], indexing="ij")).reshape(nd, -1).T

@@ -16,7 +16,9 @@ from ..errors import UniRegError
 from ..io.image import Image
 from ..models.registrar import Registrar
 
-__all__ = ["Options", "State", "Timer"]
+__all__ = ["Options", "State", "Timer", "TRANSFORMS"]
+
+TRANSFORMS = ("deformable", "affine", "rigid")  # what a registration may estimate (Options.transform)
 
 
 @dataclass
@@ -24,6 +26,9 @@ class Options:
     """What the caller asked for (validated by :mod:`unireg.api` / the CLI)."""
 
     affine: bool = True
+    # what is registered: "deformable" (affine, then the deformation), "affine" or "rigid" (the affine
+    # stage alone, as antsRegistrationSyN.sh -t a / -t r; rigid: rotations and translations only)
+    transform: str = "deformable"
     refine: Optional[int] = None  # iterations per refinement level; None = default schedule, 0 = none
     fast: bool = False  # network + coarse and native refinement (no working level; align.refine.FAST_ITERATIONS)
     native: bool = True  # the native-resolution level

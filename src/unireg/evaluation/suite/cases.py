@@ -156,9 +156,11 @@ def _render_moving(
     return img.reshape(grid.shape), lab.reshape(grid.shape), worst
 
 
-def build_case(spec: CaseSpec, anatomy: dict | None = None) -> dict:
+def build_case(spec: CaseSpec, anatomy: dict | None = None, deformation: tuple | None = None) -> dict:
     """Synthesise one pair in memory (``anatomy``: a fixed image given as :func:`make_anatomy` returns one,
-    e.g. a real scan, instead of the spec's anatomy family).
+    e.g. a real scan, instead of the spec's anatomy family; ``deformation``: ``(TrueMap, description)``
+    instead of one drawn for the spec's deformation family, e.g. a rigid map; the moving grid is then
+    centred on where it sends the fixed field of view's centre, as for the affine family).
 
     Returns ``{"spec", "fixed": (img, affine), "moving": (img, affine), "fixed_labels", "moving_labels",
     "mask" (fixed grid, bool: inside the object), "true_warp_mm" (nd, *S_fixed) RAS mm fixed->moving,
@@ -168,9 +170,13 @@ def build_case(spec: CaseSpec, anatomy: dict | None = None) -> dict:
     anat = anatomy if anatomy is not None else make_anatomy(spec.anatomy, nd, spec.rng(0), tiny=spec.tiny)
     f_img, f_lab, f_aff = anat["image"], anat["labels"], anat["affine"]
     fixed = Grid(tuple(f_img.shape), f_aff)
-    tmap, dinfo = make_deformation(spec.deformation, fixed, spec.rng(1), centres=anat["centres"])
+    if deformation is None:
+        tmap, dinfo = make_deformation(spec.deformation, fixed, spec.rng(1), centres=anat["centres"])
+    else:
+        tmap, dinfo = deformation
     knots, iinfo = draw_intensity(spec.intensity, spec.rng(2))
-    centre = tmap.forward(fixed.centre_world()[None])[0] if spec.deformation == "affine" else None
+    moved_far = spec.deformation == "affine" or deformation is not None
+    centre = tmap.forward(fixed.centre_world()[None])[0] if moved_far else None
     m_grid, ginfo = moving_grid(fixed, spec.grid, spec.rng(3), centre=centre)
     m_img, m_lab, resid = _render_moving(f_img, f_lab, f_aff, tmap, m_grid, knots)
     rng = spec.rng(4)
