@@ -344,3 +344,19 @@ def test_cpu_registration_is_bit_identical(tmp_path, models):
     for x, y in ((a.warped.data, b.warped.data), (a.warp_mm, b.warp_mm), (a.inverse_warp_mm, b.inverse_warp_mm),
                  (a.jacobian, b.jacobian), (a.affine_matrix, b.affine_matrix)):
         assert np.array_equal(x, y)
+
+
+def test_bad_transform_choices(tmp_path, models):
+    """An unknown --transform, or one that is the affine stage alone with that stage switched off: a one-line
+    error, exit 2, nothing written."""
+    shape = (14, 13, 12)
+    f = _write_nifti(tmp_path / "f.nii.gz", _cast(_smooth(shape, 1), "float32"), np.eye(4))
+    m = _write_nifti(tmp_path / "m.nii.gz", _cast(_smooth(shape, 2), "float32"), np.eye(4))
+    out = tmp_path / "o"
+    r = _cli(["register", str(f), str(m), "--out", str(out), "--model", str(models[3]), "--transform", "shear"])
+    _assert_one_line_error(r, "'shear'")
+    assert "rigid" in r.stderr and not out.exists()
+    r = _cli(["register", str(f), str(m), "--out", str(out), "--model", str(models[3]), "--transform", "rigid",
+              "--no-affine"])
+    _assert_one_line_error(r, "--no-affine")
+    assert not out.exists()
