@@ -235,10 +235,10 @@ def resample_fixed_grid(
         if out_labels is not None and values is not None:
             q_lab = q[0] if lab_inv is m_inv else apply_matrix(lab_inv, y)  # in the label map's own voxels
             if index is not None:
-                out_labels[start:stop] = _label_values(values, labelwise_vote(index, q_lab), labels.dtype)
+                out_labels[start:stop] = _label_values(values, labelwise_vote(index, q_lab), out_labels.dtype)
             else:  # one-hot maps
                 probs = vals[n_img:] if onehot is None else sample(onehot, q_lab[None])[0]
-                out_labels[start:stop] = _label_values(values, labelwise_argmax(probs), labels.dtype)
+                out_labels[start:stop] = _label_values(values, labelwise_argmax(probs), out_labels.dtype)
     return {"warp_mm": warp_mm, "warped": warped, "jacobian": jac, "labels": out_labels}
 
 
