@@ -285,7 +285,8 @@ def test_rigid_and_affine_registration_recover_a_known_motion_and_write_no_defor
     assert np.abs(r.warp_mm - want).max() < 1e-3
     rep = r.report
     assert rep["transform"] == transform and rep["stages"]["affine"]["kept"]
-    assert "native-grid MI polish" in rep["stages"]["affine"]["reason"]  # the answer's last step (stages.affine)
+    # the answer's last step (stages.affine.NATIVE_MI_POLISH); the 2-D image is too small for MI's histogram
+    assert ("native-grid MI polish" in rep["stages"]["affine"]["reason"]) == (nd == 3)
     assert not {"network", "refine", "deformable", "polish"} & set(rep["stages"]) and rep["refine_levels"] == []
     assert rep["qc_score"] is not None and rep["folded_percent"] == 0.0
     with pytest.raises(UniRegError, match="unknown transform 'similarity'"):
