@@ -138,6 +138,9 @@ def test_hash_depends_on_row_and_options():
     assert h != pair_hash(Pair(0, "a", "/f", "/m2"), BatchOptions())
     assert h != pair_hash(q, BatchOptions(smoothness=2.0))
     assert h != pair_hash(q, BatchOptions(refine=3))
+    assert h != pair_hash(q, BatchOptions(transform="rigid"))
+    # an option left at its default does not enter the hash: runs from before it existed still resume
+    assert "transform" not in BatchOptions().key() and BatchOptions(transform="affine").key()["transform"] == "affine"
 
 
 # ------------------------------------------------------------------------------------- running
@@ -241,6 +244,8 @@ def test_batch_cli_and_crash_env(tmp_path, tiny_model_path):
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "none.csv: manifest not found" in r.stderr
     r = CliRunner().invoke(app, ["batch", str(m), "--out", str(out), "--model", str(tmp_path / "x.pt")])
     assert r.exit_code == 2 and "x.pt: model checkpoint not found" in r.stderr
+    r = CliRunner().invoke(app, ["batch", str(m), "--out", str(out), "--transform", "similarity"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "unknown transform 'similarity'" in r.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = CliRunner().invoke(app, ["batch", str(m), "--out", str(blocker / "sub")])
@@ -300,3 +305,21 @@ def test_torchrun_two_processes_killed_midway_then_resumed(tmp_path, tiny_model_
             ids = [row["id"] for row in csv.DictReader(f)]
         assert ids == [f"p{i:02d}" for i in range(rank, n, 2)]
     assert (out / "index.html").is_file()
+
+
+def test_batch_transform_option_reaches_every_pair(tmp_path, tiny_model_path):
+    """`unireg batch --transform affine`: every pair is registered by the affine stage alone (report.json)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from unireg.cli.main import app
+
+    m = make_pairs(tmp_path, 2, labels=False)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["batch", str(m), "--out", str(out), "--model", str(tiny_model_path), "--no-qc",
+                                 "--no-progress", "--transform", "affine", "--allow-flagged"])
+    assert r.exit_code == 0, r.output  # (16x14x12 voxels: the affine stage may refuse and the pair be flagged)
+    for pid in ("p00", "p01"):
+        rep = json.loads((out / pid / "report.json").read_text())
+        assert rep["transform"] == "affine" and "network" not in rep["stages"], rep["stages"]
