@@ -129,6 +129,8 @@ def _print_summary(report: dict, out: Path) -> None:
     for k, v in report["runtime_s"].items():
         t.add_row(f"time {k} (s)", f"{v:.2f}")
     t.add_row("model", str(report.get("model")))
+    if report.get("transform", "deformable") != "deformable":
+        t.add_row("transform", str(report["transform"]))
     con.print(t)
     if report.get("warning"):
         con.print(f"[yellow]note:[/yellow] {report['warning']}")
