@@ -1,7 +1,7 @@
 """Rigid and affine registration (``unireg register --transform rigid|affine``) against ANTs, on pairs whose
 true map is a known rigid motion.
 
-    python benchmarks/rigid.py [--dims 2,3] [--pairs 5] [--threads 2] [--methods none,unireg,ants]
+    python benchmarks/rigid.py [--dims 2,3] [--pairs 10] [--threads 2] [--methods none,unireg,ants]
                                [--transforms rigid,affine] [--out FILE.md]
 
 Each pair: a fixed image, one of
@@ -152,10 +152,41 @@ def run_ants(case: dict, transform: str) -> tuple[np.ndarray, float, dict]:
         return read_affine(reg["fwdtransforms"][0], ndim=nd), secs, {}
 
 
+def tables(rows: list[dict], dims, transforms) -> list[str]:
+    """Markdown: one row per pair, the means per dimension and method, and UniReg against ANTs per transform."""
+    lines: list[str] = []
+    cols = [k for k in rows[0] if isinstance(rows[0][k], tuple)] if rows else []
+    lines += ["| pair | rotation deg | " + " | ".join(f"{c} mean / max mm" for c in cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r['pair']} | {r['rotation_deg']} | "
+                     + " | ".join(f"{r[c][0]:.2f} / {r[c][1]:.2f}" for c in cols) + " |")
+    lines += ["", "| dim | method | mean error mm | largest error mm | worst pair's mean mm | median s |",
+              "|---|---|---|---|---|---|"]
+    for nd in dims:
+        sel = [r for r in rows if r["dim"] == nd]
+        for c in cols:
+            secs = [r[c][2] for r in sel if len(r[c]) > 2]
+            lines.append(f"| {nd}-D | {c} | {statistics.mean(r[c][0] for r in sel):.2f} | "
+                         f"{max(r[c][1] for r in sel):.2f} | {max(r[c][0] for r in sel):.2f} | "
+                         + (f"{statistics.median(secs):.1f}" if secs else "-") + " |")
+    for tr in transforms:
+        u, n = f"unireg {tr}", f"ants {tr}"
+        if u in cols and n in cols:
+            for nd in dims:
+                sel = [r for r in rows if r["dim"] == nd]
+                mu, mn = statistics.mean(r[u][0] for r in sel), statistics.mean(r[n][0] for r in sel)
+                tu, tn = statistics.median(r[u][2] for r in sel), statistics.median(r[n][2] for r in sel)
+                lines.append(f"\n{nd}-D {tr}: UniReg mean error {mu:.2f} mm vs ANTs {mn:.2f} mm "
+                             f"(difference {mu - mn:+.2f} mm, ratio {mu / max(mn, 1e-9):.2f}); median seconds "
+                             f"{tu:.1f} vs {tn:.1f} (ANTs / UniReg {tn / max(tu, 1e-9):.2f}x)")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", default="2,3")
-    ap.add_argument("--pairs", type=int, default=5, help="pairs per dimension")
+    ap.add_argument("--pairs", type=int, default=10, help="pairs per dimension")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="none,unireg,ants")
     ap.add_argument("--transforms", default="rigid,affine")
@@ -185,31 +216,7 @@ def main(argv=None) -> int:
         cells = [f"{k}: {v[0]:.2f}/{v[1]:.2f} mm" + (f" {v[2]:.1f} s" if len(v) > 2 else "")
                  for k, v in row.items() if isinstance(v, tuple)]
         print(f"{row['pair']} ({row['rotation_deg']} deg): " + "; ".join(cells), flush=True)
-    cols = [k for k in rows[0] if isinstance(rows[0][k], tuple)] if rows else []
-    lines += ["| pair | rotation deg | " + " | ".join(f"{c} mean / max mm" for c in cols) + " |",
-              "|---|---|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append(f"| {r['pair']} | {r['rotation_deg']} | "
-                     + " | ".join(f"{r[c][0]:.2f} / {r[c][1]:.2f}" for c in cols) + " |")
-    lines += ["", "| dim | method | mean error mm | largest error mm | worst pair's mean mm | median s |",
-              "|---|---|---|---|---|---|"]
-    for nd in dims:
-        sel = [r for r in rows if r["dim"] == nd]
-        for c in cols:
-            secs = [r[c][2] for r in sel if len(r[c]) > 2]
-            lines.append(f"| {nd}-D | {c} | {statistics.mean(r[c][0] for r in sel):.2f} | "
-                         f"{max(r[c][1] for r in sel):.2f} | {max(r[c][0] for r in sel):.2f} | "
-                         + (f"{statistics.median(secs):.1f}" if secs else "-") + " |")
-    for tr in transforms:
-        u, n = f"unireg {tr}", f"ants {tr}"
-        if u in cols and n in cols:
-            for nd in dims:
-                sel = [r for r in rows if r["dim"] == nd]
-                mu, mn = statistics.mean(r[u][0] for r in sel), statistics.mean(r[n][0] for r in sel)
-                tu, tn = statistics.median(r[u][2] for r in sel), statistics.median(r[n][2] for r in sel)
-                lines.append(f"\n{nd}-D {tr}: UniReg mean error {mu:.2f} mm vs ANTs {mn:.2f} mm "
-                             f"(difference {mu - mn:+.2f} mm, ratio {mu / max(mn, 1e-9):.2f}); median seconds "
-                             f"{tu:.1f} vs {tn:.1f} (ANTs / UniReg {tn / max(tu, 1e-9):.2f}x)")
+    lines += tables(rows, dims, transforms)
     lines.append(f"\n{len(rows)} pairs in {time.perf_counter() - t_all:.0f} s; load average "
                  f"{os.getloadavg()[0]:.2f} at the end")
     text = "\n".join(lines)
