@@ -207,8 +207,9 @@ def register_images(
     if transform not in TRANSFORMS:
         raise UniRegError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
     opts = Options(affine=affine, transform=transform, refine=refine, fast=fast, native=native, smoothness=smoothness,
-                   device=str(dev), seed=seed, qc_score=qc_score, do_no_harm=do_no_harm, initial_transform=initial_transform,
-                   fixed_mask=fixed_mask, moving_mask=moving_mask, progress=progress, model_name=model_name)
+                   device=str(dev), seed=seed, qc_score=qc_score, do_no_harm=do_no_harm,
+                   initial_transform=initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                   progress=progress, model_name=model_name)
     s = State(fixed, moving, model, opts, dev, moving_labels=moving_labels, fixed_labels=fixed_labels)
 
     prepare(s)
