@@ -16,6 +16,7 @@ from .pipeline import RegistrationResult, register_images
 from .resample import nearest_labels, onto_grid, warp_labels
 from .spatial.frames import world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
+from .stages.state import check_transform
 
 __all__ = ["register", "apply", "apply_points", "load_model", "RegistrationResult", "as_image", "as_images"]
 
@@ -219,17 +220,6 @@ def register(
     # failed or not, said in the report (and by the CLI's exit status 3), not only in a score
     result.report["verdict"] = judge(result.report, result.warped.data)
     return result
-
-
-def check_transform(transform: str, affine: bool = True) -> None:
-    """A UniRegError unless ``transform`` is one of :data:`unireg.stages.state.TRANSFORMS` and, when it
-    is the affine stage alone (``rigid``/``affine``), that stage is on (``affine``)."""
-    from .stages.state import TRANSFORMS
-
-    if transform not in TRANSFORMS:
-        raise UniRegError(f"unknown transform {transform!r}; use {', '.join(TRANSFORMS)}")
-    if transform != "deformable" and not affine:
-        raise UniRegError(f"--transform {transform} with --no-affine leaves nothing to register")
 
 
 def check_device(device: str) -> torch.device:

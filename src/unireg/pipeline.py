@@ -33,7 +33,7 @@ from .spatial.world import affine_nd, embed_nd, fill_by_slabs, pull, slab_size
 from .stages import deformable, finish
 from .stages.affine import affine as affine_stage
 from .stages.prepare import MIN_WORKING_SIDE, check_working_size, prepare, stage_threads  # noqa: F401
-from .stages.state import TRANSFORMS, Options, State
+from .stages.state import Options, State, check_transform
 
 __all__ = ["RegistrationResult", "register_images", "FixedToMoving", "displacement_on_grid"]
 
@@ -186,7 +186,7 @@ def register_images(
     when it worsens the similarity; ``qc_score=False`` skips the failure score (``qc_score: null``).
     ``progress(stage)`` is called as each stage starts.  The caller's model is never moved in place.
     ``transform``: ``"deformable"``, or ``"affine"`` / ``"rigid"`` (the affine stage alone, the
-    deformation zero; :data:`unireg.stages.state.TRANSFORMS`).
+    deformation zero; :data:`unireg.stages.state.TRANSFORMS`, :func:`~unireg.stages.state.check_transform`).
     """
     t_start = time.perf_counter()
     torch.manual_seed(seed)
@@ -204,8 +204,7 @@ def register_images(
     if next(model.parameters(), torch.empty(0)).device != dev:
         model = copy.deepcopy(model).to(dev)  # never move the caller's model in place
     model.eval()
-    if transform not in TRANSFORMS:
-        raise UniRegError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    check_transform(transform, affine)
     opts = Options(affine=affine, transform=transform, refine=refine, fast=fast, native=native, smoothness=smoothness,
                    device=str(dev), seed=seed, qc_score=qc_score, do_no_harm=do_no_harm,
                    initial_transform=initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask,

@@ -55,7 +55,7 @@ def add_to(app: typer.Typer, guarded) -> None:
             raise UniRegError(f"smoothness must be within [0.1, 10], got {smoothness}")
         if refine is not None and refine < 0:
             raise UniRegError(f"--refine must be >= 0, got {refine}")
-        from ..api import check_transform
+        from ..stages.state import check_transform
 
         check_transform(transform, not no_affine)
         rank, world, local_world = dist_env()

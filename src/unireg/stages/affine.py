@@ -220,7 +220,7 @@ class _Frame:
 
     def __init__(self, s: State, rot: np.ndarray, fixed: _Frame | None = None):
         nd = s.nd
-        self.rigid = s.opts.transform == "rigid"  # rotations and translations only (--transform rigid)
+        self.rigid = s.opts.rigid  # rotations and translations only (--transform rigid)
         self.q_inv = np.eye(nd + 1)
         if not np.allclose(rot, np.eye(nd)):
             a = affine_nd(s.moving.affine, nd)  # the field of view's centre voxel, in world mm
@@ -450,7 +450,7 @@ def _mutual_information(
                 fixed_mask=None if fmask is None else fmask[0] > 0.5,
                 moving_mask=None if mmask is None else mmask[0] > 0.5,
                 seed=s.opts.seed,
-                rigid=s.opts.transform == "rigid",
+                rigid=s.opts.rigid,
             )
 
     fwd, bwd = referee(s), referee(s, inverse=True)  # built here, before a worker thread may score
@@ -515,7 +515,7 @@ def _native_polish(s: State) -> None:
             fixed_mask=None if fmask is None else fmask[0] > 0.5,
             moving_mask=None if mmask is None else mmask[0] > 0.5,
             seed=s.opts.seed,
-            rigid=s.opts.transform == "rigid",
+            rigid=s.opts.rigid,
         )
     if np.array_equal(cand, s.t_nd):  # too small an image for MI's histogram
         return
@@ -576,7 +576,7 @@ def _polish(s: State, best: np.ndarray, moving_w0: torch.Tensor, m_aff4: np.ndar
             fixed_mask=None if fmask is None else fmask[0] > 0.5,
             moving_mask=None if mmask is None else mmask[0] > 0.5,
             seed=s.opts.seed,
-            rigid=s.opts.transform == "rigid",
+            rigid=s.opts.rigid,
         )
 
 

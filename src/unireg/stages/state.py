@@ -16,9 +16,18 @@ from ..errors import UniRegError
 from ..io.image import Image
 from ..models.registrar import Registrar
 
-__all__ = ["Options", "State", "Timer", "TRANSFORMS"]
+__all__ = ["Options", "State", "Timer", "TRANSFORMS", "check_transform"]
 
 TRANSFORMS = ("deformable", "affine", "rigid")  # what a registration may estimate (Options.transform)
+
+
+def check_transform(transform: str, affine: bool = True) -> None:
+    """A UniRegError unless ``transform`` is one of :data:`TRANSFORMS` and, when it is the affine stage
+    alone (``rigid``/``affine``), that stage is on (``affine``)."""
+    if transform not in TRANSFORMS:
+        raise UniRegError(f"unknown transform {transform!r}; use {', '.join(TRANSFORMS)}")
+    if transform != "deformable" and not affine:
+        raise UniRegError(f"--transform {transform} with --no-affine leaves nothing to register")
 
 
 @dataclass
@@ -43,6 +52,11 @@ class Options:
     moving_mask: Optional[Image] = None
     progress: Optional[Callable[[str], None]] = None
     model_name: str = ""
+
+    @property
+    def rigid(self) -> bool:
+        """Rotations and translations only (``--transform rigid``)."""
+        return self.transform == "rigid"
 
 
 OOM_HINT = {
