@@ -438,20 +438,8 @@ def _mutual_information(
     mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
 
     def refine(m: np.ndarray, levels=levels) -> np.ndarray:
-        with torch.enable_grad():
-            return mi_affine(
-                s.fixed_w[0],
-                s.w_aff4,
-                identity.moving_w0[0],
-                identity.m_aff4,
-                m,
-                levels=levels,
-                points=MI_POINTS,
-                fixed_mask=None if fmask is None else fmask[0] > 0.5,
-                moving_mask=None if mmask is None else mmask[0] > 0.5,
-                seed=s.opts.seed,
-                rigid=s.opts.rigid,
-            )
+        return _stage_mi(s, (s.fixed_w[0], s.w_aff4), (identity.moving_w0[0], identity.m_aff4), m, fmask, mmask,
+                         levels=levels)
 
     fwd, bwd = referee(s), referee(s, inverse=True)  # built here, before a worker thread may score
 
@@ -494,6 +482,26 @@ def _mutual_information(
     return best, f", its intensity-MI refinement not kept ({notes})"
 
 
+def _stage_mi(s: State, fixed, moving, init: np.ndarray, fmask, mmask, **kw) -> np.ndarray:
+    """:func:`mi_affine` of ``fixed`` / ``moving`` (``(image, its grid's 4x4)``) from ``init`` with the stage's
+    settings: :data:`MI_POINTS` random points, the masks (``(1, *S)`` floats or None) as booleans, the run's
+    seed, rigid or not; ``kw``: the levels and the step size."""
+    with torch.enable_grad():
+        return mi_affine(
+            fixed[0],
+            fixed[1],
+            moving[0],
+            moving[1],
+            init,
+            points=MI_POINTS,
+            fixed_mask=None if fmask is None else fmask[0] > 0.5,
+            moving_mask=None if mmask is None else mmask[0] > 0.5,
+            seed=s.opts.seed,
+            rigid=s.opts.rigid,
+            **kw,
+        )
+
+
 def _native_polish(s: State) -> None:
     """:data:`NATIVE_MI_POLISH`: the kept affine ``s.t_nd`` refined by intensity MI on the native grids, kept
     if the referee prefers it from both images; the stage's report says which."""
@@ -502,21 +510,8 @@ def _native_polish(s: State) -> None:
     iterations, step = NATIVE_MI_POLISH
     fmask = _mask_on(s, s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine)
     mmask = _mask_on(s, s.opts.moving_mask, s.moving.spatial_shape, s.moving.affine)
-    with torch.enable_grad():
-        cand = mi_affine(
-            s.fixed_n,
-            s.fixed.affine,
-            s.moving_n,
-            s.moving.affine,
-            s.t_nd,
-            levels=((1, iterations),),
-            lr=step,
-            points=MI_POINTS,
-            fixed_mask=None if fmask is None else fmask[0] > 0.5,
-            moving_mask=None if mmask is None else mmask[0] > 0.5,
-            seed=s.opts.seed,
-            rigid=s.opts.rigid,
-        )
+    cand = _stage_mi(s, (s.fixed_n, s.fixed.affine), (s.moving_n, s.moving.affine), s.t_nd, fmask, mmask,
+                     levels=((1, iterations),), lr=step)
     if np.array_equal(cand, s.t_nd):  # too small an image for MI's histogram
         return
     fwd, bwd = referee(s), referee(s, inverse=True)
