@@ -26,11 +26,18 @@ def test_the_pairs_are_frozen_and_their_maps_rigid():
         assert mod.errors(c, embed_nd(m, 2))[1] < 1e-6  # and the true map scores zero
 
 
-def test_two_pairs_end_to_end(tmp_path, capsys):
+def test_two_pairs_end_to_end(tmp_path, monkeypatch):
+    import torch
+
     mod = load_script(SCRIPT)
     out = tmp_path / "rigid.md"
-    assert mod.main(["--dims", "2", "--pairs", "2", "--threads", "1", "--methods", "none,unireg",
-                     "--transforms", "rigid", "--out", str(out)]) == 0
+    monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")  # main sets it: restored after the test
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--dims", "2", "--pairs", "2", "--threads", "1", "--methods", "none,unireg",
+                         "--transforms", "rigid", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # main sets the process's torch threads
     text = out.read_text()
     row = [line for line in text.splitlines() if line.startswith("| 2-D | unireg rigid |")]
     assert len(row) == 1 and float(row[0].split("|")[3]) < 0.5, text  # mean error in mm
