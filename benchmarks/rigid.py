@@ -17,7 +17,8 @@ field and noise (``unireg.evaluation.suite.cases.build_case``).  The list is fro
 drawn for this benchmark and nothing was tuned to it.
 
 Scored: the distance (mm) between where the estimated and the true map send each voxel of the fixed object
-(its labels; up to 50 000 voxels), mean and largest.  Methods, on the same arrays in this process: ``none``;
+(its labels; up to 50 000 voxels), mean and largest; and which UniReg results its failure flag marks (the
+exit status 3 of ``unireg register``), with their error.  Methods, on the same arrays in this process: ``none``;
 UniReg ``api.register(transform=...)`` (defaults otherwise); ANTs ``ants.registration(type_of_transform=
 "Rigid" | "Affine")`` (antspyx defaults: Mattes MI, its iterations and shrink factors), its ``.mat`` read as
 UniReg reads an ``--initial-transform``.  Seconds: the registration call alone, ``--threads`` threads each
@@ -170,6 +171,14 @@ def tables(rows: list[dict], dims, transforms) -> list[str]:
             lines.append(f"| {nd}-D | {c} | {statistics.mean(r[c][0] for r in sel):.2f} | "
                          f"{max(r[c][1] for r in sel):.2f} | {max(r[c][0] for r in sel):.2f} | "
                          + (f"{statistics.median(secs):.1f}" if secs else "-") + " |")
+    for tr in transforms:
+        u = f"unireg {tr}"
+        if u in cols:  # UniReg's failure flag (exit status 3) on these results, and how far off each flagged one is
+            for nd in dims:
+                sel = [r for r in rows if r["dim"] == nd]
+                flagged = [f"{r['pair']} ({r[u][0]:.2f} mm)" for r in sel if r[u][3].get("qc_flag")]
+                lines.append(f"\n{nd}-D {tr}: UniReg flagged {len(flagged)} of {len(sel)}"
+                             + (f": {', '.join(flagged)}" if flagged else ""))
     for tr in transforms:
         u, n = f"unireg {tr}", f"ants {tr}"
         if u in cols and n in cols:

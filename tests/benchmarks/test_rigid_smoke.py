@@ -41,3 +41,4 @@ def test_two_pairs_end_to_end(tmp_path, monkeypatch):
     text = out.read_text()
     row = [line for line in text.splitlines() if line.startswith("| 2-D | unireg rigid |")]
     assert len(row) == 1 and float(row[0].split("|")[3]) < 0.5, text  # mean error in mm
+    assert "2-D rigid: UniReg flagged " in text  # the failure flag's verdicts are counted
