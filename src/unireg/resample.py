@@ -143,7 +143,7 @@ def nearest_labels(labels: np.ndarray, src_affine4, out_shape, out_affine4, worl
     (float32 holds every index up to 2**24 exactly, not every label value: an Allen atlas's 614454277
     would round to 614454272); 0 beyond the map, as with linear interpolation."""
     values = np.unique(labels)
-    index = torch.from_numpy((np.searchsorted(values, labels) + 1).astype(np.float32))[None].to(device)
+    index = (_index_map(labels, values, device) + 1).float()[None]  # 0: beyond the map (zero padding)
     out = pull(index, src_affine4, out_shape, out_affine4, world_map=world_map, mode="nearest")
     return _label_values(values, out[0].round().long() - 1, labels.dtype)
 
