@@ -94,7 +94,11 @@ def test_forward_inverse_point_round_trip_3d(oblique_3d):
     q = api.apply_points(c["out"] / "warp.nii.gz", p)
     assert np.linalg.norm(q - p, axis=1).max() > 0.5  # the map is not the identity
     back = api.apply_points(c["out"] / "inverse_warp.nii.gz", q)
-    err = np.linalg.norm(back - p, axis=1)
+    # the inverse warp lives on the moving grid: the round trip holds where q lies inside it (a voxel in)
+    qv = (q - c["ma"][:3, 3]) @ np.linalg.inv(c["ma"][:3, :3]).T
+    inside = np.all((qv >= 1) & (qv <= np.array(c["ms"]) - 2), axis=1)
+    assert inside.mean() > 0.5
+    err = np.linalg.norm(back - p, axis=1)[inside]
     assert np.median(err) < 0.1 and err.max() < 0.4, (np.median(err), err.max())  # voxels are 1-2 mm
     # the written field agrees with the pipeline's exact mapping up to field interpolation
     exact = c["result"].mapping.forward(torch.from_numpy(p.T.astype(np.float32)).view(3, -1, 1, 1))

@@ -19,6 +19,7 @@ and report.json says why.
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -181,6 +182,9 @@ SUBVOXEL_AFFINE: float | None = 0.5
 # 50 iterations instead of 25: 3-D rigid 0.108, affine 0.210.  The deformable pipeline does not run it (its
 # refinement goes on from the affine at the native resolution).
 NATIVE_MI_POLISH: tuple[int, float] | None = (25, 0.003)
+RIGID_FIRST: dict[str, dict[int, bool]] = {"affine": {2: True, 3: True}, "deformable": {2: False, 3: True}}
+AFFINE_SEARCH_TOO = True
+AFFINE_FROM_RIGID_LEVELS = {2: ((2, 40), (1, 25)), 3: ((2, 40), (1, 25))}
 
 
 def _start(s: State) -> tuple[np.ndarray, str]:
@@ -203,6 +207,10 @@ def affine(s: State) -> None:
         if not s.opts.affine:
             s.t_nd = start
             s.keep("affine", False, f"disabled (--no-affine): {start_name} used")
+        elif RIGID_FIRST.get(s.opts.transform, {}).get(s.nd, False):
+            s.t_nd = _rigid_then_affine(s, start, start_name)
+            if s.opts.transform != "deformable" and s.stages["affine"]["kept"]:
+                _native_polish(s)
         else:
             s.t_nd = _optimise(s, start, start_name)
             if s.opts.transform != "deformable" and s.stages["affine"]["kept"]:
@@ -341,8 +349,8 @@ def _search(s: State, start: np.ndarray, identity: _Frame) -> tuple[np.ndarray, 
     return (*best, [(name, m) for name, m, _ in starts])
 
 
-def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
-    identity = _Frame(s, np.eye(s.nd))
+def _optimise(s: State, start: np.ndarray, start_name: str, identity: _Frame | None = None) -> np.ndarray:
+    identity = _Frame(s, np.eye(s.nd)) if identity is None else identity
     best, best_name, best_frame, starts = _search(s, start, identity)
     if POLISH_ITERATIONS[s.nd]:
         best = _polish(s, best, identity.moving_w0, identity.m_aff4)
@@ -377,6 +385,50 @@ def _optimise(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
         return start
     s.keep("affine", False, f"no improvement: {what}; {start_name} kept")
     return start
+
+
+def _rigid_then_affine(s: State, start: np.ndarray, start_name: str) -> np.ndarray:
+    """``--transform affine`` in stages, as ``antsRegistrationSyN.sh -t a`` (a rigid stage, then an affine one
+    from it) and elastix's usual rigid + affine parameter maps (:data:`RIGID_FIRST`).  Candidates, each
+    already preferred to the start by the stage's own do-no-harm test: the rigid stage's answer, scales and
+    shears added to it by intensity MI (:data:`AFFINE_FROM_RIGID_LEVELS`), and the affine stage's own search
+    from the starts (:data:`AFFINE_SEARCH_TOO`).  An answer beyond the rigid one must score higher from both
+    images (the referee); of those, the highest sum wins."""
+    opts = s.opts
+    s.opts = dataclasses.replace(opts, transform="rigid")
+    try:
+        identity = _Frame(s, np.eye(s.nd))
+        rigid_m = _optimise(s, start, start_name, identity)
+        rigid_kept, rigid_why = s.stages["affine"]["kept"], s.stages["affine"]["reason"]
+    finally:
+        s.opts = opts
+    identity.rigid = False
+    cands: list[tuple[str, np.ndarray, str]] = []  # (name, matrix, the stage's reason), each kept over the start
+    if rigid_kept:
+        cands.append(("the rigid stage", rigid_m, rigid_why))
+        fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
+        mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
+        m = _stage_mi(s, (s.fixed_w[0], s.w_aff4), (identity.moving_w0[0], identity.m_aff4), rigid_m, fmask, mmask,
+                      levels=AFFINE_FROM_RIGID_LEVELS[s.nd])
+        cands.append(("scales and shears added to it by intensity MI", m, rigid_why))
+    why = rigid_why
+    if AFFINE_SEARCH_TOO:
+        m = _optimise(s, start, start_name, identity)
+        why = s.stages["affine"]["reason"]
+        if s.stages["affine"]["kept"]:
+            cands.append(("the affine search", m, why))
+    if not cands:
+        s.keep("affine", False, f"rigid stage: {rigid_why}; affine search: {why}")
+        return start
+    fwd, bwd = referee(s), referee(s, inverse=True)
+    scored = [(fwd.score(m), bwd.score(m), name, m, reason) for name, m, reason in cands]
+    best = scored[0]
+    for c in scored[1:]:  # beyond the first (the rigid answer when there is one): higher from both images
+        if c[0] > scored[0][0] and c[1] > scored[0][1] and c[0] + c[1] > best[0] + best[1]:
+            best = c
+    note = "; ".join(f"{name}: NMI {f:.4f}, from the moving image {b:.4f}" for f, b, name, _, _ in scored)
+    s.keep("affine", True, f"{best[4]}; rigid, then affine ({note}): {best[2]} kept")
+    return best[3]
 
 
 def _referee_prefers(s: State, start: np.ndarray, cand: np.ndarray) -> tuple[bool, str]:
