@@ -202,6 +202,7 @@ def mi_affine(
     moving_mask: torch.Tensor | None = None,
     seed: int = 0,
     rigid: bool = False,
+    average: float = 0.0,
 ) -> np.ndarray:
     """Refine one affine ``init`` (fixed world -> moving world) by maximising the mutual information of
     the two images' *intensities* (Mattes-style: Gaussian Parzen histograms, ``points`` random fixed
@@ -219,6 +220,8 @@ def mi_affine(
     the same weak pull towards ``init``'s linear part as :func:`optimize_affine`.  A level with fewer
     than :data:`MI_MIN_VOXELS_PER_BIN` voxels per joint-histogram bin is skipped (all skipped: ``init``
     comes back unchanged).  ``rigid``: a rotation and a translation from ``init`` (:func:`_parameters`).
+    ``average``: the answer is the mean of the parameters over that share of the last level's steps (Polyak
+    averaging: on points drawn afresh each step, Adam's steps jitter about the optimum by about their size).
     """
     nd = fixed.dim()
     dev = fixed.device
@@ -227,6 +230,7 @@ def mi_affine(
     lin, trans, matrix = _parameters(t0, centre, half_extent, rigid)
     opt = Adam([lin, trans], lr=lr)
     g = torch.Generator().manual_seed(int(seed))
+    tail: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last level's parameters to average
     for level, (factor, iters) in enumerate(levels):
         f_l = pool(fixed[None, None].float(), factor)
         m_l = pool(moving[None, None].float(), factor)
@@ -269,8 +273,14 @@ def mi_affine(
             loss.backward()
             opt.step(alive)
             taken += alive
+            if average > 0 and level + 1 == len(levels) and it >= iters * (1.0 - average):
+                tail.append((lin.detach().clone(), trans.detach().clone()))
         if level + 1 < len(levels):  # a later level goes on from this one's step count and draws
             _stopped_at(taken, iters, opt, t_start, g, g_start, (nd, n))
+    if tail:  # a step the loop stopped (too few points) left the parameters as they were: averaged as such
+        with torch.no_grad():
+            lin.copy_(torch.stack([t[0] for t in tail]).mean(0))
+            trans.copy_(torch.stack([t[1] for t in tail]).mean(0))
     return matrix().detach().cpu().numpy()[0]
 
 
