@@ -188,8 +188,7 @@ NATIVE_MI_POLISH: tuple[int, float] | None = (25, 0.003)
 # ... in rigid mode with more points per step and the mean of its last half (mi_affine's ``average``): 6 rigid
 # parameters, and the step's jitter was what was left.  Development draws as above (pairs 950-955, 980-989,
 # 1000-1007): 3-D 0.105 -> 0.092 / 0.166 -> 0.137 / 0.170 -> 0.144 mm, 2-D 0.127 -> 0.099 / 0.130 -> 0.084 /
-# 0.117 -> 0.103 mm, +0.2 s per 3-D pair.  Not
-# in affine mode: 3-D 0.233 -> 0.256 on pairs 950-955 (the averaged path of 12 parameters ends off the ridge).
+# 0.117 -> 0.103 mm, +0.2 s per 3-D pair.  Not in affine mode: 3-D 0.233 -> 0.256 on pairs 950-955.
 NATIVE_MI_RIGID: tuple[int, float] = (40_000, 0.5)  # points per step, share of the steps averaged
 # The stage in two steps, per mode (Options.transform) and dimension: the rigid search first, then scales and
 # shears by intensity MI from its answer (AFFINE_FROM_RIGID_LEVELS: pooling of the working grid, iterations),
@@ -230,12 +229,9 @@ def affine(s: State) -> None:
         if not s.opts.affine:
             s.t_nd = start
             s.keep("affine", False, f"disabled (--no-affine): {start_name} used")
-        elif RIGID_FIRST.get(s.opts.transform, {}).get(s.nd, False):
-            s.t_nd = _rigid_then_affine(s, start, start_name)
-            if s.opts.transform != "deformable" and s.stages["affine"]["kept"]:
-                _native_polish(s)
         else:
-            s.t_nd = _optimise(s, start, start_name)
+            staged = RIGID_FIRST.get(s.opts.transform, {}).get(s.nd, False)
+            s.t_nd = (_rigid_then_affine if staged else _optimise)(s, start, start_name)
             if s.opts.transform != "deformable" and s.stages["affine"]["kept"]:
                 _native_polish(s)
         s.moving_w = moving_on(s, s.w_shape, s.w_aff4, s.t_nd).to(s.device)
@@ -557,10 +553,10 @@ def _mutual_information(
     return best, f", its intensity-MI refinement not kept ({notes})"
 
 
-def _stage_mi(s: State, fixed, moving, init: np.ndarray, fmask, mmask, **kw) -> np.ndarray:
+def _stage_mi(s: State, fixed, moving, init: np.ndarray, fmask, mmask, points: int | None = None, **kw) -> np.ndarray:
     """:func:`mi_affine` of ``fixed`` / ``moving`` (``(image, its grid's 4x4)``) from ``init`` with the stage's
-    settings: :data:`MI_POINTS` random points, the masks (``(1, *S)`` floats or None) as booleans, the run's
-    seed, rigid or not; ``kw``: the levels and the step size."""
+    settings: ``points`` random points per step (:data:`MI_POINTS` when None), the masks (``(1, *S)`` floats
+    or None) as booleans, the run's seed, rigid or not; ``kw``: the levels, the step size, the averaging."""
     with torch.enable_grad():
         return mi_affine(
             fixed[0],
@@ -568,7 +564,7 @@ def _stage_mi(s: State, fixed, moving, init: np.ndarray, fmask, mmask, **kw) -> 
             moving[0],
             moving[1],
             init,
-            points=kw.pop("points", MI_POINTS),
+            points=MI_POINTS if points is None else points,
             fixed_mask=None if fmask is None else fmask[0] > 0.5,
             moving_mask=None if mmask is None else mmask[0] > 0.5,
             seed=s.opts.seed,
@@ -585,9 +581,9 @@ def _native_polish(s: State) -> None:
     iterations, step = NATIVE_MI_POLISH
     fmask = _mask_on(s, s.opts.fixed_mask, s.fixed.spatial_shape, s.fixed.affine)
     mmask = _mask_on(s, s.opts.moving_mask, s.moving.spatial_shape, s.moving.affine)
+    points, average = NATIVE_MI_RIGID if s.opts.rigid else (None, 0.0)
     cand = _stage_mi(s, (s.fixed_n, s.fixed.affine), (s.moving_n, s.moving.affine), s.t_nd, fmask, mmask,
-                     levels=((1, iterations),), lr=step,
-                     **(dict(zip(("points", "average"), NATIVE_MI_RIGID, strict=True)) if s.opts.rigid else {}))
+                     points=points, levels=((1, iterations),), lr=step, average=average)
     if np.array_equal(cand, s.t_nd):  # too small an image for MI's histogram
         return
     fwd, bwd = referee(s), referee(s, inverse=True)
