@@ -23,6 +23,7 @@ scales and shears added to its answer by MI, and the 12-parameter search; the re
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -425,10 +426,7 @@ def _rigid_then_affine(s: State, start: np.ndarray, start_name: str) -> np.ndarr
     cands: list[tuple[str, np.ndarray, str]] = []  # (name, matrix, the stage's reason), each kept over the start
     if rigid_kept:
         cands.append(("the rigid stage", rigid_m, rigid_why))
-        fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
-        mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
-        m = _stage_mi(s, (s.fixed_w[0], s.w_aff4), (identity.moving_w0[0], identity.m_aff4), rigid_m, fmask, mmask,
-                      levels=AFFINE_FROM_RIGID_LEVELS[s.nd])
+        m = _working_mi(s, identity)(rigid_m, AFFINE_FROM_RIGID_LEVELS[s.nd])
         cands.append(("scales and shears added to it by intensity MI", m, rigid_why))
     why = rigid_why
     if AFFINE_SEARCH_TOO:
@@ -502,15 +500,10 @@ def _mutual_information(
     referee accepts, the one it scores highest (both sides summed) is kept.  ``levels``: MI's (pooling,
     iterations), coarse to fine (default: :data:`MI_LEVELS` of the dimension)."""
     levels = MI_LEVELS[s.nd] if levels is None else levels
-    fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
-    if MI_FOREGROUND is not None:  # MI's points in the fixed object only
-        inside = (s.fixed_w > MI_FOREGROUND).float()
-        fmask = inside if fmask is None else fmask * inside
-    mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
+    working_mi = _working_mi(s, identity)
 
     def refine(m: np.ndarray, levels=levels) -> np.ndarray:
-        return _stage_mi(s, (s.fixed_w[0], s.w_aff4), (identity.moving_w0[0], identity.m_aff4), m, fmask, mmask,
-                         levels=levels)
+        return working_mi(m, levels)
 
     fwd, bwd = referee(s), referee(s, inverse=True)  # built here, before a worker thread may score
 
@@ -551,6 +544,22 @@ def _mutual_information(
         f1, b1, where, m = max(accepted, key=lambda t: t[0] + t[1])
         return m, f", refined by intensity MI{where} ({notes})"
     return best, f", its intensity-MI refinement not kept ({notes})"
+
+
+def _working_mi(s: State, identity: _Frame) -> Callable[[np.ndarray, tuple], np.ndarray]:
+    """``refine(m, levels)``: :func:`_stage_mi` of the working-grid images (the fixed one, the moving one on its
+    own working grid, ``identity``'s) from ``m``, with the stage's masks (the user's, :data:`MI_FOREGROUND`)."""
+    fmask = _mask_on(s, s.opts.fixed_mask, s.w_shape, s.w_aff4)
+    if MI_FOREGROUND is not None:  # MI's points in the fixed object only
+        inside = (s.fixed_w > MI_FOREGROUND).float()
+        fmask = inside if fmask is None else fmask * inside
+    mmask = _mask_on(s, s.opts.moving_mask, identity.m_shape, identity.m_aff4)
+
+    def refine(m: np.ndarray, levels: tuple) -> np.ndarray:
+        return _stage_mi(s, (s.fixed_w[0], s.w_aff4), (identity.moving_w0[0], identity.m_aff4), m, fmask, mmask,
+                         levels=levels)
+
+    return refine
 
 
 def _stage_mi(s: State, fixed, moving, init: np.ndarray, fmask, mmask, points: int | None = None, **kw) -> np.ndarray:
