@@ -1,9 +1,14 @@
 """``stages.affine``: ``--transform affine`` in stages (rigid, then affine), as antsRegistrationSyN.sh -t a."""
 
+import threading
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from unireg import api
 from unireg.stages import affine as stage
+from unireg.stages import prepare
 
 from ..benchmarks.scripts import load_script, needs
 
@@ -43,3 +48,38 @@ def test_the_stages_run_only_where_chosen(monkeypatch):
         r = api.register(case["fixed"], case["moving"], transform=transform, **kw)
         assert ("rigid, then affine" in r.report["stages"]["affine"]["reason"]) is staged, transform
     assert stage.RIGID_FIRST["deformable"][3] and not stage.RIGID_FIRST["deformable"][2]
+
+
+def test_the_rigid_answers_mi_runs_beside_the_affine_search_and_changes_nothing(monkeypatch):
+    """:data:`stages.affine.PARALLEL_STAGES`: MI from the rigid answer (its own seeded draws) goes to a worker
+    thread while the affine search runs on the main one; the matrix is the same bit for bit as in line."""
+    mod = load_script(RIGID)
+    case = mod.cases([2], 1)[0]
+    where: list[str] = []
+    real = stage._working_mi
+
+    def spy(s, identity):
+        refine = real(s, identity)
+
+        def run(m, levels):
+            where.append(threading.current_thread().name)
+            return refine(m, levels)
+
+        return run
+
+    monkeypatch.setattr(stage, "_working_mi", spy)
+    monkeypatch.setattr(prepare, "SMALL_2D_VOXELS", 0)  # not the one thread of a small 2-D pair
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the worker is used with two threads or more
+    try:
+        runs = {}
+        for parallel in (True, False):
+            monkeypatch.setattr(stage, "PARALLEL_STAGES", parallel)
+            where.clear()
+            r = api.register(case["fixed"], case["moving"], transform="affine")
+            assert "scales and shears added to it by intensity MI" in r.report["stages"]["affine"]["reason"]
+            runs[parallel] = (r.affine_matrix, [w.startswith("unireg-affine-from-rigid") for w in where])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(runs[True][0], runs[False][0])
+    assert any(runs[True][1]) and not any(runs[False][1])
