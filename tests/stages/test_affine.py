@@ -83,3 +83,28 @@ def test_the_rigid_answers_mi_runs_beside_the_affine_search_and_changes_nothing(
         torch.set_num_threads(threads)
     assert np.array_equal(runs[True][0], runs[False][0])
     assert any(runs[True][1]) and not any(runs[False][1])
+
+
+def test_the_two_searches_share_their_starts_and_each_optimises_its_own_parameters(monkeypatch):
+    """The staged affine's rigid and affine searches start from the same raw starts, frames and coarse ranking
+    (computed once); each optimises its own parameters in every frame: rotations and translations, then all."""
+    mod = load_script(RIGID)
+    case = mod.cases([2], 1)[0]
+    starts, modes = [], []
+    real_starts, real_optimise = stage._centroid_starts, stage.optimize_affine
+
+    def count_starts(*a, **k):
+        starts.append(1)
+        return real_starts(*a, **k)
+
+    def record(*a, rigid=False, **k):
+        modes.append(rigid)
+        return real_optimise(*a, rigid=rigid, **k)
+
+    monkeypatch.setattr(stage, "_centroid_starts", count_starts)
+    monkeypatch.setattr(stage, "optimize_affine", record)
+    r = api.register(case["fixed"], case["moving"], transform="affine")
+    assert "rigid, then affine" in r.report["stages"]["affine"]["reason"]
+    assert len(starts) == 1
+    first_affine = modes.index(False)  # the rigid search's runs, then the affine search's
+    assert first_affine > 0 and all(modes[:first_affine]) and not any(modes[first_affine:])

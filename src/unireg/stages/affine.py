@@ -317,6 +317,7 @@ class _Frame:
             self.ff, self.f_grid, self.weight, self.fixed_b = fixed.ff, fixed.f_grid, fixed.weight, fixed.fixed_b
             self.ff8, self.f8, self.w8 = fixed.ff8, fixed.f8, fixed.w8
         self.pyramid = {1: (self.ff, self.fm), 2: (self.ff8, self.fm8)}  # pooled once for every start
+        self.raw: tuple[bytes, list, list] | None = None  # _search's raw starts from one start, and their ranking
 
     def cost(self, m: np.ndarray, coarse: bool = False) -> tuple[float, float]:
         """(feature cost, overlap) of the fixed->moving affine ``m``, at 4 mm (8 mm: ``coarse``)."""
@@ -352,26 +353,35 @@ def _search(s: State, start: np.ndarray, identity: _Frame) -> tuple[np.ndarray, 
     """The best affine of the starts (see the module's docstring): ``(matrix, start's name, its frame,
     every start as (name, matrix))``."""
     nd = s.nd
-    frames: dict[bytes, _Frame] = {np.eye(nd).round(6).tobytes(): identity}
-
-    def frame(m: np.ndarray) -> _Frame:  # the frame of a start's linear part (a rotation, or none)
-        if not ROTATION_FRAMES[nd]:
-            return identity
-        key = m[:nd, :nd].round(6).tobytes()
-        if key not in frames:
-            frames[key] = _Frame(s, m[:nd, :nd], identity)
-        return frames[key]
-
-    starts = [("start", start, identity)]
-    if s.opts.initial_transform is None:
-        cands = _centroid_starts(s, start, identity.moving_w0[0], identity.m_shape, identity.m_aff4)
-        starts += [(name, m, frame(m)) for name, m in cands]
 
     def rank(cands) -> list:  # (score at 8 mm, name, matrix, frame), best first
         return sorted(((_score(f.cost(m, coarse=True)), name, m, f) for name, m, f in cands), key=lambda t: t[0])
 
+    # the raw starts, their frames and their ranking do not depend on the search's parameters (rigid or
+    # not): the staged affine's two searches from one start share them through the identity frame
+    key = start.tobytes()
+    if identity.raw is None or identity.raw[0] != key:
+        frames: dict[bytes, _Frame] = {np.eye(nd).round(6).tobytes(): identity}
+
+        def frame(m: np.ndarray) -> _Frame:  # the frame of a start's linear part (a rotation, or none)
+            if not ROTATION_FRAMES[nd]:
+                return identity
+            k = m[:nd, :nd].round(6).tobytes()
+            if k not in frames:
+                frames[k] = _Frame(s, m[:nd, :nd], identity)
+            return frames[k]
+
+        raw = [("start", start, identity)]
+        if s.opts.initial_transform is None:
+            cands = _centroid_starts(s, start, identity.moving_w0[0], identity.m_shape, identity.m_aff4)
+            raw += [(name, m, frame(m)) for name, m in cands]
+        identity.raw = (key, raw, rank(raw))
+    _, starts, raw_ranked = identity.raw
+    for _, _, f in starts:  # this search's parameters (--transform rigid: rotations and translations only)
+        f.rigid = s.opts.rigid
+
     # beam search: a few coarse steps for the best raw starts (one near the basin's edge gets in), ranked again
-    ranked = rank(starts)[:SCREENED_STARTS]
+    ranked = raw_ranked[:SCREENED_STARTS]
     if SCREEN_ITERATIONS:  # the screened starts of one frame side by side, one batched optimisation each
         moved: dict[int, np.ndarray] = {}
         for f in {id(f): f for _, _, _, f in ranked}.values():
@@ -441,7 +451,6 @@ def _rigid_then_affine(s: State, start: np.ndarray, start_name: str) -> np.ndarr
         rigid_kept, rigid_why = s.stages["affine"]["kept"], s.stages["affine"]["reason"]
     finally:
         s.opts = opts
-    identity.rigid = False
     cands: list[tuple[str, np.ndarray, str]] = []  # (name, matrix, the stage's reason), each kept over the start
     why = rigid_why
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unireg-affine-from-rigid") as pool:
