@@ -8,7 +8,6 @@ import torch
 
 from unireg import api
 from unireg.stages import affine as stage
-from unireg.stages import prepare
 
 from ..benchmarks.scripts import load_script, needs
 
@@ -52,7 +51,8 @@ def test_the_stages_run_only_where_chosen(monkeypatch):
 
 def test_the_rigid_answers_mi_runs_beside_the_affine_search_and_changes_nothing(monkeypatch):
     """:data:`stages.affine.PARALLEL_STAGES`: MI from the rigid answer (its own seeded draws) goes to a worker
-    thread while the affine search runs on the main one; the matrix is the same bit for bit as in line."""
+    thread while the affine search runs on the main one, where the caller gave two threads or more (a small 2-D
+    pair's stages run on one, the second core is free); the matrix is the same bit for bit as in line."""
     mod = load_script(RIGID)
     case = mod.cases([2], 1)[0]
     where: list[str] = []
@@ -68,21 +68,20 @@ def test_the_rigid_answers_mi_runs_beside_the_affine_search_and_changes_nothing(
         return run
 
     monkeypatch.setattr(stage, "_working_mi", spy)
-    monkeypatch.setattr(prepare, "SMALL_2D_VOXELS", 0)  # not the one thread of a small 2-D pair
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the worker is used with two threads or more
+    runs = {}
     try:
-        runs = {}
-        for parallel in (True, False):
+        for parallel, caller in ((True, 2), (False, 2), (True, 1)):
             monkeypatch.setattr(stage, "PARALLEL_STAGES", parallel)
+            torch.set_num_threads(caller)
             where.clear()
             r = api.register(case["fixed"], case["moving"], transform="affine")
             assert "scales and shears added to it by intensity MI" in r.report["stages"]["affine"]["reason"]
-            runs[parallel] = (r.affine_matrix, [w.startswith("unireg-affine-from-rigid") for w in where])
+            runs[parallel, caller] = (r.affine_matrix, [w.startswith("unireg-affine-from-rigid") for w in where])
     finally:
         torch.set_num_threads(threads)
-    assert np.array_equal(runs[True][0], runs[False][0])
-    assert any(runs[True][1]) and not any(runs[False][1])
+    assert all(np.array_equal(m, runs[True, 2][0]) for m, _ in runs.values())
+    assert any(runs[True, 2][1]) and not any(runs[False, 2][1]) and not any(runs[True, 1][1])
 
 
 def test_the_two_searches_share_their_starts_and_each_optimises_its_own_parameters(monkeypatch):

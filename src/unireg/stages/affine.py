@@ -212,14 +212,16 @@ AFFINE_FROM_RIGID_LEVELS = {2: ((2, 40), (1, 25)), 3: ((2, 40), (1, 25))}
 # affine search runs on the main one: the two are independent, MI's small steps leave a core mostly idle.
 # The same matrices bit for bit (3-D and 2-D development draws, tests/stages/test_affine.py); the 1 mm MNI
 # speed pair's affine stage in-process 4.04 -> 3.65 s (CPU 6.33 -> 6.26 s), whole `--fast` CLI 9.4-10.4 ->
-# 9.1-10.0 s over three alternating runs.
+# 9.1-10.0 s over three alternating runs.  A small 2-D pair's stages run on one thread (prepare.stage_threads)
+# while the caller's second core idles: the worker counts the caller's threads (State.caller_threads); 2-D
+# `--transform affine` on development draws 0.65-0.70 -> 0.60-0.63 s per pair, the same matrices.
 PARALLEL_STAGES = True
 
 
 def _worker_ok(s: State) -> bool:
     """Whether an MI run may go to a worker thread beside the main one (:data:`MI_WORKER`; CPU, two threads
-    or more)."""
-    return MI_WORKER and s.device.type == "cpu" and torch.get_num_threads() >= 2
+    or more: the stages' own, or the caller's where a small 2-D pair's stages run on one)."""
+    return MI_WORKER and s.device.type == "cpu" and max(torch.get_num_threads(), s.caller_threads) >= 2
 
 
 def _done(value) -> Future:

@@ -78,6 +78,7 @@ def stage_threads(s: State):
     """The torch thread count for the stages after ``prepare``: one for a small 2-D pair on the CPU
     (:data:`SMALL_2D_VOXELS`), the caller's otherwise; the caller's is restored on the way out."""
     before = torch.get_num_threads()
+    s.caller_threads = before
     small = s.nd == 2 and s.device.type == "cpu" and math.prod(s.w_shape) <= SMALL_2D_VOXELS
     if not small or before < 2:
         yield

@@ -134,6 +134,8 @@ class State:
     referee: Optional[Referee] = None  # the do-no-harm NMI referee (built on first use)
     local_referee: Optional[Referee] = None  # the local gate's (more points; built on first use)
     inverse_referee: Optional[Referee] = None  # the referee seen from the moving image (built on first use)
+    # the caller's torch thread count (a small 2-D pair's stages run on one: prepare.stage_threads)
+    caller_threads: int = 1
 
     def __post_init__(self):
         self.timer = Timer(self.device)
