@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -224,11 +225,22 @@ def _worker_ok(s: State) -> bool:
     return MI_WORKER and s.device.type == "cpu" and max(torch.get_num_threads(), s.caller_threads) >= 2
 
 
-def _done(value) -> Future:
-    """``value`` as a finished future (the in-line branch of a job that may go to a worker)."""
-    f: Future = Future()
-    f.set_result(value)
-    return f
+@contextmanager
+def _beside(s: State, name: str, allowed: bool = True):
+    """``submit(fn) -> Future``: ``fn`` in a worker thread beside the main one where :func:`_worker_ok` (and
+    ``allowed``), else run at once in line (a finished future).  The stage's jobs are independent MI runs, each
+    with its own seeded draws: the same figures either way."""
+    if not (allowed and _worker_ok(s)):
+
+        def in_line(fn: Callable) -> Future:
+            f: Future = Future()
+            f.set_result(fn())
+            return f
+
+        yield in_line
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as pool:
+        yield lambda fn: pool.submit(with_caller_threads(fn))
 
 
 def _start(s: State) -> tuple[np.ndarray, str]:
@@ -455,13 +467,12 @@ def _rigid_then_affine(s: State, start: np.ndarray, start_name: str) -> np.ndarr
         s.opts = opts
     cands: list[tuple[str, np.ndarray, str]] = []  # (name, matrix, the stage's reason), each kept over the start
     why = rigid_why
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unireg-affine-from-rigid") as pool:
-        # MI from the rigid answer (its own seeded draws) in a worker beside the affine search (:data:`PARALLEL_STAGES`)
+    with _beside(s, "unireg-affine-from-rigid", PARALLEL_STAGES) as submit:
+        # MI from the rigid answer in a worker beside the affine search (:data:`PARALLEL_STAGES`)
         from_rigid = None
         if rigid_kept:
             refine = _working_mi(s, identity)
-            run = with_caller_threads(lambda: refine(rigid_m, AFFINE_FROM_RIGID_LEVELS[s.nd]))
-            from_rigid = pool.submit(run) if PARALLEL_STAGES and _worker_ok(s) else _done(run())
+            from_rigid = submit(lambda: refine(rigid_m, AFFINE_FROM_RIGID_LEVELS[s.nd]))
         searched = None
         if AFFINE_SEARCH_TOO:
             m = _optimise(s, start, start_name, identity)
@@ -554,17 +565,11 @@ def _mutual_information(
         score, name, m = max(((fwd.score(m), name, m) for name, m in far), key=lambda t: t[0])
         return score, name, refine(m, levels[:1])
 
-    want = bool(MI_RESTART and starts)
-    if want and _worker_ok(s):
-        # the two MI runs are independent (each its own seeded draws): the restart's coarse run in a
-        # worker thread beside the answer's (small steps, mostly one core each); same figures either way
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unireg-mi-restart") as pool:
-            job = pool.submit(with_caller_threads(restart))
-            cand = refine(best)
-            again = job.result()
-    else:
+    with _beside(s, "unireg-mi-restart") as submit:
+        # the restart's coarse run in a worker thread beside the answer's (small steps, mostly one core each)
+        job = submit(restart) if MI_RESTART and starts else None
         cand = refine(best)
-        again = restart() if want else None
+        again = job.result() if job is not None else None
     if np.array_equal(cand, best):  # every level skipped (too small an image for MI)
         return best, ""
     f0, b0 = fwd.score(best), bwd.score(best)
