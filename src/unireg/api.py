@@ -10,11 +10,21 @@ import torch
 
 from .errors import UniRegError
 from .io.image import Image, PendingReads, read_image
+from .io.slices import (
+    across,
+    check_same_plane,
+    field_to_plane,
+    layout_of,
+    matrix_out,
+    matrix_to_plane,
+    single_slice_axis,
+    to_plane,
+)
 from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
 from .pipeline import RegistrationResult, register_images
 from .resample import nearest_labels, onto_grid, warp_labels
-from .spatial.frames import world_to_voxel
+from .spatial.frames import affine_nd, world_to_voxel
 from .spatial.world import field_on_grid, pull, warp_points
 from .stages.state import check_transform
 
@@ -41,6 +51,9 @@ def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Imag
             if arr.size and arr.min() == arr.max():
                 raise UniRegError(f"{name}: array is constant")
             arr = arr.astype(np.float32)
+        flat = to_plane(arr, aff) if arr.ndim == 2 or single_slice_axis(arr.shape) is not None else None
+        if flat is not None:  # one slice of a volume, not in the x-y plane: as read_image reads such a file
+            return Image(flat[0][None], flat[1], None, {"slice_layout": flat[2]})
         return Image(arr[None], aff, None)
     raise UniRegError(f"{name}: expected a path, an Image or (array, affine), got {type(x).__name__}")
 
@@ -71,6 +84,7 @@ def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
     if mask is None:
         return None
     m = as_image(mask, labels=True, name=name)
+    check_same_plane(image, m, name.replace("_", " "))
     return onto_grid(m, image, name.replace("_", " "), "fixed image" if name.startswith("fixed") else "moving image")
 
 
@@ -173,6 +187,11 @@ def register(
         (fixed_labels, True, "fixed_labels"),
     )
     assert fixed_img is not None and moving_img is not None  # given (not None), hence read
+    # 2-D images read in a slice's own plane frame (unireg.io.slices) need one frame for all
+    check_same_plane(fixed_img, moving_img)
+    for img, name in ((lab, "label map"), (flab, "fixed label map")):
+        if img is not None:
+            check_same_plane(fixed_img, img, name)
     if flab is not None:  # Dice is counted on the fixed grid
         flab = onto_grid(flab, fixed_img, "fixed label map", "fixed image")
     if not 0.1 <= float(smoothness) <= 10.0:
@@ -193,6 +212,9 @@ def register(
             init = np.asarray(initial_transform, dtype=np.float64)
             if init.shape != (4, 4) or not np.all(np.isfinite(init)):
                 raise UniRegError(f"initial_transform must be a finite 4x4 matrix, got shape {init.shape}")
+        plane = layout_of(fixed_img)
+        if plane is not None:  # a world transform, seen in the slices' plane frame
+            init = matrix_to_plane(init, plane)
     reg = load_model(model, ndim=fixed_img.ndim, extractor=extractor, extractor_weights=extractor_weights)
     result = register_images(
         fixed_img,
@@ -217,6 +239,15 @@ def register(
     )
     from .verdict import judge
 
+    lay = layout_of(fixed_img)
+    if lay is not None:  # single slices: the report's affine in world coordinates, as affine.mat holds it
+        gap = across(fixed_img, moving_img)
+        result.report["affine_matrix"] = matrix_out(affine_nd(result.affine_matrix, 2), lay, gap).tolist()
+        result.report["slice_plane"] = {
+            "normal": [round(float(v), 6) for v in lay.rotation[2]],
+            "across_mm": round(gap, 4),
+            "note": "registered in 2-D in the slices' plane; outputs written in the fixed file's layout",
+        }
     # failed or not, said in the report (and by the CLI's exit status 3), not only in a score
     result.report["verdict"] = judge(result.report, result.warped.data)
     return result
@@ -258,7 +289,7 @@ def apply(
     for large volumes; ``bspline`` runs on the CPU, through scipy, whatever the device).
     """
     from .interpolation import check_interpolation, reads_labels
-    from .transforms import chain_map, load_chain
+    from .transforms import chain_map, in_plane, load_chain
 
     dev = check_device(device)
     interp = check_interpolation(interpolation, labels)
@@ -269,6 +300,9 @@ def apply(
         nd = ref_img.ndim
         if img.ndim != nd:
             raise UniRegError(f"dimensionality mismatch: image {img.ndim}-D, reference {nd}-D", img.path)
+        if layout_of(ref_img) is not None:  # a single slice: the chain seen in its plane's frame
+            check_same_plane(ref_img, img, "image")
+            chain = in_plane(chain, layout_of(ref_img))
         world_map = chain_map(chain, nd)
         return _resample(img, ref_img, world_map, interp, dev)
 
@@ -279,6 +313,11 @@ def apply(
     img = as_image(image, labels=reads_labels(False, labels, interp), name="image")
     ref_img = as_image(ref, name="ref")
     nd = ref_img.ndim
+    if layout_of(ref_img) is not None:  # a single slice: its 3-D warp (one voxel thick) as its plane's 2-D one
+        check_same_plane(ref_img, img, "image")
+        flat = field_to_plane(disp, w_aff) if disp.shape[0] == 3 else None
+        if flat is not None:
+            disp, w_aff = flat
     if img.ndim != nd or disp.shape[0] != nd:
         raise UniRegError(
             f"dimensionality mismatch: warp {disp.shape[0]}-D, image {img.ndim}-D, reference {nd}-D",
@@ -312,7 +351,8 @@ def _resample(img: Image, ref_img: Image, world_map, interp: str, device: torch.
             .cpu()
             .numpy()
         )
-    return Image(out, aff.copy(), None)
+    meta = {"slice_layout": layout_of(ref_img)} if layout_of(ref_img) is not None else {}
+    return Image(out, aff.copy(), None, meta)  # a single slice's layout kept: written back as its file lies
 
 
 def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray, device: str = "cpu") -> np.ndarray:

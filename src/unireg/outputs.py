@@ -15,6 +15,7 @@ import torch
 from .errors import UniRegError
 from .io.atomic import atomic_path, check_output_dir
 from .io.image import write_image
+from .io.slices import across, as_file, field_as_file, layout_of, matrix_out
 from .io.warp import write_displacement_field
 from .spatial.frames import affine_nd
 
@@ -204,29 +205,36 @@ def _writers():
 def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) -> None:
     fixed = result.fixed
     moving = result.moving
+    # a single slice read in its plane's frame is written back as its file lies (unireg.io.slices): images
+    # with their one-voxel axis, fields as 3-D fields that also cross from one slice's plane to the other's
+    gap = across(fixed, moving)
     jobs: dict[str, Future] = {}
     with _writers() as pool:
         # the longest jobs first (each computes a whole-volume field, then compresses it): the last
         # to start sets when the folder is complete
         if "inverse_warp" in paths:  # computed by its writer (a whole-volume pass); the ANTs split may copy its file
             jobs["inverse_warp"] = pool.submit(
-                lambda: write_displacement_field(paths["inverse_warp"], result.inverse_warp_mm, moving.affine)
+                lambda: write_displacement_field(
+                    paths["inverse_warp"], *field_as_file(moving, result.inverse_warp_mm, -gap)
+                )
             )
         if "warp" in paths:
-            jobs["warp"] = pool.submit(write_displacement_field, paths["warp"], result.warp_mm, fixed.affine)
+            jobs["warp"] = pool.submit(
+                write_displacement_field, paths["warp"], *field_as_file(fixed, result.warp_mm, gap)
+            )
         if "affine" in paths:  # the ANTs split: its two fields are independent jobs
             jobs.update(_submit_ants_split(pool, result, paths, jobs.get("warp"), jobs.get("inverse_warp")))
         if "warped" in paths:
             jobs["warped"] = pool.submit(
-                write_image, paths["warped"], result.warped.data, fixed.affine, dtype=np.float32
+                write_image, paths["warped"], *as_file(fixed, result.warped.data), dtype=np.float32
             )
         if "jacobian" in paths:
             jobs["jacobian"] = pool.submit(
-                write_image, paths["jacobian"], result.jacobian.astype(np.float32), fixed.affine, dtype=np.float32
+                write_image, paths["jacobian"], *as_file(fixed, result.jacobian.astype(np.float32)), dtype=np.float32
             )
         if "warped_labels" in paths:
             jobs["warped_labels"] = pool.submit(
-                write_image, paths["warped_labels"], result.warped_labels.data, fixed.affine
+                write_image, paths["warped_labels"], *as_file(fixed, result.warped_labels.data)
             )
         try:
             report = dict(result.report)
@@ -328,13 +336,18 @@ def _submit_ants_split(
     from .io.transform import write_affine
 
     fixed, mapping = result.fixed, result.mapping
-    write_affine(paths["affine"], result.affine_matrix, ndim=fixed.ndim)
+    lay, gap = layout_of(fixed), across(fixed, result.moving)
+    if lay is None:
+        write_affine(paths["affine"], result.affine_matrix, ndim=fixed.ndim)
+    else:  # a single slice: the 3-D transform of its file (unireg.io.slices), the jump between the planes in it
+        write_affine(paths["affine"], matrix_out(affine_nd(np.asarray(result.affine_matrix), 2), lay, gap), ndim=3)
     identity = np.array_equal(affine_nd(np.asarray(result.affine_matrix), fixed.ndim), np.eye(fixed.ndim + 1))
+    identity = identity and gap == 0.0  # else the warp also crosses between the planes: not the deformable part
     jobs: dict[str, Future] = {}
 
     def inverse() -> None:
         inv = mapping.inverse_on_grid(fixed.spatial_shape, fixed.affine, with_affine=False)
-        write_displacement_field(paths["deformable_inverse_warp"], inv, fixed.affine)
+        write_displacement_field(paths["deformable_inverse_warp"], *field_as_file(fixed, inv))
 
     if identity and inverse_job is not None and _same_grid(fixed, result.moving):
         jobs["deformable_inverse_warp"] = pool.submit(
@@ -346,6 +359,8 @@ def _submit_ants_split(
         jobs["deformable_warp"] = pool.submit(_copy_written, warp_job, paths["warp"], paths["deformable_warp"])
     else:
         jobs["deformable_warp"] = pool.submit(
-            lambda: write_displacement_field(paths["deformable_warp"], deformable_forward_mm(result), fixed.affine)
+            lambda: write_displacement_field(
+                paths["deformable_warp"], *field_as_file(fixed, deformable_forward_mm(result))
+            )
         )
     return jobs

@@ -26,7 +26,7 @@ from .interpolation import INTERPOLATIONS  # re-exported: unireg.transforms.INTE
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Transform", "parse_transform_spec", "load_chain", "chain_map", "INTERPOLATIONS"]
+__all__ = ["Transform", "parse_transform_spec", "load_chain", "chain_map", "in_plane", "INTERPOLATIONS"]
 
 # torch is imported where it is used: reading a chain (``load_chain``) needs numpy and nibabel only, so
 # `unireg apply -t ...` reads its transforms while torch loads.
@@ -95,6 +95,29 @@ def load_chain(items) -> list[Transform]:
     if not chain:
         raise UniRegError("no transform given (use -t FILE, repeatable, in antsApplyTransforms order)")
     return chain
+
+
+def in_plane(chain: list[Transform], layout) -> list[Transform]:
+    """``chain`` seen in the plane frame of a single slice read as a 2-D image (``layout``, a
+    :class:`unireg.io.slices.SliceLayout`): affines turned into that frame (their part across the plane
+    dropped), 3-D fields on one-voxel-thick grids as the 2-D fields of their plane; 2-D fields as they are."""
+    from .io.slices import field_to_plane, matrix_to_plane
+
+    out = []
+    for t in chain:
+        if t.kind == "affine":
+            assert t.matrix is not None
+            out.append(Transform("affine", matrix=matrix_to_plane(t.matrix, layout), source=t.source))
+        elif t.disp is not None and t.affine is not None and t.disp.shape[0] == 3:
+            flat = field_to_plane(t.disp, t.affine)
+            if flat is None:
+                raise UniRegError(
+                    "a 3-D displacement field more than one voxel thick cannot map a single slice", t.source
+                )
+            out.append(Transform("field", disp=flat[0], affine=flat[1], source=t.source))
+        else:
+            out.append(t)
+    return out
 
 
 def _field_at(t: Transform, world: torch.Tensor) -> torch.Tensor:

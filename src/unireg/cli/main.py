@@ -329,6 +329,7 @@ def apply(
 
     from .. import api
     from ..io.image import write_image
+    from ..io.slices import as_file
     from ..outputs import guard_inputs
 
     warp_in = [str(paths[0])] if chain is None else [parse_transform_spec(str(t))[0] for t in chain]
@@ -338,7 +339,7 @@ def apply(
     image_img, ref_img = reads.result()
     res = api.apply(warp, image_img, ref_img, labels=labels, interpolation=interp, device=device)
     keep_int = labels or interpolation == "labelwise" or res.data.dtype.kind in "iu"
-    write_image(out, res.data, res.affine, dtype=None if keep_int else np.float32)
+    write_image(out, *as_file(res, res.data), dtype=None if keep_int else np.float32)  # a single slice as it came
     typer.echo(str(out))
     _STATE["finished"] = True  # written: main() may skip the interpreter's teardown (~0.5 s at 1 mm)
 

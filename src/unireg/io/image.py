@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from unireg.errors import UniRegError
+from unireg.io import slices
 from unireg.io.atomic import atomic_path
 from unireg.spatial import frames
 
@@ -304,7 +305,9 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bo
         ``data`` ``(1, *spatial)`` float32 (or integer for labels), ``affine`` 4x4 float64
         voxel-to-world in RAS mm (see the module docstring for the array order per format).
         A trailing singleton 4th axis is dropped; ``(X, Y)`` and ``(X, Y, 1)`` files give 2-D
-        images ``(1, X, Y)``.
+        images ``(1, X, Y)``; so do ``(X, 1, Z)`` and ``(1, Y, Z)`` files (one coronal or sagittal slice), and
+        ``(X, Y, 1)`` files whose plane is far from axial, in their plane's own frame, their layout in
+        ``meta["slice_layout"]`` (:mod:`unireg.io.slices`; outputs go back to it).
 
     Raises
     ------
@@ -339,9 +342,13 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bo
     if not arr.dtype.isnative:  # MGH files are big-endian; torch takes native byte order only
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = _to_spatial(arr, p)
+    meta: dict[str, Any] = {"format": fmt, "file_dtype": dtype}
+    flat = slices.to_plane(arr, affine) if arr.ndim == 2 or slices.single_slice_axis(arr.shape) is not None else None
+    if flat is not None:  # one slice of a volume, not in the x-y plane: a 2-D image in its plane's own frame
+        arr, affine, meta["slice_layout"] = flat
     affine = _check_affine(affine, arr.ndim, p)
     arr = _check_values(arr, labels, p, constant_ok)
-    return Image(data=arr[None], affine=affine, path=str(p), meta={"format": fmt, "file_dtype": dtype})
+    return Image(data=arr[None], affine=affine, path=str(p), meta=meta)
 
 
 class PendingReads:
