@@ -50,7 +50,7 @@ def test_a_slice_one_voxel_thick_along_another_axis_reads_as_2d_in_its_plane(tmp
     np.testing.assert_allclose(np.linalg.det(lay.rotation), 1.0)
     # ... and the image goes back to its file exactly
     back, a = lay.image_out(img.data)
-    np.testing.assert_array_equal(back, arr)
+    np.testing.assert_array_equal(back, arr[None])  # with its channel axis, as write_image takes it
     np.testing.assert_array_equal(a, nib.load(str(tmp_path / "s.nii.gz")).affine)
 
 

@@ -63,11 +63,12 @@ class SliceLayout:
     rotation: np.ndarray
 
     def image_out(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A 2-D image ``(*S)`` or ``(1, *S)`` on this grid as the file holds it: ``(array (*shape), affine)``."""
+        """A 2-D image ``(*S)`` or ``(1, *S)`` on this grid as the file holds it: ``(array (1, *shape), affine)``
+        (with its channel axis: a ``(1, Y, Z)`` volume would otherwise read as one channel of a 2-D image)."""
         arr = np.asarray(data)
         if arr.ndim == 3:
             arr = arr[0]
-        return np.expand_dims(arr, self.axis), self.affine.copy()
+        return np.expand_dims(arr, self.axis)[None], self.affine.copy()
 
     def field_out(self, disp_mm: np.ndarray, across: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """A 2-D displacement field ``(2, *S)`` (the plane frame's x, y, mm) on this grid as a 3-D field
