@@ -17,7 +17,6 @@ from .io.slices import (
     layout_of,
     matrix_out,
     matrix_to_plane,
-    single_slice_axis,
     to_plane,
 )
 from .io.warp import read_displacement_field
@@ -51,7 +50,7 @@ def as_image(x: ImageLike, *, labels: bool = False, name: str = "image") -> Imag
             if arr.size and arr.min() == arr.max():
                 raise UniRegError(f"{name}: array is constant")
             arr = arr.astype(np.float32)
-        flat = to_plane(arr, aff) if arr.ndim == 2 or single_slice_axis(arr.shape) is not None else None
+        flat = to_plane(arr, aff)
         if flat is not None:  # one slice of a volume, not in the x-y plane: as read_image reads such a file
             return Image(flat[0][None], flat[1], None, {"slice_layout": flat[2]})
         return Image(arr[None], aff, None)
@@ -300,9 +299,10 @@ def apply(
         nd = ref_img.ndim
         if img.ndim != nd:
             raise UniRegError(f"dimensionality mismatch: image {img.ndim}-D, reference {nd}-D", img.path)
-        if layout_of(ref_img) is not None:  # a single slice: the chain seen in its plane's frame
-            check_same_plane(ref_img, img, "image")
-            chain = in_plane(chain, layout_of(ref_img))
+        check_same_plane(ref_img, img, "image")
+        plane = layout_of(ref_img)
+        if plane is not None:  # a single slice: the chain seen in its plane's frame
+            chain = in_plane(chain, plane)
         world_map = chain_map(chain, nd)
         return _resample(img, ref_img, world_map, interp, dev)
 
@@ -313,9 +313,9 @@ def apply(
     img = as_image(image, labels=reads_labels(False, labels, interp), name="image")
     ref_img = as_image(ref, name="ref")
     nd = ref_img.ndim
+    check_same_plane(ref_img, img, "image")
     if layout_of(ref_img) is not None:  # a single slice: its 3-D warp (one voxel thick) as its plane's 2-D one
-        check_same_plane(ref_img, img, "image")
-        flat = field_to_plane(disp, w_aff) if disp.shape[0] == 3 else None
+        flat = field_to_plane(disp, w_aff)
         if flat is not None:
             disp, w_aff = flat
     if img.ndim != nd or disp.shape[0] != nd:

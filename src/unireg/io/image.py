@@ -343,7 +343,7 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, constant_ok: bo
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = _to_spatial(arr, p)
     meta: dict[str, Any] = {"format": fmt, "file_dtype": dtype}
-    flat = slices.to_plane(arr, affine) if arr.ndim == 2 or slices.single_slice_axis(arr.shape) is not None else None
+    flat = slices.to_plane(arr, affine)
     if flat is not None:  # one slice of a volume, not in the x-y plane: a 2-D image in its plane's own frame
         arr, affine, meta["slice_layout"] = flat
     affine = _check_affine(affine, arr.ndim, p)

@@ -122,7 +122,8 @@ def _axial_share(affine: np.ndarray) -> float:
 def to_plane(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, SliceLayout] | None:
     """A 3-D array one voxel thick along one axis, or a 2-D array whose plane is far from axial (an ``(X, Y)``
     read from an ``(X, Y, 1)`` file), as a 2-D image in its plane's frame: ``(array (*S), 4x4 affine, layout)``;
-    None where the x-y reading stands (no single-voxel axis but the last, plane within 45 degrees of axial)."""
+    None for anything else: a volume, a 2-D image whose x-y reading stands (plane within 45 degrees of axial),
+    a degenerate affine (the reader's own check says so)."""
     a = np.asarray(affine, dtype=np.float64)
     found = 2 if arr.ndim == 2 else single_slice_axis(arr.shape)
     if found is None:
