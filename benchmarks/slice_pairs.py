@@ -44,20 +44,28 @@ SEED = 20261129
 FAMILIES = ("same", "t2", "pd", "flair", "ct", "gamma", "inverted", "piecewise")
 OFFSETS_MM = (-5, -3, 3, 5)
 Z_RANGE = (55, 125)  # axial slices through the ventricles and the cortex above them
+# --orientation: the slices' axis of the MNI volume and the range of their positions (voxels).  Coronal and
+# sagittal pairs are written as scanners' tools write one slice of a volume, (X, 1, Z) and (1, Y, Z) files with
+# the volume's geometry, which UniReg registers in their plane (unireg.io.slices); ANTs, which registers such a
+# file as a 3-D volume one voxel thick, gets the same pixels as 2-D images.
+ORIENTATIONS = {"axial": (2, Z_RANGE), "coronal": (1, (70, 160)), "sagittal": (0, (60, 85))}
 METHODS = ("none", "unireg", "ants")
 FIELDS = ["case", "family", "z", "d", "method", "dice", "seconds", "status"]
 
 
-def pair_list(n: int) -> list[dict]:
-    """The frozen list: ``n`` pairs, contrast families in turn."""
+def pair_list(n: int, orientation: str = "axial") -> list[dict]:
+    """The frozen list: ``n`` pairs, contrast families in turn (``z``: the slice's position along the
+    orientation's axis, whatever it is)."""
+    axis, positions = ORIENTATIONS[orientation]
     rng = np.random.default_rng(SEED)
     out = []
+    tag = "" if orientation == "axial" else f"{orientation}_"
     for i in range(n):
-        z = int(rng.integers(*Z_RANGE))
+        z = int(rng.integers(*positions))
         d = int(rng.choice(OFFSETS_MM))
         fam = FAMILIES[i % len(FAMILIES)]
-        out.append({"case": f"slice_{i:02d}_z{z}_d{d:+d}_{fam}", "family": fam, "z": z, "d": d,
-                    "map_seed": int(rng.integers(2**31))})
+        out.append({"case": f"slice_{tag}{i:02d}_z{z}_d{d:+d}_{fam}", "family": fam, "z": z, "d": d,
+                    "map_seed": int(rng.integers(2**31)), "axis": axis})
     return out
 
 
@@ -71,8 +79,10 @@ def dice_gm_wm(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
-def write_pair(spec: dict, out: Path) -> dict[str, Path]:
-    """The two slices (moving in its drawn contrast) and their label maps as 2-D NIfTI files."""
+def write_pair(spec: dict, out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The two slices (moving in its drawn contrast) and their label maps: axial ones as 2-D NIfTI files;
+    coronal and sagittal ones as one-voxel-thick 3-D files with the volume's geometry (UniReg's inputs) and
+    as 2-D NIfTI files of the same pixels (ANTs' inputs).  Returns (UniReg's paths, ANTs' paths)."""
     import nibabel as nib
 
     from unireg.data.mni import load_mni
@@ -80,25 +90,34 @@ def write_pair(spec: dict, out: Path) -> dict[str, Path]:
 
     mni = load_mni(None)
     t1, lab, aff = mni["t1"].data[0], mni["labels"].data[0], np.asarray(mni["t1"].affine, np.float64)
-    z, d = spec["z"], spec["d"]
-    fixed, moving = t1[:, :, z], t1[:, :, z + d]
+    z, d, axis = spec["z"], spec["d"], spec.get("axis", 2)
+    fixed, moving = np.take(t1, z, axis=axis), np.take(t1, z + d, axis=axis)
     if spec["family"] != "same":
         knots, _ = draw_intensity(spec["family"], np.random.default_rng(spec["map_seed"]))
         moving = apply_map(np.clip(moving / max(float(moving.max()), 1e-6), 0.0, 1.0), knots)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, arr, dtype in (("fixed", fixed, np.float32), ("moving", moving, np.float32),
-                             ("fixed_labels", lab[:, :, z], np.int16), ("moving_labels", lab[:, :, z + d], np.int16)):
-        paths[name] = out / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(arr).astype(dtype), aff), str(paths[name]))
-    return paths
+    flat: dict[str, Path] = {}
+    thick: dict[str, Path] = {}
+    for name, arr, k, dtype in (("fixed", fixed, z, np.float32), ("moving", moving, z + d, np.float32),
+                                ("fixed_labels", np.take(lab, z, axis=axis), z, np.int16),
+                                ("moving_labels", np.take(lab, z + d, axis=axis), z + d, np.int16)):
+        arr = np.ascontiguousarray(arr).astype(dtype)
+        flat[name] = out / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, aff), str(flat[name]))  # the volume's x-y columns: a 2-D image
+        if axis != 2:
+            a = aff.copy()
+            a[:3, 3] += aff[:3, axis] * k  # the slice's own position in the volume
+            thick[name] = out / f"{name}_slice.nii.gz"
+            nib.save(nib.Nifti1Image(np.expand_dims(arr, axis), a), str(thick[name]))
+    return (thick or flat), flat
 
 
 def run_pair(spec: dict, args, work: Path) -> list[dict]:
     import nibabel as nib
 
     d = work / spec["case"]
-    paths = write_pair(spec, d)
+    uni_paths, ants_paths = write_pair(spec, d)
+    paths = ants_paths  # 2-D files, for scoring
     fixed_lab = np.asarray(nib.load(str(paths["fixed_labels"])).dataobj)
     base = {k: spec[k] for k in ("case", "family", "z", "d")}
     rows = [dict(base, method="none", dice=dice_gm_wm(fixed_lab, np.asarray(nib.load(str(paths["moving_labels"])).dataobj)),
@@ -108,8 +127,8 @@ def run_pair(spec: dict, args, work: Path) -> list[dict]:
         out = d / m
         out.mkdir(exist_ok=True)
         if m == "unireg":
-            cmd = [sys.executable, "-c", UNIREG_CLI, "register", str(paths["fixed"]), str(paths["moving"]), "-o", str(out),
-                   "--labels", str(paths["moving_labels"]), "--no-qc", *shlex.split(args.unireg_args)]
+            cmd = [sys.executable, "-c", UNIREG_CLI, "register", str(uni_paths["fixed"]), str(uni_paths["moving"]), "-o",
+                   str(out), "--labels", str(uni_paths["moving_labels"]), "--no-qc", *shlex.split(args.unireg_args)]
         else:
             metric = "cc" if spec["family"] == "same" else "mattes"
             cmd = [sys.executable, str(PEER), "ants", str(paths["fixed"]), str(paths["moving"]), str(out),
@@ -120,7 +139,8 @@ def run_pair(spec: dict, args, work: Path) -> list[dict]:
         if r["rc"] != 0 or not wl.is_file():
             row["status"] = f"failed (rc {r['rc']}, see {d / (m + '.log')})"
         else:
-            row["dice"] = dice_gm_wm(fixed_lab, np.asarray(nib.load(str(wl)).dataobj))
+            warped = np.asarray(nib.load(str(wl)).dataobj)
+            row["dice"] = dice_gm_wm(fixed_lab, warped.reshape(fixed_lab.shape))  # a slice file's one-voxel axis dropped
         rows.append(row)
     return rows
 
@@ -164,6 +184,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="threads for every method (default 1)")
     p.add_argument("--unireg-args", default="", help='extra options for `unireg register`')
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per method and pair")
+    p.add_argument("--orientation", choices=sorted(ORIENTATIONS), default="axial",
+                   help="slices of the volume (default axial; coronal and sagittal ones go to UniReg as one-voxel-"
+                        "thick 3-D files, to ANTs as 2-D images)")
     p.add_argument("--out-dir", type=Path, default=HERE / "results")
     p.add_argument("--name", default="slice_pairs", help="file name stem of the results (default slice_pairs)")
     p.add_argument("--work", type=Path, default=None, help="folder for pair files (default: a temporary folder)")
@@ -172,7 +195,7 @@ def main(argv=None) -> int:
     if not args.methods:
         p.error("--methods takes unireg and/or ants")
     work = args.work or Path(tempfile.mkdtemp(prefix="unireg_slice_pairs_"))
-    specs = pair_list(args.pairs)
+    specs = pair_list(args.pairs, args.orientation)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     rows: list[dict] = []
@@ -189,7 +212,7 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow({k: r.get(k) for k in FIELDS})
     cmd = "python benchmarks/slice_pairs.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    text = (f"# Real anatomical differences: MNI slice z vs slice z+d\n\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    text = (f"# Real anatomical differences: MNI {args.orientation} slice z vs slice z+d\n\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{time.perf_counter() - t0:.0f} s, {args.threads} thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f})\n\n"
             f"GM/WM Dice of the fixed slice's labels against the moving slice's labels through each method's warp; "
             f"'UniReg / ANTs gain over none' = (UniReg - none) / (ANTs - none).\n\n" + summarise(rows, ["unireg", "ants"] if

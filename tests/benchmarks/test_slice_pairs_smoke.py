@@ -37,3 +37,19 @@ def test_one_pair_end_to_end(tmp_path):
     none, uni = (float(r.split(",")[5]) for r in rows[1:])
     assert uni > none + 0.03, (none, uni)  # slices 3 mm apart: registration brings the tissues closer
     assert "| all | 1 |" in (tmp_path / "slice_pairs.md").read_text()
+
+
+def test_a_coronal_pair_goes_to_unireg_as_one_voxel_thick_files(tmp_path):
+    import nibabel as nib
+
+    mod = load_script(SCRIPT)
+    spec = mod.pair_list(1, "coronal")[0]
+    assert spec["case"].startswith("slice_coronal_00_") and spec["axis"] == 1
+    uni, flat = mod.write_pair(spec, tmp_path / "w")
+    img = nib.load(str(uni["fixed"]))
+    assert img.shape == (197, 1, 189)  # one slice of the 1 mm MNI volume, with its geometry
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, 0], np.asarray(nib.load(str(flat["fixed"])).dataobj))
+    mod.main(["--pairs", "1", "--methods", "unireg", "--orientation", "coronal", "--out-dir", str(tmp_path),
+              "--work", str(tmp_path / "w2")])
+    none, uni_dice = (float(r.split(",")[5]) for r in (tmp_path / "slice_pairs.csv").read_text().splitlines()[1:])
+    assert uni_dice > none + 0.03, (none, uni_dice)
