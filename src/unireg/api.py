@@ -10,15 +10,7 @@ import torch
 
 from .errors import UniRegError
 from .io.image import Image, PendingReads, read_image
-from .io.slices import (
-    across,
-    check_same_plane,
-    field_to_plane,
-    layout_of,
-    matrix_out,
-    matrix_to_plane,
-    to_plane,
-)
+from .io.slices import PlanePair, field_to_plane, in_fixed_plane, layout_of, matrix_out, matrix_to_plane, to_plane
 from .io.warp import read_displacement_field
 from .models.registrar import Registrar, default_model_path, load_registrar
 from .pipeline import RegistrationResult, register_images
@@ -82,8 +74,7 @@ def _as_mask(mask: ImageLike | None, image: Image, name: str) -> Image | None:
     space (:func:`unireg.resample.onto_grid`)."""
     if mask is None:
         return None
-    m = as_image(mask, labels=True, name=name)
-    check_same_plane(image, m, name.replace("_", " "))
+    m = in_fixed_plane(image, as_image(mask, labels=True, name=name), name.replace("_", " "))
     return onto_grid(m, image, name.replace("_", " "), "fixed image" if name.startswith("fixed") else "moving image")
 
 
@@ -186,11 +177,10 @@ def register(
         (fixed_labels, True, "fixed_labels"),
     )
     assert fixed_img is not None and moving_img is not None  # given (not None), hence read
-    # 2-D images read in a slice's own plane frame (unireg.io.slices) need one frame for all
-    check_same_plane(fixed_img, moving_img)
-    for img, name in ((lab, "label map"), (flab, "fixed label map")):
-        if img is not None:
-            check_same_plane(fixed_img, img, name)
+    # 2-D images read in a slice's own plane frame (unireg.io.slices): all of them in the fixed slice's
+    moving_img = in_fixed_plane(fixed_img, moving_img)
+    lab = None if lab is None else in_fixed_plane(fixed_img, lab, "label map")
+    flab = None if flab is None else in_fixed_plane(fixed_img, flab, "fixed label map")
     if flab is not None:  # Dice is counted on the fixed grid
         flab = onto_grid(flab, fixed_img, "fixed label map", "fixed image")
     if not 0.1 <= float(smoothness) <= 10.0:
@@ -238,14 +228,14 @@ def register(
     )
     from .verdict import judge
 
-    lay = layout_of(fixed_img)
-    if lay is not None:  # single slices: the report's affine in world coordinates, as affine.mat holds it
-        gap = across(fixed_img, moving_img)
-        result.report["affine_matrix"] = matrix_out(affine_nd(result.affine_matrix, 2), lay, gap).tolist()
+    lay, planes = layout_of(fixed_img), PlanePair.of(fixed_img, moving_img)
+    if lay is not None and planes is not None:  # single slices: the report's affine in world coordinates
+        result.report["affine_matrix"] = matrix_out(affine_nd(result.affine_matrix, 2), lay, planes).tolist()
         result.report["slice_plane"] = {
             "normal": [round(float(v), 6) for v in lay.rotation[2]],
-            "across_mm": round(gap, 4),
-            "note": "registered in 2-D in the slices' plane; outputs written in the fixed file's layout",
+            "across_mm": round(planes.at_centre(fixed_img), 4),
+            "tilt_deg": round(planes.tilt_deg(), 3),
+            "note": "registered in 2-D in the fixed slice's plane; outputs written in the files' layouts",
         }
     # failed or not, said in the report (and by the CLI's exit status 3), not only in a score
     result.report["verdict"] = judge(result.report, result.warped.data)
@@ -299,7 +289,7 @@ def apply(
         nd = ref_img.ndim
         if img.ndim != nd:
             raise UniRegError(f"dimensionality mismatch: image {img.ndim}-D, reference {nd}-D", img.path)
-        check_same_plane(ref_img, img, "image")
+        img = in_fixed_plane(ref_img, img, "image")
         plane = layout_of(ref_img)
         if plane is not None:  # a single slice: the chain seen in its plane's frame
             chain = in_plane(chain, plane)
@@ -313,7 +303,7 @@ def apply(
     img = as_image(image, labels=reads_labels(False, labels, interp), name="image")
     ref_img = as_image(ref, name="ref")
     nd = ref_img.ndim
-    check_same_plane(ref_img, img, "image")
+    img = in_fixed_plane(ref_img, img, "image")
     if layout_of(ref_img) is not None:  # a single slice: its 3-D warp (one voxel thick) as its plane's 2-D one
         flat = field_to_plane(disp, w_aff)
         if flat is not None:

@@ -15,7 +15,7 @@ import torch
 from .errors import UniRegError
 from .io.atomic import atomic_path, check_output_dir
 from .io.image import write_image
-from .io.slices import across, as_file, field_as_file, layout_of, matrix_out
+from .io.slices import PlanePair, as_file, field_as_file, layout_of, matrix_out
 from .io.warp import write_displacement_field
 from .spatial.frames import affine_nd
 
@@ -207,7 +207,7 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
     moving = result.moving
     # a single slice read in its plane's frame is written back as its file lies (unireg.io.slices): images
     # with their one-voxel axis, fields as 3-D fields that also cross from one slice's plane to the other's
-    gap = across(fixed, moving)
+    planes = PlanePair.of(fixed, moving)
     jobs: dict[str, Future] = {}
     with _writers() as pool:
         # the longest jobs first (each computes a whole-volume field, then compresses it): the last
@@ -215,10 +215,16 @@ def _write_all(result, out: Path, paths: dict[str, Path], qc: bool, html: bool) 
         if "inverse_warp" in paths:  # computed by its writer (a whole-volume pass); the ANTs split may copy its file
             jobs["inverse_warp"] = pool.submit(
                 lambda: write_displacement_field(
-                    paths["inverse_warp"], *field_as_file(moving, result.inverse_warp_mm, -gap)
+                    paths["inverse_warp"],
+                    *field_as_file(
+                        moving,
+                        result.inverse_warp_mm,
+                        0.0 if planes is None else planes.inverse(moving, result.inverse_warp_mm),
+                    ),
                 )
             )
         if "warp" in paths:
+            gap = 0.0 if planes is None else planes.forward(fixed, result.warp_mm)
             jobs["warp"] = pool.submit(
                 write_displacement_field, paths["warp"], *field_as_file(fixed, result.warp_mm, gap)
             )
@@ -336,13 +342,13 @@ def _submit_ants_split(
     from .io.transform import write_affine
 
     fixed, mapping = result.fixed, result.mapping
-    lay, gap = layout_of(fixed), across(fixed, result.moving)
+    lay, planes = layout_of(fixed), PlanePair.of(fixed, result.moving)
     if lay is None:
         write_affine(paths["affine"], result.affine_matrix, ndim=fixed.ndim)
-    else:  # a single slice: the 3-D transform of its file (unireg.io.slices), the jump between the planes in it
-        write_affine(paths["affine"], matrix_out(affine_nd(np.asarray(result.affine_matrix), 2), lay, gap), ndim=3)
+    else:  # a single slice: the 3-D transform of its file (unireg.io.slices), the step between the planes in it
+        write_affine(paths["affine"], matrix_out(affine_nd(np.asarray(result.affine_matrix), 2), lay, planes), ndim=3)
     identity = np.array_equal(affine_nd(np.asarray(result.affine_matrix), fixed.ndim), np.eye(fixed.ndim + 1))
-    identity = identity and gap == 0.0  # else the warp also crosses between the planes: not the deformable part
+    identity = identity and (planes is None or planes.flat)  # else the warp also steps across: not the deformable part
     jobs: dict[str, Future] = {}
 
     def inverse() -> None:

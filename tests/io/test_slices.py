@@ -70,7 +70,6 @@ def test_parallel_slices_share_the_frame_whatever_their_in_plane_orientation():
     b = slices.to_plane(_ramp((8, 6)), _affine(coronal @ rotation(2, 25), origin=(3.0, -40.0, 2.0)))
     assert a is not None and b is not None
     np.testing.assert_allclose(a[2].rotation, b[2].rotation, atol=1e-12)
-    assert a[2].same_plane(b[2])
     # the in-plane turn between them survives, for the registration to find (25 degrees about the normal)
     c0a, c0b = a[1][:2, 0], b[1][:2, 0]
     ang = np.degrees(np.arctan2(c0a[0] * c0b[1] - c0a[1] * c0b[0], c0a @ c0b))
@@ -99,7 +98,8 @@ def test_fields_and_matrices_go_out_to_world_and_back():
     np.testing.assert_allclose(back[1], flat, atol=1e-12)
     # a 2-D affine of the frame -> the 3-D world transform (the jump across) -> the frame again
     t2 = np.array([[0.98, -0.17, 3.0], [0.17, 0.98, -2.0], [0.0, 0.0, 1.0]])
-    t4 = slices.matrix_out(t2, lay, across=2.5)
+    zf = flat[2, 3]  # the slice's plane in its frame; the other slice's lies 2.5 mm further, parallel
+    t4 = slices.matrix_out(t2, lay, slices.PlanePair(np.zeros(2), zf, np.zeros(2), zf + 2.5))
     p = aff[:3, :3] @ [2.0, 1.0, 0.0] + aff[:3, 3]  # a point of the slice
     q_frame = lay.rotation @ (t4[:3, :3] @ p + t4[:3, 3])
     p_frame = lay.rotation @ p
@@ -110,16 +110,47 @@ def test_fields_and_matrices_go_out_to_world_and_back():
 
 
 def test_two_slices_in_planes_that_cross_are_refused_naming_the_moving_file(tmp_path):
-    coronal = Image(_ramp((1, 8, 6)), np.eye(4), "c.nii.gz")
     got = slices.to_plane(_ramp((8, 1, 6)), np.eye(4))
     assert got is not None
     coronal = Image(got[0][None], got[1], "c.nii.gz", {"slice_layout": got[2]})
     axial = Image(_ramp((1, 8, 6)), np.eye(4), "a.nii.gz")
     with pytest.raises(UniRegError, match=r"^a\.nii\.gz: moving image is not in the fixed image's plane .*normal "
-                                          r"\(0\.00, -?1\.00, 0\.00\)"):
-        slices.check_same_plane(coronal, axial)
-    slices.check_same_plane(coronal, coronal)
-    slices.check_same_plane(axial, axial)
+                                          r"\(0\.00, -?1\.00, 0\.00\): 90 degrees apart, over 30\)"):
+        slices.in_fixed_plane(coronal, axial)
+    assert slices.in_fixed_plane(coronal, coronal) is coronal
+    assert slices.in_fixed_plane(axial, axial) is axial
+
+
+def test_a_slice_tilted_from_the_fixed_one_is_seen_in_its_plane_and_the_maps_land_on_it():
+    fixed = _slice_image(_affine(rotation(0, 90), origin=(0.0, 5.0, 0.0)), (9, 7))  # coronal, (X, Z)
+    tilted = _slice_image(_affine(rotation(0, 90) @ rotation(0, 12), origin=(1.0, 9.0, -2.0)), (8, 6))
+    moving = slices.in_fixed_plane(fixed, tilted)
+    lay = slices.layout_of(moving)
+    np.testing.assert_array_equal(lay.rotation, slices.layout_of(fixed).rotation)  # the fixed slice's frame
+    np.testing.assert_array_equal(moving.data, tilted.data)
+    # every voxel keeps its world position in the new frame
+    w = lambda img, ij: slices.layout_of(img).rotation.T @ (img.affine[:3, :3] @ [*ij, 0.0] + img.affine[:3, 3])
+    np.testing.assert_allclose(w(moving, (3, 2)), w(tilted, (3, 2)), atol=1e-9)
+    planes = slices.PlanePair.of(fixed, moving)
+    assert planes is not None and planes.tilt_deg() == pytest.approx(12.0)
+    # a displacement field on the fixed grid, stepped across: each fixed voxel goes onto the moving plane
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=(2, 9, 7))
+    d3, _ = slices.layout_of(fixed).field_out(u, planes.forward(fixed, u))
+    p = np.einsum("cd,d...->c...", slices.layout_of(fixed).affine[:3, [0, 2]], np.indices((9, 7))).reshape(3, -1).T
+    q = p + slices.layout_of(fixed).affine[:3, 3] + d3[:, :, 0].reshape(3, -1).T
+    a_m = slices.layout_of(moving).affine
+    n_m = np.cross(a_m[:3, 0], a_m[:3, 2])
+    np.testing.assert_allclose((q - a_m[:3, 3]) @ (n_m / np.linalg.norm(n_m)), 0.0, atol=1e-4)
+    with pytest.raises(UniRegError, match="60 degrees apart"):
+        slices.in_fixed_plane(fixed, _slice_image(_affine(rotation(0, 90) @ rotation(0, 60)), (8, 6)))
+
+
+def _slice_image(affine: np.ndarray, shape2) -> Image:
+    """A coronal-style (X, 1, Z) slice with ``affine`` as read_image reads it."""
+    got = slices.to_plane(_ramp((shape2[0], 1, shape2[1])), affine)
+    assert got is not None
+    return Image(got[0][None], got[1], "s.nii.gz", {"slice_layout": got[2]})
 
 
 def test_the_frame_shows_coronal_and_sagittal_slices_upright():

@@ -9,17 +9,19 @@ axial (its x-y block degenerate or nearly so).  Such a file is read as a 2-D ima
 (:func:`to_plane`): voxel axes the two long ones, in order; world coordinates turned by ``R``
 (:func:`plane_rotation`), which takes the plane's normal to +z and its "up" (superior) to +y, so that the slice
 is shown upright.  ``R`` depends on the plane alone (not on how the voxel axes lie in it), so two slices in
-parallel planes share it and an in-plane rotation between them stays to be found.
+parallel planes share it and an in-plane rotation between them stays to be found.  Two slices whose planes meet
+(two subjects' coronal slices, each scanned a little obliquely) are registered in the fixed slice's frame, the
+moving one seen in it (:func:`in_fixed_plane`, up to :data:`MAX_TILT_DEG`; beyond, refused in one line).
 
 :class:`SliceLayout` remembers the file; every output on such an image's grid goes back to it, as ITK and ANTs
 read that file (``antsApplyTransforms -d 3``): images with the one-voxel axis put back and the file's own
 affine (:meth:`SliceLayout.image_out`), displacement fields as 3-D fields whose vectors are the in-plane ones
 turned back (:meth:`SliceLayout.field_out`), affine transforms as 3-D ones (:func:`matrix_out`); both also carry
-the step from the fixed slice's plane to the moving one's, where the two are parallel planes apart
-(:func:`across`).  (An ``(X, Y, 1)`` file not in the x-y plane: ITK reads a vector field on its grid as 2-D, as it
-would ANTs' own warp of it, and refuses the direction; ``unireg apply`` reads it.)  Inputs the other way: a
-3-D field on a one-voxel-thick grid (:func:`field_to_plane`) and a 3-D affine (:func:`matrix_to_plane`).
-NumPy only.
+the step from one slice's plane to the other's (:class:`PlanePair`: per voxel, so that every mapped point lies on
+the other slice even where the two planes meet at an angle).  (An ``(X, Y, 1)`` file not in the x-y plane: ITK
+reads a vector field on its grid as 2-D, as it would ANTs' own warp of it, and refuses the direction; ``unireg
+apply`` reads it.)  Inputs the other way: a 3-D field on a one-voxel-thick grid (:func:`field_to_plane`) and a
+3-D affine (:func:`matrix_to_plane`).  NumPy only.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ __all__ = [
     "layout_of",
     "as_file",
     "field_as_file",
-    "across",
-    "check_same_plane",
+    "PlanePair",
+    "MAX_TILT_DEG",
+    "reframe",
+    "in_fixed_plane",
 ]
 
 # an (X, Y, 1) file whose in-plane columns project onto the world x-y plane with at least this share of their
@@ -70,20 +74,16 @@ class SliceLayout:
             arr = arr[0]
         return np.expand_dims(arr, self.axis)[None], self.affine.copy()
 
-    def field_out(self, disp_mm: np.ndarray, across: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def field_out(self, disp_mm: np.ndarray, across=0.0) -> tuple[np.ndarray, np.ndarray]:
         """A 2-D displacement field ``(2, *S)`` (the plane frame's x, y, mm) on this grid as a 3-D field
-        ``(3, *shape)`` of world (RAS) vectors, and the file's affine; ``across``: mm along the normal to add
-        to every vector (from this slice's plane to the other image's, parallel to it)."""
+        ``(3, *shape)`` of world (RAS) vectors, and the file's affine; ``across``: mm along the frame's normal
+        (a number, or ``(*S)``: from each voxel's plane to the other slice's, :class:`PlanePair`)."""
         d = np.asarray(disp_mm, dtype=np.float32)
         r = self.rotation.astype(np.float32)
         # world vector = R^T (u, v, across): the plane frame's axes are R's rows
-        out = np.einsum("ck,k...->c...", r[:2].T, d) + (np.float32(across) * r[2]).reshape(3, *([1] * (d.ndim - 1)))
+        gap = np.asarray(across, dtype=np.float32)
+        out = np.einsum("ck,k...->c...", r[:2].T, d) + np.einsum("c,...->c...", r[2], np.broadcast_to(gap, d.shape[1:]))
         return np.expand_dims(out, 1 + self.axis), self.affine.copy()
-
-    def same_plane(self, other: SliceLayout | None) -> bool:
-        """Whether ``other`` (None: an image in the world x-y plane) was turned by the same rotation."""
-        r = np.eye(3) if other is None else other.rotation
-        return bool(np.abs(self.rotation - r).max() < 1e-3)
 
 
 def single_slice_axis(shape) -> int | None:
@@ -157,19 +157,98 @@ def as_file(image, data) -> tuple[np.ndarray, np.ndarray]:
     return (data, image.affine) if lay is None else lay.image_out(data)
 
 
-def field_as_file(image, disp_mm, across_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def field_as_file(image, disp_mm, across_mm=0.0) -> tuple[np.ndarray, np.ndarray]:
     """A displacement field ``(ndim, *S)`` on ``image``'s grid as :func:`as_file` does for images: a single
-    slice's 2-D field becomes the 3-D field of its file, ``across_mm`` along the normal (:func:`across`)."""
+    slice's 2-D field becomes the 3-D field of its file, ``across_mm`` (a number, or one per voxel ``(*S)``)
+    along the frame's normal (:meth:`PlanePair.forward`, :meth:`PlanePair.inverse`)."""
     lay = layout_of(image)
     return (disp_mm, image.affine) if lay is None else lay.field_out(disp_mm, across_mm)
 
 
-def across(fixed, moving) -> float:
-    """mm from the fixed slice's plane to the moving one's, along the normal of their (shared) plane frame;
-    0 where neither is a single slice read in its plane's frame (2-D images then have no world across)."""
-    if layout_of(fixed) is None and layout_of(moving) is None:
-        return 0.0
-    return float(np.asarray(moving.affine)[2, 3] - np.asarray(fixed.affine)[2, 3])
+def _plane(affine4: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(g, h)``: the plane of a 2-D image with (frame) affine ``affine4`` as ``z' = g . (x', y') + h``."""
+    a = np.asarray(affine4, dtype=np.float64)
+    g = a[2, :2] @ np.linalg.inv(a[:2, :2])
+    return g, float(a[2, 3] - g @ a[:2, 3])
+
+
+def _frame_xy(image) -> np.ndarray:
+    """``(2, *S)``: the frame's (x', y') of every voxel of a 2-D image."""
+    a = np.asarray(image.affine, dtype=np.float64)
+    idx = np.indices(image.spatial_shape, dtype=np.float64)
+    return np.einsum("cd,d...->c...", a[:2, :2], idx) + a[:2, 3].reshape(2, 1, 1)
+
+
+@dataclass(frozen=True)
+class PlanePair:
+    """The fixed and the moving slice's planes in their shared frame, ``z' = g . (x', y') + h`` each: what a 2-D
+    map between them does across the planes (a 3-D map sends a point of one slice onto the other slice)."""
+
+    g_fixed: np.ndarray
+    h_fixed: float
+    g_moving: np.ndarray
+    h_moving: float
+
+    @staticmethod
+    def of(fixed, moving) -> PlanePair | None:
+        """None where neither image is a single slice read in its plane's frame (2-D outputs: nothing across)."""
+        if layout_of(fixed) is None and layout_of(moving) is None:
+            return None
+        gf, hf = _plane(fixed.affine)
+        gm, hm = _plane(moving.affine)
+        return PlanePair(gf, hf, gm, hm)
+
+    @property
+    def flat(self) -> bool:
+        """One plane for both: the maps have nothing to do across."""
+        return bool(np.all(self.g_fixed == self.g_moving)) and self.h_fixed == self.h_moving
+
+    def _z(self, g: np.ndarray, h: float, xy: np.ndarray) -> np.ndarray:
+        return np.einsum("c,c...->...", g, xy) + h
+
+    def forward(self, fixed, disp: np.ndarray) -> np.ndarray:
+        """``(*S)``, mm across, on the fixed grid: from each fixed voxel ``p`` (on the fixed plane) to where its
+        in-plane map ``p + u`` lies on the moving plane."""
+        xy = _frame_xy(fixed)
+        d = np.asarray(disp, dtype=np.float64)
+        return (self._z(self.g_moving, self.h_moving, xy + d) - self._z(self.g_fixed, self.h_fixed, xy)).astype(
+            np.float32
+        )
+
+    def inverse(self, moving, disp: np.ndarray) -> np.ndarray:
+        """``(*S_m)``, on the moving grid: from each moving voxel to where its inverse map lies on the fixed plane."""
+        xy = _frame_xy(moving)
+        d = np.asarray(disp, dtype=np.float64)
+        return (self._z(self.g_fixed, self.h_fixed, xy + d) - self._z(self.g_moving, self.h_moving, xy)).astype(
+            np.float32
+        )
+
+    def at_centre(self, fixed) -> float:
+        """mm across at the fixed image's centre, the identity in the plane (report.json)."""
+        c = np.asarray(fixed.affine)[:2, :2] @ ((np.asarray(fixed.spatial_shape) - 1) / 2.0) + np.asarray(
+            fixed.affine
+        )[:2, 3]
+        return float(self._z(self.g_moving, self.h_moving, c) - self._z(self.g_fixed, self.h_fixed, c))
+
+    def tilt_deg(self) -> float:
+        """Angle between the two planes."""
+        nf, nm = np.append(-self.g_fixed, 1.0), np.append(-self.g_moving, 1.0)
+        cos = abs(nf @ nm) / (np.linalg.norm(nf) * np.linalg.norm(nm))
+        return float(np.degrees(np.arccos(min(1.0, cos))))
+
+
+# two slices whose planes meet at up to this angle are registered in the fixed slice's plane (the moving one
+# seen in it, as ITK's 2-D reading sees an oblique slice); beyond it they are refused
+MAX_TILT_DEG = 30.0
+
+
+def _normal(image) -> np.ndarray:
+    lay = layout_of(image)
+    if lay is not None:
+        return lay.rotation[2]
+    a = np.asarray(image.affine, dtype=np.float64)
+    n = np.cross(a[:3, 0], a[:3, 1])
+    return n / np.linalg.norm(n)
 
 
 def _orientation(image) -> str:
@@ -180,21 +259,47 @@ def _orientation(image) -> str:
     return "in the plane with normal (" + ", ".join(f"{v:.2f}" for v in n) + ")"
 
 
-def check_same_plane(fixed, moving, moving_name: str = "moving image") -> None:
-    """Refuse two 2-D images whose planes are not parallel (one a coronal slice, the other axial, say): 2-D
-    registration has no common plane for them.  A UniRegError naming the moving file."""
-    if fixed.ndim != 2 or moving.ndim != 2:
-        return
-    a, b = layout_of(fixed), layout_of(moving)
+def reframe(image, rotation: np.ndarray):
+    """A 2-D image seen in the frame ``rotation`` (another slice's): its flat affine and layout turned (a plain
+    2-D image in the x-y plane gets the layout of an ``(X, Y, 1)`` file)."""
+    import dataclasses
+
+    lay = layout_of(image)
+    r4 = np.eye(4)
+    r4[:3, :3] = rotation
+    if lay is None:
+        a = np.asarray(image.affine, dtype=np.float64)
+        x, y = image.spatial_shape
+        lay = SliceLayout((int(x), int(y), 1), a.copy(), 2, rotation)
+        flat = r4 @ a
+    else:
+        keep = [k for k in range(3) if k != lay.axis]
+        flat = r4 @ lay.affine[:, [*keep, lay.axis, 3]]
+        lay = dataclasses.replace(lay, rotation=np.asarray(rotation, dtype=np.float64))
+    return dataclasses.replace(image, affine=flat, meta={**image.meta, "slice_layout": lay})
+
+
+def in_fixed_plane(fixed, image, name: str = "moving image"):
+    """``image`` (2-D) in the fixed image's frame: as it is where both lie in one frame (or neither is a single
+    slice read in its plane's), seen in the fixed slice's plane where the two planes meet at up to
+    :data:`MAX_TILT_DEG`; beyond that a UniRegError naming ``image``'s file (2-D registration has no common plane)."""
+    if fixed.ndim != 2 or image.ndim != 2:
+        return image
+    a, b = layout_of(fixed), layout_of(image)
     if a is None and b is None:
-        return
-    same = a.same_plane(b) if a is not None else b.same_plane(None)  # type: ignore[union-attr]
-    if not same:
+        return image
+    r_fixed = np.eye(3) if a is None else a.rotation
+    if b is not None and np.abs(b.rotation - r_fixed).max() < 1e-9:
+        return image
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(float(_normal(fixed) @ _normal(image)))))))
+    if tilt > MAX_TILT_DEG:
         raise UniRegError(
-            f"{moving_name} is not in the fixed image's plane (it lies {_orientation(moving)}, the fixed image "
-            f"{_orientation(fixed)}); give 2-D slices of one orientation",
-            getattr(moving, "path", None),
+            f"{name} is not in the fixed image's plane (it lies {_orientation(image)}, the fixed image "
+            f"{_orientation(fixed)}: {tilt:.0f} degrees apart, over {MAX_TILT_DEG:.0f}); give 2-D slices of one "
+            "orientation",
+            getattr(image, "path", None),
         )
+    return reframe(image, r_fixed)
 
 
 def field_to_plane(disp_mm: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -219,13 +324,16 @@ def matrix_to_plane(matrix4: np.ndarray, layout: SliceLayout) -> np.ndarray:
     return r4 @ np.asarray(matrix4, dtype=np.float64) @ r4.T
 
 
-def matrix_out(matrix_2d: np.ndarray, layout: SliceLayout, across: float = 0.0) -> np.ndarray:
-    """A 2-D transform ``(3, 3)`` of the plane frame as the 4x4 world transform it is: across the plane a
-    shift by ``across`` mm along the normal (from the fixed slice's plane to the moving one's), nothing else."""
+def matrix_out(matrix_2d: np.ndarray, layout: SliceLayout, planes: PlanePair | None = None) -> np.ndarray:
+    """A 2-D transform ``(3, 3)`` of the plane frame as the 4x4 world transform it is: across the planes it sends
+    a point of the fixed slice onto the moving slice (``planes``; None: nothing across), and a point off the fixed
+    plane keeps its distance from it."""
     m = np.asarray(matrix_2d, dtype=np.float64)
     e = np.eye(4)
     e[np.ix_([0, 1, 3], [0, 1, 3])] = m
-    e[2, 3] = across
+    if planes is not None:  # z' -> z'_moving(T(x', y')) + (z' - z'_fixed(x', y'))
+        e[2, :2] = planes.g_moving @ m[:2, :2] - planes.g_fixed
+        e[2, 3] = planes.g_moving @ m[:2, 2] + planes.h_moving - planes.h_fixed
     r4 = np.eye(4)
     r4[:3, :3] = layout.rotation
     return r4.T @ e @ r4
