@@ -119,6 +119,20 @@ def _axial_share(affine: np.ndarray) -> float:
     return abs(float(c0[0] * c1[1] - c0[1] * c1[0])) / area if area > 0 else 1.0
 
 
+def _turn(rotation: np.ndarray) -> np.ndarray:
+    """The 4x4 homogeneous matrix of a 3x3 rotation (about the world origin)."""
+    r4 = np.eye(4)
+    r4[:3, :3] = rotation
+    return r4
+
+
+def _in_plane_first(affine: np.ndarray, axis: int) -> np.ndarray:
+    """A slice file's 4x4 affine with its columns reordered: the two in-plane voxel axes first, the one-voxel
+    ``axis`` third (the 2-D image's columns 0 and 1, and its normal)."""
+    keep = [k for k in range(3) if k != axis]
+    return np.asarray(affine, dtype=np.float64)[:, [*keep, axis, 3]]
+
+
 def to_plane(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, SliceLayout] | None:
     """A 3-D array one voxel thick along one axis, or a 2-D array whose plane is far from axial (an ``(X, Y)``
     read from an ``(X, Y, 1)`` file), as a 2-D image in its plane's frame: ``(array (*S), 4x4 affine, layout)``;
@@ -131,16 +145,13 @@ def to_plane(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     axis: int = found
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    keep = [k for k in range(3) if k != axis]
-    perm = a[:, [*keep, axis, 3]]  # the two in-plane voxel axes first, the one-voxel axis third
+    perm = _in_plane_first(a, axis)
     if not np.all(np.isfinite(perm)) or np.linalg.norm(np.cross(perm[:3, 0], perm[:3, 1])) == 0:
         return None  # a degenerate affine: the reader's own check says so
     if axis == 2 and _axial_share(perm) >= AXIAL_COS:
         return None
     rot = plane_rotation(perm[:3, 0], perm[:3, 1])
-    r4 = np.eye(4)
-    r4[:3, :3] = rot
-    flat = r4 @ perm
+    flat = _turn(rot) @ perm
     shape = (int(arr.shape[0]), int(arr.shape[1]), int(arr.shape[2]))
     return np.squeeze(arr, axis), flat, SliceLayout(shape, a.copy(), axis, rot)
 
@@ -265,17 +276,13 @@ def reframe(image, rotation: np.ndarray):
     import dataclasses
 
     lay = layout_of(image)
-    r4 = np.eye(4)
-    r4[:3, :3] = rotation
     if lay is None:
         a = np.asarray(image.affine, dtype=np.float64)
         x, y = image.spatial_shape
         lay = SliceLayout((int(x), int(y), 1), a.copy(), 2, rotation)
-        flat = r4 @ a
     else:
-        keep = [k for k in range(3) if k != lay.axis]
-        flat = r4 @ lay.affine[:, [*keep, lay.axis, 3]]
         lay = dataclasses.replace(lay, rotation=np.asarray(rotation, dtype=np.float64))
+    flat = _turn(rotation) @ _in_plane_first(lay.affine, lay.axis)
     return dataclasses.replace(image, affine=flat, meta={**image.meta, "slice_layout": lay})
 
 
@@ -319,8 +326,7 @@ def field_to_plane(disp_mm: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray,
 
 def matrix_to_plane(matrix4: np.ndarray, layout: SliceLayout) -> np.ndarray:
     """A 4x4 world affine transform (RAS mm) in ``layout``'s plane frame, 4x4 (its x-y block is the 2-D map)."""
-    r4 = np.eye(4)
-    r4[:3, :3] = layout.rotation
+    r4 = _turn(layout.rotation)
     return r4 @ np.asarray(matrix4, dtype=np.float64) @ r4.T
 
 
@@ -334,6 +340,5 @@ def matrix_out(matrix_2d: np.ndarray, layout: SliceLayout, planes: PlanePair | N
     if planes is not None:  # z' -> z'_moving(T(x', y')) + (z' - z'_fixed(x', y'))
         e[2, :2] = planes.g_moving @ m[:2, :2] - planes.g_fixed
         e[2, 3] = planes.g_moving @ m[:2, 2] + planes.h_moving - planes.h_fixed
-    r4 = np.eye(4)
-    r4[:3, :3] = layout.rotation
+    r4 = _turn(layout.rotation)
     return r4.T @ e @ r4
