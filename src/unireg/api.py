@@ -341,8 +341,9 @@ def _resample(img: Image, ref_img: Image, world_map, interp: str, device: torch.
             .cpu()
             .numpy()
         )
-    meta = {"slice_layout": layout_of(ref_img)} if layout_of(ref_img) is not None else {}
-    return Image(out, aff.copy(), None, meta)  # a single slice's layout kept: written back as its file lies
+    lay = layout_of(ref_img)
+    # a single slice's layout kept: written back as its file lies
+    return Image(out, aff.copy(), None, {} if lay is None else {"slice_layout": lay})
 
 
 def apply_points(warp: str | os.PathLike | tuple, points_world: np.ndarray, device: str = "cpu") -> np.ndarray:

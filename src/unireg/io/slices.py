@@ -21,7 +21,7 @@ the step from one slice's plane to the other's (:class:`PlanePair`: per voxel, s
 the other slice even where the two planes meet at an angle).  (An ``(X, Y, 1)`` file not in the x-y plane: ITK
 reads a vector field on its grid as 2-D, as it would ANTs' own warp of it, and refuses the direction; ``unireg
 apply`` reads it.)  Inputs the other way: a 3-D field on a one-voxel-thick grid (:func:`field_to_plane`) and a
-3-D affine (:func:`matrix_to_plane`).  NumPy only.
+3-D affine (:func:`matrix_to_plane`).  NumPy only (and :mod:`unireg.spatial.frames`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unireg.errors import UniRegError
+from unireg.spatial import frames
 
 __all__ = [
     "SliceLayout",
@@ -185,9 +186,9 @@ def _plane(affine4: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _frame_xy(image) -> np.ndarray:
     """``(2, *S)``: the frame's (x', y') of every voxel of a 2-D image."""
-    a = np.asarray(image.affine, dtype=np.float64)
-    idx = np.indices(image.spatial_shape, dtype=np.float64)
-    return np.einsum("cd,d...->c...", a[:2, :2], idx) + a[:2, 3].reshape(2, 1, 1)
+    shape = tuple(image.spatial_shape)
+    idx = np.indices(shape, dtype=np.float64).reshape(2, -1).T
+    return frames.voxel_to_world(idx, image.affine).T.reshape(2, *shape)
 
 
 @dataclass(frozen=True)
@@ -236,9 +237,8 @@ class PlanePair:
 
     def at_centre(self, fixed) -> float:
         """mm across at the fixed image's centre, the identity in the plane (report.json)."""
-        c = np.asarray(fixed.affine)[:2, :2] @ ((np.asarray(fixed.spatial_shape) - 1) / 2.0) + np.asarray(
-            fixed.affine
-        )[:2, 3]
+        centre = (np.asarray(fixed.spatial_shape, dtype=np.float64) - 1) / 2.0
+        c = frames.voxel_to_world(centre[None], fixed.affine)[0]
         return float(self._z(self.g_moving, self.h_moving, c) - self._z(self.g_fixed, self.h_fixed, c))
 
     def tilt_deg(self) -> float:
