@@ -365,3 +365,40 @@ def test_rigid_parameterisation_keeps_a_rotation_and_finds_the_turn():
     starts = np.stack([np.eye(3), true])  # side by side, each stays rigid
     for t in optimize_affine(ff, a, fm, a, starts, levels=((2, 20), (1, 10)), rigid=True):
         assert np.allclose(t[:2, :2] @ t[:2, :2].T, np.eye(2), atol=1e-9), t
+
+
+def _turn(axis: int, degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i] = r[j, j] = np.cos(a)
+    r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+    return r
+
+
+def test_principal_axes_starts_turn_the_objects_axes_onto_each_other():
+    """An elongated, lopsided box turned by 150 degrees about one axis and 70 about another (and shifted)
+    in the world: one of the four starts is the true map to the voxel's rounding, each is a proper rotation
+    taking the fixed centroid onto the moving one, and no other is near the truth (they are the axes'
+    other signs).  A 2-D pair gets two; an empty mask none."""
+    from unireg.align.affine import principal_axes_starts
+
+    box = torch.zeros(48, 40, 32)
+    box[6:42, 12:28, 10:22] = 1.0  # 36 x 16 x 12 voxels of 2 mm
+    box[6:14, 12:20, 10:22] = 0.0  # a notch: the axes differ in length, the object is lopsided
+    grid = np.diag([2.0, 2.0, 2.0, 1.0])
+    rot = _turn(2, 150.0) @ _turn(0, 70.0)
+    true = np.eye(4)  # fixed world -> moving world: the moving box is the fixed one carried by ``true``
+    true[:3, :3], true[:3, 3] = rot, [20.0, -15.0, 8.0]
+    starts = principal_axes_starts(box, grid, box, true @ grid)  # the same voxels, seen through ``true``
+    assert len(starts) == 4
+    errs = []
+    for m in starts:
+        assert np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-9) and np.linalg.det(m[:3, :3]) > 0.999
+        errs.append(np.degrees(np.arccos(np.clip((np.trace(m[:3, :3].T @ rot) - 1) / 2, -1, 1))))
+    best = starts[int(np.argmin(errs))]
+    assert sorted(errs)[0] < 0.5 and sorted(errs)[1] > 90.0, errs
+    centroid = np.array([47.6, 39.2, 31.0])  # any fixed point: the best start carries it where the truth does
+    assert np.linalg.norm(best[:3, :3] @ centroid + best[:3, 3] - (rot @ centroid + true[:3, 3])) < 0.5, best
+    assert len(principal_axes_starts(box[:, :, 16], grid, box[:, :, 16], grid)) == 2
+    assert principal_axes_starts(torch.zeros_like(box), grid, box, grid) == []

@@ -26,6 +26,7 @@ __all__ = [
     "mi_affine",
     "affine_cost",
     "rotation_starts",
+    "principal_axes_starts",
     "ROTATION_START_DEGREES",
     "structure_mask",
     "SHEAR_SCALE_PENALTY",
@@ -428,6 +429,49 @@ def _axis_rotation(axis, degrees: float) -> np.ndarray:
     a = math.radians(degrees)
     kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
     return np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * (kx @ kx)
+
+
+def _moments(mask: torch.Tensor, affine4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid (world mm) and covariance (world mm^2) of the voxels where ``mask`` ``(*S)`` is > 0."""
+    nd = mask.dim()
+    w = (mask > 0).double().flatten()
+    coords = identity_coords(mask.shape, device=mask.device, dtype=torch.float64).flatten(1)  # (nd, N)
+    a = torch.as_tensor(affine_nd(affine4, nd), dtype=torch.float64, device=mask.device)
+    x = a[:nd, :nd] @ coords + a[:nd, nd:]
+    total = w.sum().clamp_min(1.0)
+    mean = (x * w).sum(1) / total
+    d = (x - mean[:, None]) * w.sqrt()
+    cov = d @ d.T / total
+    both = torch.cat([mean[:, None], cov], 1).cpu().numpy()  # one read-back
+    return both[:, 0], both[:, 1:]
+
+
+def principal_axes_starts(fixed: torch.Tensor, fixed_affine4, moving: torch.Tensor, moving_affine4) -> list:
+    """Starts that turn the fixed object's principal axes of inertia onto the moving object's, about the fixed
+    centroid, and take that centroid onto the moving one (ITK's ``CenteredTransformInitializer`` in its
+    MOMENTS mode): ``fixed`` / ``moving`` are foreground masks ``(*S)`` on their grids.  An axis is only known
+    up to its sign, so every proper choice of signs is a start (4 in 3-D, 2 in 2-D): ``[matrix, ...]``.
+    Objects turned far beyond the rotation starts (a head stored 90 or 180 degrees off, a specimen on its
+    side) get a start within the axes' own uncertainty of the answer.  None when an object is empty."""
+    nd = fixed.dim()
+    if not (bool((fixed > 0).any()) and bool((moving > 0).any())):
+        return []
+    cf, sf = _moments(fixed, fixed_affine4)
+    cm, sm = _moments(moving, moving_affine4)
+    _, vf = np.linalg.eigh(sf)  # columns: the axes, by increasing variance
+    _, vm = np.linalg.eigh(sm)
+    out = []
+    for signs in np.ndindex(*([2] * (nd - 1))):
+        d = np.array([1.0 - 2.0 * b for b in signs] + [1.0])
+        rot = vm @ np.diag(d) @ vf.T
+        if np.linalg.det(rot) < 0:  # a reflection: flip the last axis instead
+            d[-1] = -1.0
+            rot = vm @ np.diag(d) @ vf.T
+        m = np.eye(nd + 1)
+        m[:nd, :nd] = rot
+        m[:nd, nd] = cm - rot @ cf
+        out.append(m)
+    return out
 
 
 def rotation_starts(
