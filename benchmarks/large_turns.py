@@ -141,7 +141,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
         return cells
 
     for c in cases:
-        lines.append("| " + " | ".join(cells_of([c], c, f"{by[(c, 'none')]['angle_deg']:.0f}")) + " |")
+        lines.append("| " + " | ".join(cells_of([c], c, f"{by[(c, 'none')]['angle_deg']:.1f}")) + " |")
     lines.append("| " + " | ".join(cells_of(cases, f"mean of {len(cases)} (median s)", "")) + " |")
     return "\n".join(lines)
 

@@ -156,21 +156,22 @@ RESTART_BY_START = True
 # 0.9338 both, EPE 0.787 -> 0.789 mm).  2-D is unchanged (its starts turn in the plane every 15 degrees).
 OBLIQUE_STARTS = True
 # 3-D: objects turned far.  The rotation starts reach +-30 degrees, and MIND compares self-similarities along the
-# grid's axes, so a head whose header turns it by 90 or 180 degrees (prone against supine, an animal or a specimen
-# on its side, a converter's error) matches nowhere, even through the right affine: it was refused and flagged, or
-# kept half-turned (the demo pair turned by 90 degrees about the anterior axis: 69 degrees off).  After the search,
-# the starts that turn the fixed object's principal axes of inertia onto the moving object's (Otsu objects, one per
-# proper choice of the axes' signs: align.affine.principal_axes_starts), less those within AXES_AGREE degrees of
-# the search's answer (or of the start, where that was refused), are scored at 8 mm on the moving features taken
-# in their own frames (_Frame, where a start turns by more than FRAMED_TURN degrees); if one scores below the
-# answer, the best is optimised and refined by intensity MI, and it replaces the answer only if the referee
-# prefers it from both images (two feature costs in two frames do not compare): _far_turn.  The rigid stage and
-# --transform rigid do this; the staged affine's 12-parameter search, from the same raw starts, does not.  About
-# 0.3 s per 3-D pair (three frames).  As four more starts of the main search instead, a turned start's score in
-# its own frame outranked the right answer of a near-symmetric body phantom (held-out
-# 3d_affine_00_body_inverted_native: Dice 0.954 -> 0.622); gated on the answer agreeing with any of the four
-# starts, the 2 mm MNI head turned by 180 degrees was missed (the start of no turn agrees with a search that
-# stayed where it began).
+# grid's axes, so a head whose header turns it by 90 or 180 degrees (prone against supine, an animal or a specimen on
+# its side, a converter's error) matches nowhere, even through the right affine: it was refused and flagged, or kept
+# half-turned (the demo pair turned by 90 degrees about the anterior axis: 69 degrees off).  After the search, the
+# starts that turn the fixed object's principal axes of inertia onto the moving object's (Otsu objects, one per proper
+# choice of the axes' signs: align.affine.principal_axes_starts), less those within AXES_AGREE degrees of the search's
+# answer (or of the start, where that was refused), are scored at 8 mm on the moving features taken in their own
+# frames (_Frame, where a start turns by more than FRAMED_TURN degrees); if one scores below the answer, the best is
+# optimised and refined by intensity MI, and it replaces the answer only if the referee prefers it from both images by
+# the deformations' margin (two feature costs in two frames do not compare): _far_turn.  The rigid stage and
+# --transform rigid do this; the staged affine's 12-parameter search, from the same raw starts, does not.  About 0.15 s
+# per 3-D pair (a first look at 8 mm in coarse frames).  As four more starts of the main search instead, a turned
+# start's score in its own frame outranked the right answer of a near-symmetric body phantom (held-out
+# 3d_affine_00_body_inverted_native: Dice 0.954 -> 0.622); gated on the answer agreeing with any of the four starts,
+# the 2 mm MNI head turned by 180 degrees was missed (the start of no turn agrees with a search that stayed where it
+# began); without the margin, the atlas registered to a real EPI slab (benchmarks/atlas_subjects.py) swapped its
+# answer for another on NMI +0.04 % / +0.01 %.
 PRINCIPAL_AXES_STARTS = {2: False, 3: True}
 FRAMED_TURN = 45.0
 AXES_AGREE = 20.0
@@ -302,7 +303,9 @@ class _Frame:
     turn is small.  A start ``S`` (fixed world -> moving world) is optimised as ``Q S`` (``Q``: moving
     world -> frame) and comes back as ``Q^-1 T``."""
 
-    def __init__(self, s: State, rot: np.ndarray, fixed: _Frame | None = None):
+    def __init__(self, s: State, rot: np.ndarray, fixed: _Frame | None = None, coarse: bool = False):
+        """``coarse``: the moving image pulled straight onto the 4 mm grid (8x fewer points than the working
+        grid, then pooled), for :meth:`cost` at 8 mm only: a cheap look before a full frame (:func:`_far_turn`)."""
         nd = s.nd
         self.rigid = s.opts.rigid  # rotations and translations only (--transform rigid)
         self.q_inv = np.eye(nd + 1)
@@ -322,19 +325,26 @@ class _Frame:
             self.smoothed = presmooth(s.moving_n, s.moving.spacing, float(grid_spacing(self.m_aff4, 1)[0]))
         else:
             self.smoothed = fixed.smoothed
-        self.moving_w0 = to_working_grid(
-            self.smoothed,
-            s.moving.affine,
-            s.moving.spacing,
-            self.m_shape,
-            self.m_aff4,
-            world_map=to_moving,
-            smoothed=True,
-        ).to(s.device)
+        self.m_grid = pooled_affine(self.m_aff4, nd, 2)
+        if coarse:
+            shape = tuple(-(-n // 2) for n in self.m_shape)  # the pooled grid's (ceil mode)
+            moving_4 = to_working_grid(self.smoothed, s.moving.affine, s.moving.spacing, shape, self.m_grid,
+                                       world_map=to_moving, smoothed=True).to(s.device)
+            self.moving_w0 = None
+        else:
+            self.moving_w0 = to_working_grid(
+                self.smoothed,
+                s.moving.affine,
+                s.moving.spacing,
+                self.m_shape,
+                self.m_aff4,
+                world_map=to_moving,
+                smoothed=True,
+            ).to(s.device)
+            moving_4 = pool(self.moving_w0[None], 2)[0]
         with torch.no_grad():
             # MIND of the 2x-pooled working images (4 mm in 3-D): enough for an affine, 8x cheaper
-            self.fm = mind_ssc(pool(self.moving_w0[None], 2))
-        self.m_grid = pooled_affine(self.m_aff4, nd, 2)
+            self.fm = mind_ssc(moving_4[None])
         self.moving_b = None
         if s.opts.moving_mask is not None:
             mmask = mask_on_grid(s.opts.moving_mask, self.fm.shape[2:], self.m_grid, world_map=to_moving)
@@ -490,8 +500,9 @@ def _far_turn(s: State, answer: np.ndarray, identity: _Frame) -> tuple[np.ndarra
     """:data:`PRINCIPAL_AXES_STARTS`: the principal-axes starts that turn the fixed object more than
     :data:`AXES_AGREE` degrees away from ``answer`` (the stage's answer so far, or its start), each in its own
     frame where it turns far, scored at 8 mm; the best two given a few steps, the best of those optimised and
-    refined by MI.  ``(matrix, note)`` if the referee prefers it to ``answer`` from both images, else None (also
-    when no start scores below ``answer`` at 8 mm: nothing turned far matches better)."""
+    refined by MI.  ``(matrix, note)`` if the referee prefers it to ``answer`` from both images by the margin of
+    another basin, else None (also when no start scores below ``answer`` at 8 mm: nothing turned far matches
+    better)."""
     nd = s.nd
     if not PRINCIPAL_AXES_STARTS[nd] or s.opts.initial_transform is not None:
         return None
@@ -500,20 +511,23 @@ def _far_turn(s: State, answer: np.ndarray, identity: _Frame) -> tuple[np.ndarra
                                   (m_in > otsu_threshold(m_in)).float(), identity.m_aff4)
     # the starts that turn the object as the answer does: the main search has been there
     cands = [m for m in cands if _turn_deg(np.linalg.inv(m) @ answer, nd) > AXES_AGREE]
-    framed = [(m, _Frame(s, m[:nd, :nd], identity) if _turn_deg(m, nd) > FRAMED_TURN else identity) for m in cands]
-    for _, f in framed:
-        f.rigid = s.opts.rigid
-    ranked = sorted(((_score(f.cost(m, coarse=True)), i, m, f) for i, (m, f) in enumerate(framed)), key=lambda t: t[:2])
+    # a first look at 8 mm in coarse frames; the best two then get full frames
+    looks = [(m, _Frame(s, m[:nd, :nd], identity, coarse=True) if _turn_deg(m, nd) > FRAMED_TURN else identity)
+             for m in cands]
+    ranked = sorted(((_score(f.cost(m, coarse=True)), i, m, f) for i, (m, f) in enumerate(looks)), key=lambda t: t[:2])
     if not ranked or ranked[0][0] >= _score(identity.cost(answer, coarse=True)):
         return None
+    framed = [(i, m, identity if f is identity else _Frame(s, m[:nd, :nd], identity)) for _, i, m, f in ranked[:2]]
+    for _, _, f in framed:
+        f.rigid = s.opts.rigid
     moved = [(_score(f.cost(t := f.optimise(m, ((2, SCREEN_ITERATIONS),)), coarse=True)), i, t, f)
-             for _, i, m, f in ranked[:2]]
+             for i, m, f in framed]
     _, i, m, f = min(moved, key=lambda t: t[:2])
     cand = f.optimise(m, ((2, 60), (1, 12)))
     mi_note = ""
     if MI_LEVELS[nd]:
         cand, mi_note = _mutual_information(s, cand, identity)
-    ok, verdict = _referee_prefers(s, answer, cand)
+    ok, verdict = _referee_prefers(s, answer, cand, far=True)
     note = f"an affine turned by {_turn_deg(cand, nd):.0f} degrees, optimised from principal axes {i}{mi_note}{verdict}"
     return (cand, note) if ok else None
 
@@ -573,17 +587,18 @@ def _rigid_then_affine(s: State, start: np.ndarray, start_name: str) -> np.ndarr
     return best[3]
 
 
-def _referee_prefers(s: State, start: np.ndarray, cand: np.ndarray) -> tuple[bool, str]:
+def _referee_prefers(s: State, start: np.ndarray, cand: np.ndarray, far: bool = False) -> tuple[bool, str]:
     """Whether the do-no-harm referee scores ``cand`` above ``start`` seen from the fixed image and
-    from the moving one (by the deformations' margin for a sub-voxel change, :data:`SUBVOXEL_AFFINE`),
-    and the figures for the report."""
+    from the moving one (by the deformations' margin for a sub-voxel change, :data:`SUBVOXEL_AFFINE`, and
+    for ``far``: another basin than the search's, :func:`_far_turn`), and the figures for the report."""
     judge = referee(s)
     n0, n1 = judge.score(start), judge.score(cand)
     what = f"; NMI {n0:.4f} -> {n1:.4f}"
     margin, inverse_margin, small = 0.0, 0.0, _subvoxel(s, cand, start)
-    if small:
+    if small or far:
         margin, inverse_margin = REFEREE_MARGIN, INVERSE_MARGIN
-        what += f" (a sub-voxel change, {small}: NMI must rise by {margin:.1%} from each side)"
+        why = f"a sub-voxel change, {small}" if small else "another basin"
+        what += f" ({why}: NMI must rise by {margin:.1%} from each side)"
     if n1 > n0 * (1 + margin):
         back = referee(s, inverse=True)
         b0, b1 = back.score(start), back.score(cand)
