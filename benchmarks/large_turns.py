@@ -21,7 +21,6 @@ fixed grid), with the turn's angle.  Writes ``large_turns.md`` / ``.csv`` in ``-
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -36,8 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from held_out import PEER, UNIREG_CLI, child_env, run_child  # noqa: E402
-from slice_pairs import dice_gm_wm  # noqa: E402
+from slice_pairs import add_run_options, dice_gm_wm, methods_of, run_method, write_csv  # noqa: E402
 
 SEED = 20261130
 SHIFT_MM = 15.0
@@ -95,26 +93,13 @@ def run_pair(spec: dict, pair: dict, args, work: Path) -> list[dict]:
     moved = write_pair(spec, pair, d)
     fixed_lab = np.asarray(nib.load(str(pair["fixed_labels"])).dataobj)
     base = {"case": spec["case"], "angle_deg": round(spec["angle_deg"], 1)}
-    rows = [dict(base, method="none", dice=dice_gm_wm(fixed_lab, labels_on_fixed(moved["moving_labels"], pair["fixed"])),
-                 seconds=0.0, status="ok")]
-    env = child_env(args.threads)
+    unmoved = labels_on_fixed(moved["moving_labels"], pair["fixed"])
+    rows = [dict(base, method="none", dice=dice_gm_wm(fixed_lab, unmoved), seconds=0.0, status="ok")]
     for m in args.methods:
-        out = d / m
-        out.mkdir(exist_ok=True)
-        if m == "unireg":
-            cmd = [sys.executable, "-c", UNIREG_CLI, "register", str(pair["fixed"]), str(moved["moving"]), "-o", str(out),
-                   "--labels", str(moved["moving_labels"]), "--no-qc", *shlex.split(args.unireg_args)]
-        else:
-            cmd = [sys.executable, str(PEER), "ants", str(pair["fixed"]), str(moved["moving"]), str(out),
-                   "--metric", "mattes", "--threads", str(args.threads), "--labels", str(moved["moving_labels"])]
-        r = run_child(cmd, env, d / f"{m}.log", args.timeout)
-        row = dict(base, method=m, seconds=r["seconds"], dice=float("nan"), status="ok")
-        wl = out / "warped_labels.nii.gz"
-        if r["rc"] != 0 or not wl.is_file():
-            row["status"] = f"failed (rc {r['rc']}, see {d / (m + '.log')})"
-        else:
-            row["dice"] = dice_gm_wm(fixed_lab, np.asarray(nib.load(str(wl)).dataobj))
-        rows.append(row)
+        row, warped = run_method(m, {"fixed": pair["fixed"], **moved}, d, args)
+        if warped is not None:
+            row["dice"] = dice_gm_wm(fixed_lab, warped)
+        rows.append(dict(base, **row))
     return rows
 
 
@@ -149,17 +134,9 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=6, help="number of turns (default 6)")
-    p.add_argument("--methods", default="unireg,ants", help="comma list from unireg,ants")
-    p.add_argument("--threads", type=int, default=2, help="threads for every method (default 2)")
-    p.add_argument("--unireg-args", default="", help="extra options for `unireg register`")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per method and pair")
-    p.add_argument("--out-dir", type=Path, default=HERE / "results")
-    p.add_argument("--name", default="large_turns", help="file name stem of the results (default large_turns)")
-    p.add_argument("--work", type=Path, default=None, help="folder for pair files (default: a temporary folder)")
+    add_run_options(p, threads=2, timeout=900.0, name="large_turns")
     args = p.parse_args(argv)
-    args.methods = [m for m in ("unireg", "ants") if m in {x.strip() for x in args.methods.split(",")}]
-    if not args.methods:
-        p.error("--methods takes unireg and/or ants")
+    args.methods = methods_of(p, args.methods)
     from unireg.demo import make_demo_pair
 
     work = args.work or Path(tempfile.mkdtemp(prefix="unireg_large_turns_"))
@@ -172,20 +149,16 @@ def main(argv=None) -> int:
     for i, spec in enumerate(turn_list(args.pairs)):
         got = run_pair(spec, pair, args, work)
         rows += got
-        print(json.dumps({r["method"]: round(r["dice"], 4) for r in got} | {"case": spec["case"], "n": f"{i + 1}/{args.pairs}"}),
-              flush=True)
+        got_dice = {r["method"]: round(r["dice"], 4) for r in got}
+        print(json.dumps(got_dice | {"case": spec["case"], "n": f"{i + 1}/{args.pairs}"}), flush=True)
     load1 = os.getloadavg()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / f"{args.name}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in FIELDS})
-    cmd = "python benchmarks/large_turns.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    write_csv(args.out_dir / f"{args.name}.csv", rows, FIELDS)
+    cmd = "python benchmarks/large_turns.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = (f"# Heads stored far off: the demo pair, the moving header turned at random\n\n`{cmd}` "
             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s, {args.threads} "
-            f"thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f})\n\nGM/WM Dice of the fixed labels against "
-            f"the moving labels through each method's warp; none: the turned labels read onto the fixed grid.\n\n"
+            f"thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f})\n\nGM/WM Dice of the fixed labels "
+            f"against the moving labels through each method's warp; none: the turned labels read onto the fixed "
+            f"grid.\n\n"
             + summarise(rows, args.methods) + "\n")
     (args.out_dir / f"{args.name}.md").write_text(text)
     print(text)

@@ -122,27 +122,69 @@ def run_pair(spec: dict, args, work: Path) -> list[dict]:
     base = {k: spec[k] for k in ("case", "family", "z", "d")}
     rows = [dict(base, method="none", dice=dice_gm_wm(fixed_lab, np.asarray(nib.load(str(paths["moving_labels"])).dataobj)),
                  seconds=0.0, status="ok")]
-    env = child_env(args.threads)
     for m in args.methods:
-        out = d / m
-        out.mkdir(exist_ok=True)
-        if m == "unireg":
-            cmd = [sys.executable, "-c", UNIREG_CLI, "register", str(uni_paths["fixed"]), str(uni_paths["moving"]), "-o",
-                   str(out), "--labels", str(uni_paths["moving_labels"]), "--no-qc", *shlex.split(args.unireg_args)]
-        else:
-            metric = "cc" if spec["family"] == "same" else "mattes"
-            cmd = [sys.executable, str(PEER), "ants", str(paths["fixed"]), str(paths["moving"]), str(out),
-                   "--metric", metric, "--threads", str(args.threads), "--labels", str(paths["moving_labels"])]
-        r = run_child(cmd, env, d / f"{m}.log", args.timeout)
-        row = dict(base, method=m, seconds=r["seconds"], dice=float("nan"), status="ok")
-        wl = out / "warped_labels.nii.gz"
-        if r["rc"] != 0 or not wl.is_file():
-            row["status"] = f"failed (rc {r['rc']}, see {d / (m + '.log')})"
-        else:
-            warped = np.asarray(nib.load(str(wl)).dataobj)
-            row["dice"] = dice_gm_wm(fixed_lab, warped.reshape(fixed_lab.shape))  # a slice file's one-voxel axis dropped
-        rows.append(row)
+        metric = "cc" if spec["family"] == "same" else "mattes"
+        row, warped = run_method(m, uni_paths if m == "unireg" else paths, d, args, metric)
+        if warped is not None:
+            # a slice file's one-voxel axis dropped
+            row["dice"] = dice_gm_wm(fixed_lab, warped.reshape(fixed_lab.shape))
+        rows.append(dict(base, **row))
     return rows
+
+
+def run_method(
+    method: str, paths: dict[str, Path], work: Path, args, metric: str = "mattes"
+) -> tuple[dict, np.ndarray | None]:
+    """``method``'s whole command (``unireg register`` with defaults and ``--no-qc`` plus ``args.unireg_args``, or
+    ``held_out_peer.py ants`` with ``metric``) on ``paths`` (fixed, moving, moving_labels), writing into ``work/method``
+    and its log beside it, ``args.threads`` threads, ``args.timeout`` seconds: ``({method, seconds, dice (nan),
+    status}, the warped labels or None if it failed)``."""
+    import nibabel as nib
+
+    out = work / method
+    out.mkdir(exist_ok=True)
+    if method == "unireg":
+        cmd = [sys.executable, "-c", UNIREG_CLI, "register", str(paths["fixed"]), str(paths["moving"]), "-o", str(out),
+               "--labels", str(paths["moving_labels"]), "--no-qc", *shlex.split(args.unireg_args)]
+    else:
+        cmd = [sys.executable, str(PEER), "ants", str(paths["fixed"]), str(paths["moving"]), str(out),
+               "--metric", metric, "--threads", str(args.threads), "--labels", str(paths["moving_labels"])]
+    r = run_child(cmd, child_env(args.threads), work / f"{method}.log", args.timeout)
+    row = {"method": method, "seconds": r["seconds"], "dice": float("nan"), "status": "ok"}
+    wl = out / "warped_labels.nii.gz"
+    if r["rc"] != 0 or not wl.is_file():
+        row["status"] = f"failed (rc {r['rc']}, see {work / (method + '.log')})"
+        return row, None
+    return row, np.asarray(nib.load(str(wl)).dataobj)
+
+
+def add_run_options(p: argparse.ArgumentParser, threads: int, timeout: float, name: str) -> None:
+    """The options every label-scored comparison here takes: methods, threads, UniReg's extra options, the timeout,
+    where the results and the pair files go."""
+    p.add_argument("--methods", default="unireg,ants", help="comma list from unireg,ants")
+    p.add_argument("--threads", type=int, default=threads, help=f"threads for every method (default {threads})")
+    p.add_argument("--unireg-args", default="", help="extra options for `unireg register`")
+    p.add_argument("--timeout", type=float, default=timeout, help="seconds per method and pair")
+    p.add_argument("--out-dir", type=Path, default=HERE / "results")
+    p.add_argument("--name", default=name, help=f"file name stem of the results (default {name})")
+    p.add_argument("--work", type=Path, default=None, help="folder for pair files (default: a temporary folder)")
+
+
+def methods_of(p: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--methods``' list, in the tables' order; a usage error if it names neither method."""
+    methods = [m for m in ("unireg", "ants") if m in {x.strip() for x in text.split(",")}]
+    if not methods:
+        p.error("--methods takes unireg and/or ants")
+    return methods
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in fields})
 
 
 def summarise(rows: list[dict], methods: list[str]) -> str:
@@ -180,20 +222,12 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=24, help="number of pairs (default 24: 3 per contrast family)")
-    p.add_argument("--methods", default="unireg,ants", help="comma list from unireg,ants")
-    p.add_argument("--threads", type=int, default=1, help="threads for every method (default 1)")
-    p.add_argument("--unireg-args", default="", help='extra options for `unireg register`')
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per method and pair")
     p.add_argument("--orientation", choices=sorted(ORIENTATIONS), default="axial",
                    help="slices of the volume (default axial; coronal and sagittal ones go to UniReg as one-voxel-"
                         "thick 3-D files, to ANTs as 2-D images)")
-    p.add_argument("--out-dir", type=Path, default=HERE / "results")
-    p.add_argument("--name", default="slice_pairs", help="file name stem of the results (default slice_pairs)")
-    p.add_argument("--work", type=Path, default=None, help="folder for pair files (default: a temporary folder)")
+    add_run_options(p, threads=1, timeout=600.0, name="slice_pairs")
     args = p.parse_args(argv)
-    args.methods = [m for m in ("unireg", "ants") if m in {x.strip() for x in args.methods.split(",")}]
-    if not args.methods:
-        p.error("--methods takes unireg and/or ants")
+    args.methods = methods_of(p, args.methods)
     work = args.work or Path(tempfile.mkdtemp(prefix="unireg_slice_pairs_"))
     specs = pair_list(args.pairs, args.orientation)
     load0 = os.getloadavg()
@@ -205,12 +239,7 @@ def main(argv=None) -> int:
         print(json.dumps({r["method"]: round(r["dice"], 4) for r in got} | {"case": spec["case"], "n": f"{i + 1}/{len(specs)}"}),
               flush=True)
     load1 = os.getloadavg()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / f"{args.name}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in FIELDS})
+    write_csv(args.out_dir / f"{args.name}.csv", rows, FIELDS)
     cmd = "python benchmarks/slice_pairs.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = (f"# Real anatomical differences: MNI {args.orientation} slice z vs slice z+d\n\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{time.perf_counter() - t0:.0f} s, {args.threads} thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f})\n\n"

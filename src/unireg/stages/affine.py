@@ -303,6 +303,8 @@ class _Frame:
     turn is small.  A start ``S`` (fixed world -> moving world) is optimised as ``Q S`` (``Q``: moving
     world -> frame) and comes back as ``Q^-1 T``."""
 
+    moving_w0: torch.Tensor  # ``(1, *m_shape)``: the moving image on the frame's working grid (not in a coarse frame)
+
     def __init__(self, s: State, rot: np.ndarray, fixed: _Frame | None = None, coarse: bool = False):
         """``coarse``: the moving image pulled straight onto the 4 mm grid (8x fewer points than the working
         grid, then pooled), for :meth:`cost` at 8 mm only: a cheap look before a full frame (:func:`_far_turn`)."""
@@ -329,8 +331,7 @@ class _Frame:
         if coarse:
             shape = tuple(-(-n // 2) for n in self.m_shape)  # the pooled grid's (ceil mode)
             moving_4 = to_working_grid(self.smoothed, s.moving.affine, s.moving.spacing, shape, self.m_grid,
-                                       world_map=to_moving, smoothed=True).to(s.device)
-            self.moving_w0 = None
+                                       world_map=to_moving, smoothed=True).to(s.device)  # no moving_w0: not for MI
         else:
             self.moving_w0 = to_working_grid(
                 self.smoothed,
