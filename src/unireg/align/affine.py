@@ -452,7 +452,7 @@ def principal_axes_starts(fixed: torch.Tensor, fixed_affine4, moving: torch.Tens
     MOMENTS mode): ``fixed`` / ``moving`` are foreground masks ``(*S)`` on their grids.  An axis is only known
     up to its sign, so every proper choice of signs is a start (4 in 3-D, 2 in 2-D): ``[matrix, ...]``.
     Objects turned far beyond the rotation starts (a head stored 90 or 180 degrees off, a specimen on its
-    side) get a start within the axes' own uncertainty of the answer.  None when an object is empty."""
+    side) get a start within the axes' own uncertainty of the answer.  [] when an object is empty."""
     nd = fixed.dim()
     if not (bool((fixed > 0).any()) and bool((moving > 0).any())):
         return []
