@@ -536,10 +536,7 @@ def _far_turn(s: State, answer: np.ndarray, identity: _Frame, refused: bool = Fa
     moved = [(_score(f.cost(t := f.optimise(m, ((2, SCREEN_ITERATIONS),)), coarse=True)), i, t, f)
              for i, m, f in framed]
     _, i, m, f = min(moved, key=lambda t: t[:2])
-    cand = f.optimise(m, ((2, 60), (1, 12)))
-    mi_note = ""
-    if MI_LEVELS[nd]:
-        cand, mi_note = _mutual_information(s, cand, identity)
+    cand, mi_note = _mutual_information(s, f.optimise(m, ((2, 60), (1, 12))), identity)  # 3-D: MI_LEVELS set
     ok, verdict = _referee_prefers(s, answer, cand, far=True)
     note = f"an affine turned by {_turn_deg(cand, nd):.0f} degrees, optimised from principal axes {i}{mi_note}{verdict}"
     return (cand, note) if ok else None
