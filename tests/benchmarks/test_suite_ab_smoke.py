@@ -18,14 +18,15 @@ def test_the_setting_reaches_run_b_only_and_is_undone(capsys, monkeypatch):
 
     mod = load_script(SCRIPT)
     seen = spy_on(monkeypatch, mod, "_run_pair", lambda case, fast=False: affine_stage.IMPROVEMENT)
-    before = affine_stage.IMPROVEMENT
-    mod.main(["--dims", "2", "--pairs", "1", "--names", "2d_affine_00", "--set",
-              "unireg.stages.affine.IMPROVEMENT=0.9"])
+    before, axes = affine_stage.IMPROVEMENT, affine_stage.PRINCIPAL_AXES_STARTS
+    sets = ["unireg.stages.affine.IMPROVEMENT=0.9", "unireg.stages.affine.PRINCIPAL_AXES_STARTS={2: False, 3: True}"]
+    mod.main(["--dims", "2", "--pairs", "1", "--names", "2d_affine_00", "--set", sets[0], "--set", sets[1]])
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["run"] for r in rows] == ["A", "B"] and seen == [before, 0.9]
-    assert affine_stage.IMPROVEMENT == before
-    # a 90 % cost decrease is more than the affine reaches (65 %): B keeps the identity, A the affine
+    assert affine_stage.IMPROVEMENT == before and affine_stage.PRINCIPAL_AXES_STARTS is axes
+    # a 90 % cost decrease is more than the affine reaches (65 %): B keeps the identity, A the affine (with the
+    # principal-axes search of a refused 2-D answer off too: MI from those starts would find the affine)
     assert rows[0]["affine"] and not rows[1]["affine"], rows
     assert rows[0]["affine_epe"] < 3.0 < rows[1]["affine_epe"], rows
-    assert "run B (unireg.stages.affine.IMPROVEMENT=0.9)" in out and "below none" in out
+    assert f"run B ({sets[0]}; {sets[1]})" in out and "below none" in out
