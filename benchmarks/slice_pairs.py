@@ -133,28 +133,34 @@ def run_pair(spec: dict, args, work: Path) -> list[dict]:
 
 
 def run_method(
-    method: str, paths: dict[str, Path], work: Path, args, metric: str = "mattes"
+    method: str, paths: dict[str, Path], work: Path, args, metric: str = "mattes", qc: bool = False, extra: str = "",
+    name: str | None = None,
 ) -> tuple[dict, np.ndarray | None]:
     """``method``'s whole command (``unireg register`` with defaults and ``--no-qc`` plus ``args.unireg_args``, or
-    ``held_out_peer.py ants`` with ``metric``) on ``paths`` (fixed, moving, moving_labels), writing into ``work/method``
-    and its log beside it, ``args.threads`` threads, ``args.timeout`` seconds: ``({method, seconds, dice (nan),
-    status}, the warped labels or None if it failed)``."""
+    ``held_out_peer.py ants`` with ``metric``) on ``paths`` (fixed, moving, moving_labels), writing into ``work/name``
+    (``name``: the method's) and its log beside it, ``args.threads`` threads, ``args.timeout`` seconds: ``({method:
+    name, seconds, dice (nan), status}, the warped labels or None if it failed)``.  UniReg with ``qc``: its failure
+    flag computed (``--allow-flagged``) and returned as ``flagged``; ``extra``: more of its options."""
     import nibabel as nib
 
-    out = work / method
-    out.mkdir(exist_ok=True)
+    name = name or method
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
     if method == "unireg":
         cmd = [sys.executable, "-c", UNIREG_CLI, "register", str(paths["fixed"]), str(paths["moving"]), "-o", str(out),
-               "--labels", str(paths["moving_labels"]), "--no-qc", *shlex.split(args.unireg_args)]
+               "--labels", str(paths["moving_labels"]), *(["--allow-flagged"] if qc else ["--no-qc"]),
+               *shlex.split(args.unireg_args), *shlex.split(extra)]
     else:
         cmd = [sys.executable, str(PEER), "ants", str(paths["fixed"]), str(paths["moving"]), str(out),
                "--metric", metric, "--threads", str(args.threads), "--labels", str(paths["moving_labels"])]
-    r = run_child(cmd, child_env(args.threads), work / f"{method}.log", args.timeout)
-    row = {"method": method, "seconds": r["seconds"], "dice": float("nan"), "status": "ok"}
+    r = run_child(cmd, child_env(args.threads), work / f"{name}.log", args.timeout)
+    row = {"method": name, "seconds": r["seconds"], "dice": float("nan"), "status": "ok"}
     wl = out / "warped_labels.nii.gz"
     if r["rc"] != 0 or not wl.is_file():
-        row["status"] = f"failed (rc {r['rc']}, see {work / (method + '.log')})"
+        row["status"] = f"failed (rc {r['rc']}, see {work / (name + '.log')})"
         return row, None
+    if method == "unireg" and qc:
+        row["flagged"] = bool(json.loads((out / "report.json").read_text()).get("qc_flag"))
     return row, np.asarray(nib.load(str(wl)).dataobj)
 
 

@@ -128,6 +128,7 @@ def register(
     fast: bool = False,
     do_no_harm: bool = True,
     progress=None,
+    denoise: bool = True,
     extractor_weights: str | os.PathLike | None = None,
     fixed_mask: ImageLike | None = None,
     moving_mask: ImageLike | None = None,
@@ -155,6 +156,9 @@ def register(
         fewer coarse iterations in 3-D: ``unireg.align.refine.FAST_ITERATIONS``).
     do_no_harm : keep a stage (affine, network, deformation) only if it improves the feature
         similarity over its input; report.json's ``stages`` says which were kept and why.
+    denoise : smooth an image whose estimated signal-to-noise ratio is low before any stage compares it
+        (:mod:`unireg.noise`; report.json's ``noise`` says what was read and done); the outputs warp the
+        images as given.
     progress : ``progress(stage_name)`` called as each stage starts.
     smoothness : regularisation weight in [0.1, 10]; larger is smoother.
     device : "cpu" or "cuda".
@@ -213,6 +217,7 @@ def register(
         refine=None if refine is None else int(refine),
         fast=fast,
         do_no_harm=do_no_harm,
+        denoise=denoise,
         progress=progress,
         smoothness=smoothness,
         device=device,

@@ -172,6 +172,7 @@ def register_images(
     model_name: str = "",
     qc_score: bool = True,
     do_no_harm: bool = True,
+    denoise: bool = True,
     initial_transform: np.ndarray | None = None,
     fixed_mask: Image | None = None,
     moving_mask: Image | None = None,
@@ -183,7 +184,8 @@ def register_images(
     Runs the stages of :mod:`unireg.stages` in order.  ``refine``: iterations per refinement level
     (None: the default schedule, 0: network only); ``fast``: network + coarse and native levels only;
     ``native=False`` skips the native-resolution level; ``do_no_harm=False`` keeps every stage even
-    when it worsens the similarity; ``qc_score=False`` skips the failure score (``qc_score: null``).
+    when it worsens the similarity; ``denoise=False`` leaves noisy images unsmoothed (:mod:`unireg.noise`);
+    ``qc_score=False`` skips the failure score (``qc_score: null``).
     ``progress(stage)`` is called as each stage starts.  The caller's model is never moved in place.
     ``transform``: ``"deformable"``, or ``"affine"`` / ``"rigid"`` (the affine stage alone, the
     deformation zero; :data:`unireg.stages.state.TRANSFORMS`, :func:`~unireg.stages.state.check_transform`).
@@ -206,7 +208,7 @@ def register_images(
     model.eval()
     check_transform(transform, affine)
     opts = Options(affine=affine, transform=transform, refine=refine, fast=fast, native=native, smoothness=smoothness,
-                   device=str(dev), seed=seed, qc_score=qc_score, do_no_harm=do_no_harm,
+                   device=str(dev), seed=seed, qc_score=qc_score, do_no_harm=do_no_harm, denoise=denoise,
                    initial_transform=initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask,
                    progress=progress, model_name=model_name)
     s = State(fixed, moving, model, opts, dev, moving_labels=moving_labels, fixed_labels=fixed_labels)

@@ -74,6 +74,7 @@ class Report(_Required, total=False):
     fixed_mask: Optional[str]
     moving_mask: Optional[str]
     initial_transform: bool
+    noise: dict  # "fixed"/"moving": {"snr": estimate or None, "sigma_vox": smoothing applied, 0 none} (unireg.noise)
     transform: str  # "deformable", "affine" or "rigid" (reports before session 31: deformable)
     verdict: dict  # added by unireg.api (unireg.verdict.judge)
     outputs: dict  # file names written (unireg.outputs)

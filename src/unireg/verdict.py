@@ -82,6 +82,7 @@ def judge(report: dict, warped: np.ndarray | None = None) -> dict:
         for name, st in stages.items():
             if isinstance(st, dict) and st.get("kept") is False:
                 notes.append(f"stage {name} was discarded" + (f": {st['reason']}" if st.get("reason") else ""))
+    notes += _noise_notes(report)
     failed = bool(flag) or empty
     nsr = _num(comp.get("nmi_shift_ratio"))
     thr = _num(report.get("qc_threshold"))
@@ -91,6 +92,18 @@ def judge(report: dict, warped: np.ndarray | None = None) -> dict:
     status = "flagged" if failed else ("not scored" if score is None else "ok")
     return {"failed": failed, "status": status, "qc_score": score, "qc_flag": flag,
             "reasons": reasons if failed else [], "notes": notes}
+
+
+def _noise_notes(report: dict) -> list[str]:
+    """A note for each image the registration smoothed as noisy (report ``noise``: :mod:`unireg.noise`)."""
+    noisy = report.get("noise")
+    notes = []
+    for which, rec in (noisy.items() if isinstance(noisy, dict) else ()):
+        if isinstance(rec, dict) and (_num(rec.get("sigma_vox")) or 0.0) > 0:
+            snr = _num(rec.get("snr"))
+            notes.append(f"the {which} image is noisy (SNR {'unknown' if snr is None else f'{snr:.1f}'}): smoothed "
+                         f"by {rec['sigma_vox']:g} voxels for the comparisons (--no-denoise: not smoothed)")
+    return notes
 
 
 def describe(verdict: dict) -> str:

@@ -212,6 +212,7 @@ def register(
     refine: Optional[int] = options.REFINE,
     fast: bool = options.FAST,
     keep_all_stages: bool = options.KEEP_ALL_STAGES,
+    no_denoise: bool = options.NO_DENOISE,
     smoothness: float = options.SMOOTHNESS,
     device: str = options.DEVICE,
     seed: int = options.SEED,
@@ -264,7 +265,7 @@ def register(
                 fixed_labels=fixed_labels_img, affine=not no_affine, refine=refine, smoothness=smoothness,
                 device=device, seed=seed, qc=not no_qc, progress=prog, extractor_weights=extractor_weights,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, initial_transform=initial_transform,
-                fast=fast, do_no_harm=not keep_all_stages, transform=transform,
+                fast=fast, do_no_harm=not keep_all_stages, transform=transform, denoise=not no_denoise,
             )
             prog("write")
             result.save(out, qc=not no_qc, html=not no_qc, fmt=fmt, outputs=outputs)

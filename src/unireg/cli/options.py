@@ -56,6 +56,11 @@ FAST = typer.Option(
 KEEP_ALL_STAGES = typer.Option(
     False, "--keep-all-stages", help="Keep every stage even if it worsens the similarity (turns do-no-harm off)."
 )
+NO_DENOISE = typer.Option(
+    False, "--no-denoise",
+    help="Do not smooth a noisy image before registering (default: an image whose estimated SNR is low is smoothed "
+         "for the comparisons; the outputs warp the images as given).",
+)
 SMOOTHNESS = typer.Option(1.0, "--smoothness", help="Regularisation weight in [0.1, 10].")
 SEED = typer.Option(0, "--seed", help="Random seed.")
 DEVICE = typer.Option("cpu", "--device", help="cpu or cuda[:N] (where the tensors live).")
@@ -86,6 +91,7 @@ __all__ = [
     "REFINE",
     "FAST",
     "KEEP_ALL_STAGES",
+    "NO_DENOISE",
     "SMOOTHNESS",
     "SEED",
     "DEVICE",

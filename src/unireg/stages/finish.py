@@ -150,6 +150,8 @@ def report(s: State, t_start: float) -> Report:
         "runtime_s": {},
     }
     rep["initial_transform"] = s.opts.initial_transform is not None
+    if s.noise:
+        rep["noise"] = dict(s.noise)
     for key, img in (("fixed_mask", s.opts.fixed_mask), ("moving_mask", s.opts.moving_mask)):
         rep[key] = None if img is None else (_path(img) or "in memory")  # type: ignore[literal-required]
     if not s.model.trained:

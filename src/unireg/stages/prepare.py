@@ -14,6 +14,7 @@ from ..align.refine import MIND_FOOTPRINT
 from ..errors import UniRegError
 from ..intensity import normalize_tensor
 from ..masks import mask_on_grid
+from ..noise import denoise
 from ..preprocess import as_tensor, to_working_grid
 from ..spatial.frames import affine_nd
 from ..spatial.grid import apply_matrix
@@ -97,8 +98,12 @@ def prepare(s: State) -> None:
         # percentiles inside the masks: a bright artefact outside must not squash the anatomy's range
         # on the registration's device from here on: each image crosses to it once, as it was read
         fm, mm = s.opts.fixed_mask, s.opts.moving_mask
-        s.fixed_n = normalize_tensor(as_tensor(s.fixed.data[0]).to(s.device), mask=_mask_values(fm, s.device))
-        s.moving_n = normalize_tensor(as_tensor(s.moving.data[0]).to(s.device), mask=_mask_values(mm, s.device))
+        fmv, mmv = _mask_values(fm, s.device), _mask_values(mm, s.device)
+        s.fixed_n = normalize_tensor(as_tensor(s.fixed.data[0]).to(s.device), mask=fmv)
+        s.moving_n = normalize_tensor(as_tensor(s.moving.data[0]).to(s.device), mask=mmv)
+        if s.opts.denoise:  # a noisy image smoothed for every stage's comparisons (the outputs warp the image as read)
+            s.fixed_n, s.noise["fixed"] = denoise(s.fixed_n, s.fixed.spacing, fmv)
+            s.moving_n, s.noise["moving"] = denoise(s.moving_n, s.moving.spacing, mmv)
         s.w_shape, s.w_aff4 = working_grid(s.fixed.spatial_shape, s.fixed.affine, **s.model.working)
         check_working_size(s.w_shape, s.w_aff4, s.fixed.path, "fixed")
         s.fov_w_shape = tuple(s.w_shape)

@@ -46,6 +46,7 @@ class Options:
     seed: int = 0
     qc_score: bool = True
     do_no_harm: bool = True  # keep a stage only if it improves the similarity
+    denoise: bool = True  # smooth a noisy image before the stages compare it (unireg.noise)
     native_budget_voxels: int = 24_000_000  # cap on the fine grid (memory), e.g. 1 mm whole head ~ 9 M
     initial_transform: Optional[np.ndarray] = None  # (4, 4) RAS fixed world -> moving world
     fixed_mask: Optional[Image] = None
@@ -108,7 +109,8 @@ class State:
     timer: Timer = field(init=False)
     # filled by the stages (unset until their stage has run)
     fixed_n: torch.Tensor = field(init=False)  # (*S) normalised intensities, native grids, on the device
-    moving_n: torch.Tensor = field(init=False)
+    moving_n: torch.Tensor = field(init=False)  # (both smoothed where noisy: unireg.noise)
+    noise: dict = field(default_factory=dict)  # "fixed"/"moving": unireg.noise.denoise's record (report "noise")
     w_shape: tuple = field(init=False)
     w_aff4: np.ndarray = field(init=False)  # working grid voxel -> world (4x4)
     fov_w_shape: tuple = field(init=False)  # the working grid over the whole field of view (before the crop)
