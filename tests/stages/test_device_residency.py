@@ -5,7 +5,8 @@ to the host (issue #12): a CPU-only CI catches a planted ``.cpu()`` / ``.item()`
 reads (``int(t)``, ``float(t)``, ``bool(t)``: ``aten._local_scalar_dense``).
 
 Allow-listed, on purpose: :func:`unireg.align.refine.mind_cost`, the do-no-harm yardstick, which
-returns one Python float per gate (one scalar read per stage, the gate's comparison needs it).
+returns one Python float per gate (one scalar read per stage, the gate's comparison needs it), and
+:func:`unireg.spatial.smooth.gaussian_kernel1d`, whose weights are computed on the host from a Python float.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from unireg.align import refine as refine_mod
 from unireg.stages.affine import affine as affine_stage
 from unireg.stages.prepare import prepare
 
-ALLOWED_FUNCTIONS = {"mind_cost"}  # the do-no-harm gates' one scalar each (see module docstring)
+# the do-no-harm gates' one scalar each (see module docstring); a Gaussian's weights, made on the host from a
+# Python float (no device data in them: spatial.smooth.gaussian_kernel1d)
+ALLOWED_FUNCTIONS = {"mind_cost", "gaussian_kernel1d"}
 _FLAGGED = {"cpu", "numpy", "item", "tolist"}
 
 
@@ -114,7 +117,9 @@ def test_preprocessing_stays_on_the_device(device):
     t1, aff = mni["t1"].data[0], mni["t1"].affine
     mask = Image((t1 > 0.1)[None].astype(np.uint8), aff, None)
     opts = Options(refine=3, device=device, fixed_mask=mask)
-    s = State(Image(t1[None], aff, None), Image(np.roll(t1, 2, axis=0)[None], aff, None),
+    g = np.random.default_rng(0)  # a noisy moving image: its smoothing (unireg.noise) runs on the device too
+    noisy = np.hypot(np.roll(t1, 2, axis=0) + g.normal(0, 0.15, t1.shape), g.normal(0, 0.15, t1.shape))
+    s = State(Image(t1[None], aff, None), Image(noisy[None].astype(np.float32), aff, None),
               Registrar(ndim=3).to(device).eval(), opts, torch.device(device))
     with NoHostTransfer():
         prepare(s)
@@ -122,6 +127,7 @@ def test_preprocessing_stays_on_the_device(device):
     for t in (s.fixed_n, s.moving_n, s.fixed_w, moved):
         assert t.device.type == torch.device(device).type
     assert s.fixed_n.shape == t1.shape and float(s.fixed_n.max()) == 1.0
+    assert s.noise["fixed"]["sigma_vox"] == 0 and s.noise["moving"]["sigma_vox"] > 0, s.noise
 
 
 def test_the_mode_catches_a_planted_transfer(monkeypatch):
