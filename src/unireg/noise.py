@@ -3,7 +3,7 @@ signal-to-noise ratio the registration was built and measured on (used once per 
 
 Every stage compares local structure (frozen features, MIND, intensity MI and the NMI referee), and voxel noise
 is local structure that does not move with the anatomy.  The MNI T1 the network was trained on is an average of
-152 scans (SNR ~170 by :func:`snr` below); the T2-like copies of the held-out suite read ~20.  On the 1 mm demo
+152 scans (SNR ~113 by :func:`snr` below); the T2-like copies of the held-out suite read ~20.  On the 1 mm demo
 pair with Rician noise added to both images (``benchmarks/noisy_pairs.py``), UniReg's grey/white-matter Dice fell
 faster than ANTs SyN's and, at SNR 2, every deformation was refused as no better than none; smoothing both noisy
 images first recovered most of it (README, "Noisy images").
