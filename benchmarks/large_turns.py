@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +33,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from slice_pairs import add_run_options, dice_gm_wm, methods_of, run_method, write_csv  # noqa: E402
+from slice_pairs import (  # noqa: E402
+    add_run_options,
+    dice_gm_wm,
+    median_seconds,
+    methods_of,
+    run_method,
+    scored,
+    write_results,
+)
 
 SEED = 20261130
 SHIFT_MM = 15.0
@@ -96,10 +102,7 @@ def run_pair(spec: dict, pair: dict, args, work: Path) -> list[dict]:
     unmoved = labels_on_fixed(moved["moving_labels"], pair["fixed"])
     rows = [dict(base, method="none", dice=dice_gm_wm(fixed_lab, unmoved), seconds=0.0, status="ok")]
     for m in args.methods:
-        row, warped = run_method(m, {"fixed": pair["fixed"], **moved}, d, args)
-        if warped is not None:
-            row["dice"] = dice_gm_wm(fixed_lab, warped)
-        rows.append(dict(base, **row))
+        rows.append(scored(base, fixed_lab, *run_method(m, {"fixed": pair["fixed"], **moved}, d, args)))
     return rows
 
 
@@ -120,10 +123,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
         cells = [label, angle, f"{mean('none'):.3f}"] + [f"{mean(m):.3f}" for m in methods]
         if "unireg" in methods and "ants" in methods:
             cells.append(f"{100 * (mean('unireg') - mean('ants')):+.1f}")
-        for m in methods:
-            secs = [by[(c, m)]["seconds"] for c in cs if (c, m) in by and np.isfinite(by[(c, m)]["seconds"])]
-            cells.append(f"{statistics.median(secs):.1f}" if secs else "-")
-        return cells
+        return cells + [median_seconds(by, cs, m) for m in methods]
 
     for c in cases:
         lines.append("| " + " | ".join(cells_of([c], c, f"{by[(c, 'none')]['angle_deg']:.1f}")) + " |")
@@ -151,17 +151,10 @@ def main(argv=None) -> int:
         rows += got
         got_dice = {r["method"]: round(r["dice"], 4) for r in got}
         print(json.dumps(got_dice | {"case": spec["case"], "n": f"{i + 1}/{args.pairs}"}), flush=True)
-    load1 = os.getloadavg()
-    write_csv(args.out_dir / f"{args.name}.csv", rows, FIELDS)
-    cmd = "python benchmarks/large_turns.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    text = (f"# Heads stored far off: the demo pair, the moving header turned at random\n\n`{cmd}` "
-            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s, {args.threads} "
-            f"thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f})\n\nGM/WM Dice of the fixed labels "
-            f"against the moving labels through each method's warp; none: the turned labels read onto the fixed "
-            f"grid.\n\n"
-            + summarise(rows, args.methods) + "\n")
-    (args.out_dir / f"{args.name}.md").write_text(text)
-    print(text)
+    write_results(args, argv, "large_turns.py",
+                  "Heads stored far off: the demo pair, the moving header turned at random",
+                  "GM/WM Dice of the fixed labels against the moving labels through each method's warp; none: the "
+                  "turned labels read onto the fixed grid.", rows, FIELDS, summarise(rows, args.methods), t0, load0)
     return 0
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from slice_pairs import add_run_options, dice_gm_wm, run_method, write_csv  # noqa: E402
+from slice_pairs import add_run_options, dice_gm_wm, median_seconds, run_method, scored, write_results  # noqa: E402
 
 METHODS = ("unireg", "unireg_raw", "ants")
 FIELDS = ["case", "snr", "method", "dice", "flagged", "seconds", "status"]
@@ -73,11 +71,8 @@ def run_pair(snr: float, pair: dict, args, work: Path) -> list[dict]:
     rows = [dict(base, method="none", dice=dice_gm_wm(fixed_lab, moving_lab), flagged="", seconds=0.0, status="ok")]
     for m in args.methods:
         extra = "--no-denoise" if m == "unireg_raw" else ""
-        row, warped = run_method("ants" if m == "ants" else "unireg", paths, d, args, qc=m != "ants", extra=extra,
-                                 name=m)
-        if warped is not None:
-            row["dice"] = dice_gm_wm(fixed_lab, warped)
-        rows.append(dict(base, **row))
+        got = run_method("ants" if m == "ants" else "unireg", paths, d, args, qc=m != "ants", extra=extra, name=m)
+        rows.append(scored(base, fixed_lab, *got))
     return rows
 
 
@@ -106,9 +101,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
         for m in methods:
             if m != "ants":
                 cells.append(f"{sum(by[(c, m)].get('flagged') is True for c in cs if (c, m) in by)}/{len(cs)}")
-        for m in methods:
-            secs = [by[(c, m)]["seconds"] for c in cs if (c, m) in by and np.isfinite(by[(c, m)]["seconds"])]
-            cells.append(f"{statistics.median(secs):.1f}" if secs else "-")
+        cells += [median_seconds(by, cs, m) for m in methods]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -135,17 +128,10 @@ def main(argv=None) -> int:
         got = run_pair(snr, pair, args, work)
         rows += got
         print(json.dumps({r["method"]: round(r["dice"], 4) for r in got} | {"snr": snr}), flush=True)
-    load1 = os.getloadavg()
-    write_csv(args.out_dir / f"{args.name}.csv", rows, FIELDS)
-    cmd = "python benchmarks/noisy_pairs.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    text = (f"# Noisy images: the demo pair with Rician noise on both images\n\n`{cmd}` "
-            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t0:.0f} s, {args.threads} "
-            f"thread(s) per method, load average {load0[0]:.2f} -> {load1[0]:.2f})\n\nGM/WM Dice of the fixed labels "
-            f"against the moving labels through each method's warp (the labels carry no noise); none: no "
-            f"registration.  unireg_raw: `--no-denoise`.  flagged: UniReg's failure flag (exit status 3).\n\n"
-            + summarise(rows, args.methods) + "\n")
-    (args.out_dir / f"{args.name}.md").write_text(text)
-    print(text)
+    write_results(args, argv, "noisy_pairs.py", "Noisy images: the demo pair with Rician noise on both images",
+                  "GM/WM Dice of the fixed labels against the moving labels through each method's warp (the labels "
+                  "carry no noise); none: no registration.  unireg_raw: `--no-denoise`.  flagged: UniReg's failure "
+                  "flag (exit status 3).", rows, FIELDS, summarise(rows, args.methods), t0, load0)
     return 0
 
 

@@ -124,11 +124,7 @@ def run_pair(spec: dict, args, work: Path) -> list[dict]:
                  seconds=0.0, status="ok")]
     for m in args.methods:
         metric = "cc" if spec["family"] == "same" else "mattes"
-        row, warped = run_method(m, uni_paths if m == "unireg" else paths, d, args, metric)
-        if warped is not None:
-            # a slice file's one-voxel axis dropped
-            row["dice"] = dice_gm_wm(fixed_lab, warped.reshape(fixed_lab.shape))
-        rows.append(dict(base, **row))
+        rows.append(scored(base, fixed_lab, *run_method(m, uni_paths if m == "unireg" else paths, d, args, metric)))
     return rows
 
 
@@ -184,6 +180,36 @@ def methods_of(p: argparse.ArgumentParser, text: str) -> list[str]:
     return methods
 
 
+def scored(base: dict, fixed_lab: np.ndarray, row: dict, warped: np.ndarray | None) -> dict:
+    """``run_method``'s row with the GM/WM Dice of its warped labels (a slice file's one-voxel axis dropped), under
+    the pair's ``base`` fields."""
+    if warped is not None:
+        row["dice"] = dice_gm_wm(fixed_lab, warped.reshape(fixed_lab.shape))
+    return dict(base, **row)
+
+
+def median_seconds(by: dict, cases, method: str) -> str:
+    """The median of ``method``'s seconds over ``cases`` (``by``: (case, method) -> row), for a table cell."""
+    secs = [by[(c, method)]["seconds"] for c in cases if (c, method) in by and np.isfinite(by[(c, method)]["seconds"])]
+    return f"{statistics.median(secs):.1f}" if secs else "-"
+
+
+def write_results(args, argv, script: str, title: str, what: str, rows: list[dict], fields: list[str], table: str,
+                  t0: float, load0) -> str:
+    """``args.name``.csv and .md into ``args.out_dir``: the md's title, the command that made it (``script``'s,
+    with ``argv``), when, how long (since ``t0``), the threads, the load then (``load0``) and now, ``what`` the
+    figures are, and ``table``; printed too."""
+    load1 = os.getloadavg()
+    write_csv(args.out_dir / f"{args.name}.csv", rows, fields)
+    cmd = f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = (f"# {title}\n\n`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"{time.perf_counter() - t0:.0f} s, {args.threads} thread(s) per method, load average {load0[0]:.2f} -> "
+            f"{load1[0]:.2f})\n\n{what}\n\n" + table + "\n")
+    (args.out_dir / f"{args.name}.md").write_text(text)
+    print(text)
+    return text
+
+
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -218,9 +244,7 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
         for m in methods:
             below = sum(1 for c in cs if (c, m) in by and by[(c, m)]["dice"] < by[(c, "none")]["dice"] - 1e-9)
             cells.append(f"{below}/{len(cs)}")
-        for m in methods:
-            secs = [by[(c, m)]["seconds"] for c in cs if (c, m) in by and np.isfinite(by[(c, m)]["seconds"])]
-            cells.append(f"{statistics.median(secs):.1f}" if secs else "-")
+        cells += [median_seconds(by, cs, m) for m in methods]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
